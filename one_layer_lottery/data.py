@@ -1,0 +1,127 @@
+"""Raw parallel text -> sentencepiece -> fairseq-preprocess, and BLEU of fairseq-generate output."""
+
+import glob
+import gzip
+import os
+import re
+import shutil
+import subprocess
+import sys
+from typing import Dict, List, Tuple
+
+from .errors import ConfigError
+
+SPLIT_PREFIXES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
+
+
+def _open(path: str):
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def find_split(raw_dir: str, split: str, lang: str) -> str:
+    """The raw file of one split and language: {prefix}*.{lang}[.gz], the shortest name first."""
+    found = []
+    for prefix in SPLIT_PREFIXES[split]:
+        for pattern in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz", f"{prefix}*.{lang}", f"{prefix}*.{lang}.gz"):
+            found += glob.glob(os.path.join(raw_dir, pattern))
+        if found:
+            return sorted(set(found), key=lambda p: (len(p), p))[0]
+    raise ConfigError(f"no {split} file for language {lang!r} in {raw_dir!r}: expected "
+                      f"{' or '.join(p + '*.' + lang for p in SPLIT_PREFIXES[split])} (optionally .gz)")
+
+
+def read_pairs(raw_dir: str, split: str, src: str, tgt: str) -> List[Tuple[str, str]]:
+    ps, pt = find_split(raw_dir, split, src), find_split(raw_dir, split, tgt)
+    with _open(ps) as fs, _open(pt) as ft:
+        s, t = fs.read().splitlines(), ft.read().splitlines()
+    if len(s) != len(t):
+        raise ConfigError(f"{ps!r} has {len(s)} lines but {pt!r} has {len(t)}: parallel files must match line for line")
+    return [(a.strip(), b.strip()) for a, b in zip(s, t)]
+
+
+def clean(pairs: List[Tuple[str, str]], max_words: int) -> Tuple[List[Tuple[str, str]], int]:
+    """Drop pairs with an empty side or a side longer than max_words; returns (kept, dropped)."""
+    kept = [(a, b) for a, b in pairs if a and b and len(a.split()) <= max_words and len(b.split()) <= max_words]
+    return kept, len(pairs) - len(kept)
+
+
+def _write(path: str, lines: List[str]) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in lines)
+    os.replace(tmp, path)
+
+
+def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 8000, max_words: int = 250,
+            workers: int = 2, log=print) -> Dict[str, int]:
+    """Clean, learn & apply sentencepiece (one model per language), then fairseq-preprocess into out_dir/bin."""
+    import sentencepiece as spm
+
+    if not os.path.isdir(raw_dir):
+        raise ConfigError(f"data directory {raw_dir!r} does not exist")
+    splits = {s: read_pairs(raw_dir, s, src, tgt) for s in ("train", "valid", "test")}
+    splits["train"], dropped = clean(splits["train"], max_words)
+    if not splits["train"]:
+        raise ConfigError(f"{raw_dir!r}: no usable training pairs (all empty or longer than {max_words} words)")
+    log(f"[prepare] {raw_dir}: train {len(splits['train'])} pairs ({dropped} dropped: empty or > {max_words} words), "
+        f"valid {len(splits['valid'])}, test {len(splits['test'])}")
+    work = out_dir + ".partial"
+    shutil.rmtree(work, ignore_errors=True)
+    for sub in ("raw", "spm", "bin"):
+        os.makedirs(os.path.join(work, sub))
+    for split, pairs in splits.items():
+        for i, lang in enumerate((src, tgt)):
+            _write(os.path.join(work, "raw", f"{split}.{lang}"), [p[i] for p in pairs])
+    for lang in (src, tgt):
+        prefix = os.path.join(work, "spm", f"spm.{lang}")
+        log(f"[prepare] sentencepiece {lang}: vocab {vocab_size}")
+        spm.SentencePieceTrainer.train(
+            input=os.path.join(work, "raw", f"train.{lang}"), model_prefix=prefix, vocab_size=vocab_size,
+            character_coverage=1.0, model_type="unigram", hard_vocab_limit=False, num_threads=workers,
+            minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
+        for split in splits:
+            with open(os.path.join(work, "raw", f"{split}.{lang}"), encoding="utf-8") as f:
+                lines = f.read().splitlines()
+            _write(os.path.join(work, "spm", f"{split}.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")  # same venv, even off PATH
+    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
+           "--trainpref", os.path.join(work, "spm", "train"), "--validpref", os.path.join(work, "spm", "valid"),
+           "--testpref", os.path.join(work, "spm", "test"), "--destdir", os.path.join(work, "bin"),
+           "--workers", str(workers)]
+    log("[prepare] " + " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd)))
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-3000:])
+        raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(work, out_dir)
+    return {s: len(p) for s, p in splits.items()}
+
+
+def read_hypotheses(generate_output: str) -> List[str]:
+    """Detokenized hypotheses (D- lines) of fairseq-generate, in corpus order."""
+    hyps = {}
+    for line in generate_output.splitlines():
+        m = re.match(r"^D-(\d+)\t[^\t]*\t(.*)$", line)
+        if m:
+            hyps[int(m.group(1))] = m.group(2)
+    return [hyps[i] for i in sorted(hyps)]
+
+
+def bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
+    """Detokenized sacreBLEU and its signature."""
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ConfigError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    metric = sacrebleu.metrics.BLEU()
+    score = metric.corpus_score(hypotheses, [references])
+    return score.score, str(metric.get_signature())
+
+
+def read_lines(path: str) -> List[str]:
+    with _open(path) as f:
+        return f.read().splitlines()
+
+

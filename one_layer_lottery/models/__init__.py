@@ -1,0 +1,1 @@
+from . import supermask_transformer  # noqa: F401

@@ -1,0 +1,353 @@
+"""The (one-layer) supermask Transformer: fairseq's Transformer with frozen random
+weights, learnable scores and a top-k mask on every weight matrix.
+
+We subclass fairseq's classes and override the builders (embeddings, encoder and
+decoder layers, output projection); fairseq's own forward code runs unchanged.
+"""
+
+import argparse
+import dataclasses
+import os
+import re
+from typing import Optional, Tuple
+
+import torch
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase, TransformerEncoderBase
+from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
+from fairseq.modules import transformer_layer
+from omegaconf import II, OmegaConf, open_dict
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..init import SCORE_INITS, WEIGHT_INITS, InitSpec, check_remaining_ratio, generate_weight
+from ..supermask import FrozenEmbedding, MaskedEmbedding, MaskedLinear, TiedOutputProjection, WeightBank
+
+
+@dataclasses.dataclass
+class SupermaskOptions(FairseqDataclass):
+    """Our options on top of fairseq's Transformer ones."""
+
+    remaining_ratio: float = dataclasses.field(
+        default=0.5, metadata={"help": "k in (0, 1]: fraction of each weight tensor the mask keeps"})
+    share_layer_weights: bool = dataclasses.field(
+        default=False, metadata={"help": "one-layer variant: one random layer reused at every depth, "
+                                         "a different mask per depth"})
+    weight_init: ChoiceEnum(WEIGHT_INITS) = dataclasses.field(  # type: ignore[valid-type]
+        default="kaiming_uniform", metadata={"help": "distribution of the frozen random weights"})
+    no_scale_init: bool = dataclasses.field(
+        default=False, metadata={"help": "do not scale the weight std by sqrt(1/remaining_ratio)"})
+    score_init: ChoiceEnum(SCORE_INITS) = dataclasses.field(  # type: ignore[valid-type]
+        default="kaiming_uniform", metadata={"help": "initialisation of the scores"})
+    pretrained_embeddings: Optional[str] = dataclasses.field(
+        default=None, metadata={"help": "a trained dense fairseq checkpoint: its encoder/decoder token "
+                                        "embeddings are used frozen and unmasked"})
+    weight_seed: Optional[int] = dataclasses.field(
+        default=II("common.seed"), metadata={"help": "seed of the frozen random weights (default: --seed)"})
+    affine_layernorm: bool = dataclasses.field(
+        default=False, metadata={"help": "LayerNorms with (trainable) affine parameters"})
+    pretrained_embeddings_in_checkpoint: bool = dataclasses.field(
+        default=False, metadata={"help": "set by the model itself: the frozen embeddings are in the "
+                                         "checkpoint, so loading it does not read --pretrained-embeddings"})
+
+
+def _flat_transformer_fields():
+    """TransformerConfig's fields as the flat names its CLI flags use (encoder_embed_dim, ...)."""
+    for f in dataclasses.fields(TransformerConfig):
+        if f.name.startswith("_"):
+            continue
+        if dataclasses.is_dataclass(f.type):
+            for sub in dataclasses.fields(f.type):
+                if sub.name.startswith("_"):
+                    continue
+                default = sub.default
+                if isinstance(default, str):
+                    default = re.sub(r"model\.(encoder|decoder|quant_noise)\.", r"model.\1_", default)
+                yield f"{f.name}_{sub.name}", sub.type, dataclasses.field(default=default, metadata=sub.metadata)
+        else:
+            yield f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)
+
+
+# flat (not nested) so that fairseq's argparse -> omegaconf conversion keeps every flag
+SupermaskTransformerConfig = dataclasses.make_dataclass(
+    "SupermaskTransformerConfig",
+    list(_flat_transformer_fields())
+    + [(f.name, f.type, f) for f in dataclasses.fields(SupermaskOptions) if not f.name.startswith("_")],
+    bases=(FairseqDataclass,),
+)
+
+
+def _as_namespace(cfg) -> argparse.Namespace:
+    if isinstance(cfg, argparse.Namespace):
+        return cfg
+    if OmegaConf.is_config(cfg):
+        return argparse.Namespace(**OmegaConf.to_container(cfg, resolve=True))
+    return argparse.Namespace(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+
+
+def _record(cfg, key: str, value) -> None:
+    """Write a resolved value back into the config fairseq will save in checkpoints."""
+    if OmegaConf.is_config(cfg):
+        with open_dict(cfg):
+            cfg[key] = value
+    else:
+        setattr(cfg, key, value)
+
+
+def validate(args: argparse.Namespace) -> None:
+    """Reject bad options before anything is built."""
+    try:
+        check_remaining_ratio(args.remaining_ratio)
+    except ValueError as e:
+        raise ConfigError(f"--remaining-ratio: {e}") from None
+    if str(args.weight_init) not in WEIGHT_INITS:
+        raise ConfigError(f"--weight-init {args.weight_init!r} is unknown; allowed: {', '.join(WEIGHT_INITS)}")
+    if str(args.score_init) not in SCORE_INITS:
+        raise ConfigError(f"--score-init {args.score_init!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
+    if getattr(args, "adaptive_softmax_cutoff", None):
+        raise ConfigError("--adaptive-softmax-cutoff is not supported by supermask models")
+    if getattr(args, "checkpoint_activations", False):
+        raise ConfigError("--checkpoint-activations is not supported by supermask models")
+
+
+@register_model("supermask_transformer", dataclass=SupermaskTransformerConfig)
+class SupermaskTransformerModel(TransformerModel):
+    """Transformer whose weights are frozen random tensors selected by learned top-k masks."""
+
+    @classmethod
+    def add_args(cls, parser):
+        # no defaults here, so that the architecture functions can set them (as fairseq does)
+        gen_parser_from_dataclass(parser, SupermaskTransformerConfig(), delete_default=True, with_prefix="")
+
+    @classmethod
+    def build_model(cls, cfg, task):
+        args = _as_namespace(cfg)
+        base_supermask_architecture(args)
+        validate(args)
+        if args.weight_seed is None or str(args.weight_seed).startswith("${"):
+            args.weight_seed = getattr(args, "seed", 1)
+        try:
+            args.weight_seed = int(args.weight_seed)
+        except ValueError:
+            raise ConfigError(f"--weight-seed {args.weight_seed!r} is not an integer") from None
+        _record(cfg, "weight_seed", args.weight_seed)
+        src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
+        if args.share_all_embeddings:
+            if src_dict != tgt_dict:
+                raise ConfigError("--share-all-embeddings requires a joined dictionary")
+            args.share_decoder_input_output_embed = True
+
+        pretrained = (None, None)
+        if args.pretrained_embeddings and args.pretrained_embeddings_in_checkpoint:
+            # the checkpoint being loaded holds the tables: shapes only, values come from its state dict
+            pretrained = (torch.zeros(len(src_dict), args.encoder_embed_dim),
+                          torch.zeros(len(tgt_dict), args.decoder_embed_dim))
+        elif args.pretrained_embeddings:
+            pretrained = load_pretrained_embeddings(
+                args.pretrained_embeddings, src_dict, tgt_dict, args.encoder_embed_dim, args.decoder_embed_dim)
+            _record(cfg, "pretrained_embeddings_in_checkpoint", True)
+
+        encoder_embed = build_token_embedding(args, src_dict, args.encoder_embed_dim, "encoder", pretrained[0])
+        if args.share_all_embeddings:
+            decoder_embed = encoder_embed
+        else:
+            decoder_embed = build_token_embedding(args, tgt_dict, args.decoder_embed_dim, "decoder", pretrained[1])
+        tcfg = TransformerConfig.from_namespace(args)
+        encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
+        decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
+        return cls(args, encoder, decoder)
+
+
+def init_spec(args) -> InitSpec:
+    return InitSpec(str(args.weight_init), float(args.remaining_ratio), not args.no_scale_init)
+
+
+def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Optional[Tensor]) -> nn.Module:
+    if pretrained is not None:
+        return FrozenEmbedding(pretrained, dictionary.pad())
+    weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), init_spec(args))
+    weight[dictionary.pad()] = 0
+    return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
+                           weight=weight)
+
+
+def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> Tuple[Tensor, Tensor]:
+    """Encoder and decoder token embeddings of a trained dense fairseq checkpoint, checked against ours."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"--pretrained-embeddings {path!r}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = state["model"]
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ConfigError(f"--pretrained-embeddings {path!r} is not a readable fairseq checkpoint "
+                          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    out = []
+    for side, dictionary, dim in (("encoder", src_dict, enc_dim), ("decoder", tgt_dict, dec_dim)):
+        key = f"{side}.embed_tokens.weight"
+        if key not in model:
+            raise ConfigError(f"--pretrained-embeddings {path!r} has no {key}: not a fairseq translation checkpoint")
+        table = model[key].float()
+        if table.shape[1] != dim:
+            raise ConfigError(f"--pretrained-embeddings {path!r}: {side} embedding dim is {table.shape[1]}, "
+                              f"the model's is {dim}; they must match")
+        if table.shape[0] != len(dictionary):
+            raise ConfigError(f"--pretrained-embeddings {path!r}: {side} embedding has {table.shape[0]} rows, "
+                              f"the {side} dictionary has {len(dictionary)} symbols; the dictionaries must match")
+        _check_dictionary(path, state, side, dictionary)
+        out.append(table.clone())
+    return out[0], out[1]
+
+
+def _check_dictionary(path: str, state: dict, side: str, dictionary) -> None:
+    """Where the dense checkpoint's data directory is readable, its dictionary must equal ours symbol for symbol."""
+    cfg = state.get("cfg") or {}
+    task = cfg.get("task") or {}
+    data = task.get("data")
+    if not data:
+        return
+    data = str(data).split(os.pathsep)[0]
+    langs = (task.get("source_lang"), task.get("target_lang"))
+    if None in langs and os.path.isdir(data):
+        from fairseq.data.data_utils import infer_language_pair
+
+        langs = infer_language_pair(data)
+    lang = langs[0 if side == "encoder" else 1]
+    if not lang:
+        return
+    dict_path = os.path.join(data, f"dict.{lang}.txt")
+    if not os.path.isfile(dict_path):
+        return
+    with open(dict_path, encoding="utf-8") as f:
+        theirs = [line.rsplit(" ", 1)[0] for line in f if line.strip()]
+    ours = dictionary.symbols[dictionary.nspecial:]
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        if a != b:
+            raise ConfigError(f"--pretrained-embeddings {path!r}: {side} dictionary differs from {dict_path} "
+                              f"at line {i + 1} ({a!r} vs {b!r}); the dictionaries must match")
+
+
+def _is_layer_norm(m: nn.Module) -> bool:
+    return "LayerNorm" in type(m).__name__
+
+
+def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: Optional[WeightBank]) -> None:
+    """Replace, in place, every Linear of `module` by a MaskedLinear and every LayerNorm by ours.
+
+    `prefix` names the weights' random streams; with a bank, weights are shared by everything
+    built with the same prefix (the one-layer variant).
+    """
+    spec = init_spec(cfg)
+    for parent_name, parent in list(module.named_modules()):
+        for attr, child in list(parent.named_children()):
+            rel = f"{parent_name}.{attr}" if parent_name else attr
+            if isinstance(child, nn.Linear):
+                shape = (child.out_features, child.in_features)
+                name = f"{prefix}.{rel}"
+                if bank is None:
+                    kw = {"weight": generate_weight(cfg.weight_seed, name, shape, spec)}
+                else:
+                    kw = {"shared": bank.get_or_add(rel, lambda: generate_weight(cfg.weight_seed, name, shape, spec))}
+                setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
+                                                   str(cfg.score_init), **kw))
+            elif _is_layer_norm(child):
+                setattr(parent, attr, nn.LayerNorm(child.normalized_shape, eps=child.eps,
+                                                   elementwise_affine=cfg.affine_layernorm))
+    for m in module.modules():
+        if isinstance(m, transformer_layer.MultiheadAttention):
+            # fairseq's fused path concatenates the (absent) projection biases
+            m.skip_embed_dim_check = True
+
+
+class _SupermaskStack:
+    """Shared builder logic of our encoder and decoder."""
+
+    def _supermask_layer(self, layer: nn.Module, side: str) -> nn.Module:
+        depth = self._depth = getattr(self, "_depth", -1) + 1
+        bank = None
+        if self.cfg.share_layer_weights:
+            if not hasattr(self, "shared_layer_weights"):
+                self.shared_layer_weights = WeightBank()
+            bank = self.shared_layer_weights
+        supermask_(self, layer, f"{side}.layer" if bank is not None else f"{side}.layers.{depth}", self.cfg, bank)
+        return layer
+
+    def _supermask_rest(self, side: str) -> None:
+        for attr in ("layer_norm", "layernorm_embedding", "project_in_dim", "project_out_dim"):
+            child = getattr(self, attr, None)
+            if child is not None:
+                holder = nn.Module()
+                holder.add_module(attr, child)
+                supermask_(self, holder, side, self.cfg, None)
+                setattr(self, attr, getattr(holder, attr))
+
+
+class SupermaskTransformerEncoder(_SupermaskStack, TransformerEncoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens):
+        super().__init__(cfg, dictionary, embed_tokens)
+        self._supermask_rest("encoder")
+
+    def build_encoder_layer(self, cfg):
+        return self._supermask_layer(transformer_layer.TransformerEncoderLayerBase(cfg), "encoder")
+
+
+class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
+    def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False):
+        super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
+        self._supermask_rest("decoder")
+
+    def build_decoder_layer(self, cfg, no_encoder_attn=False):
+        return self._supermask_layer(transformer_layer.TransformerDecoderLayerBase(cfg, no_encoder_attn), "decoder")
+
+    def build_output_projection(self, cfg, dictionary, embed_tokens):
+        if self.share_input_output_embed:
+            self.output_projection = TiedOutputProjection(embed_tokens)
+            return
+        name = "decoder.output_projection"
+        shape = (len(dictionary), self.output_embed_dim)
+        weight = generate_weight(cfg.weight_seed, name, shape, init_spec(cfg))
+        self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.remaining_ratio,
+                                              str(cfg.score_init), weight=weight)
+
+
+# ---- architectures -------------------------------------------------------------------------
+
+def base_supermask_architecture(args) -> None:
+    for f in dataclasses.fields(SupermaskOptions):
+        if not hasattr(args, f.name):
+            setattr(args, f.name, f.default)
+    base_architecture(args)
+
+
+ARCHS = {
+    # name: (encoder/decoder layers, embed dim, ffn dim, heads)  -- DESIGN.md, Table 1 of the paper
+    "iwslt_de_en": (6, 512, 1024, 4),
+    "iwslt_de_en_wide": (6, 1024, 2048, 4),
+    "iwslt_de_en_deep": (12, 512, 1024, 4),
+    "wmt_en_de": (6, 512, 2048, 8),
+    "wmt_en_de_wider": (6, 1024, 4096, 16),
+    "wmt_en_de_deeper": (12, 512, 2048, 8),
+    "tiny": (2, 64, 128, 2),
+}
+
+
+def _register_archs() -> None:
+    for suffix, (layers, dim, ffn, heads) in ARCHS.items():
+        for one_layer in (False, True):
+            name = f"{'one_layer_' if one_layer else ''}supermask_transformer_{suffix}"
+
+            def arch(args, layers=layers, dim=dim, ffn=ffn, heads=heads, one_layer=one_layer):
+                for side in ("encoder", "decoder"):
+                    setattr(args, f"{side}_embed_dim", getattr(args, f"{side}_embed_dim", dim))
+                    setattr(args, f"{side}_ffn_embed_dim", getattr(args, f"{side}_ffn_embed_dim", ffn))
+                    setattr(args, f"{side}_attention_heads", getattr(args, f"{side}_attention_heads", heads))
+                    setattr(args, f"{side}_layers", getattr(args, f"{side}_layers", layers))
+                if one_layer:
+                    args.share_layer_weights = True
+                base_supermask_architecture(args)
+
+            register_model_architecture("supermask_transformer", name)(arch)
+
+
+_register_archs()

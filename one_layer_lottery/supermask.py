@@ -1,0 +1,187 @@
+"""Supermask selection and the masked modules that use it.
+
+A masked module holds a frozen random weight `W` (a buffer, never a parameter)
+and a learnable `scores` tensor. Its effective weight is `W * TopK(|scores|)`.
+In the one-layer variant several masked modules read the same `W` from a
+`WeightBank` owned by the encoder or decoder: one storage, one state-dict entry.
+"""
+
+from typing import Callable, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .init import check_remaining_ratio, init_scores_
+
+
+def n_pruned(numel: int, remaining_ratio: float) -> int:
+    """How many entries a mask drops: the published rule int((1 - k) * n)."""
+    return int((1 - remaining_ratio) * numel)
+
+
+@torch.no_grad()
+def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
+    """Boolean mask keeping the entries of largest |score|; exactly n - n_pruned of them."""
+    n = scores.numel()
+    j = n_pruned(n, remaining_ratio)
+    if j == 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    a = scores.detach().abs().flatten()
+    if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
+        a = a.float()
+    # a threshold, not a sort (O(n) instead of O(n log n))
+    threshold = a.kthvalue(j).values
+    keep = a > threshold
+    # ties at the threshold: keep the lowest-index tied entries until the count is exact
+    tie = a == threshold
+    missing = (n - j) - keep.sum()
+    keep |= tie & (tie.cumsum(0) <= missing)
+    return keep.view_as(scores)
+
+
+class _MaskedWeight(torch.autograd.Function):
+    """W * M forward; straight-through backward: TopK is the identity, so dL/d|S| = dL/dW_eff * W."""
+
+    @staticmethod
+    def forward(ctx, scores: Tensor, weight: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scores, weight)
+        return weight * mask.to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # type: ignore[override]
+        scores, weight = ctx.saved_tensors
+        # the mask ranks |S|, so the chain rule through abs() carries sign(S), as in edge-popup
+        return grad * weight * scores.sign(), None, None
+
+
+class WeightBank(nn.Module):
+    """Frozen random weights shared by several masked modules (the one-layer variant)."""
+
+    def get_or_add(self, name: str, make: Callable[[], Tensor]) -> Tuple["WeightBank", str]:
+        key = name.replace(".", "__")
+        if not hasattr(self, key):
+            self.register_buffer(key, make())
+        return self, key
+
+
+class SupermaskModule(nn.Module):
+    """Common part of masked modules: frozen weight (own or shared), scores, cached mask."""
+
+    def __init__(self, shape: Tuple[int, int], remaining_ratio: float, score_init: str,
+                 weight: Optional[Tensor] = None, shared: Optional[Tuple[WeightBank, str]] = None):
+        super().__init__()
+        self.remaining_ratio = check_remaining_ratio(remaining_ratio)
+        self.scores = nn.Parameter(init_scores_(torch.empty(shape), score_init))
+        if (weight is None) == (shared is None):
+            raise ValueError("give exactly one of weight and shared")
+        if weight is not None:
+            self.register_buffer("frozen_weight", weight)
+        # a plain tuple: the bank is registered once, on its owner, not on every user
+        self._shared = shared
+        self._cache: Optional[Tuple[tuple, Tensor]] = None
+
+    def get_frozen_weight(self) -> Tensor:
+        if self._shared is None:
+            return self.frozen_weight
+        bank, key = self._shared
+        return getattr(bank, key)
+
+    def mask(self) -> Tensor:
+        return topk_mask(self.scores, self.remaining_ratio)
+
+    def masked_weight(self) -> Tensor:
+        w = self.get_frozen_weight()
+        if torch.is_grad_enabled() and self.scores.requires_grad:
+            return _MaskedWeight.apply(self.scores, w, self.mask())
+        # inference: materialise W * M once, reuse it until scores, weights or mode change
+        key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, w * self.mask().to(w.dtype))
+        return self._cache[1]
+
+    def train(self, mode: bool = True):
+        self._cache = None
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._cache = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None
+        return super()._apply(fn, *args, **kwargs)
+
+
+class MaskedLinear(SupermaskModule):
+    """y = x (W * M)^T, no bias. `.weight` is the masked weight, so fairseq code reading it works."""
+
+    bias = None
+
+    def __init__(self, in_features: int, out_features: int, remaining_ratio: float,
+                 score_init: str = "kaiming_uniform", weight: Optional[Tensor] = None,
+                 shared: Optional[Tuple[WeightBank, str]] = None):
+        super().__init__((out_features, in_features), remaining_ratio, score_init, weight, shared)
+        self.in_features, self.out_features = in_features, out_features
+
+    @property
+    def weight(self) -> Tensor:
+        return self.masked_weight()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.masked_weight())
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, remaining_ratio={self.remaining_ratio}"
+
+
+class MaskedEmbedding(SupermaskModule):
+    """A token embedding whose table is W * M (padding row of W is zero)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, remaining_ratio: float,
+                 score_init: str = "kaiming_uniform", weight: Optional[Tensor] = None):
+        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight)
+        self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
+
+    @property
+    def weight(self) -> Tensor:
+        return self.masked_weight()
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.masked_weight(), self.padding_idx)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, remaining_ratio={self.remaining_ratio}"
+
+
+class FrozenEmbedding(nn.Module):
+    """A pre-trained embedding table, frozen (a buffer) and not masked."""
+
+    def __init__(self, weight: Tensor, padding_idx: int):
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.num_embeddings, self.embedding_dim = weight.shape
+        self.padding_idx = padding_idx
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.weight, self.padding_idx)
+
+
+class TiedOutputProjection(nn.Module):
+    """Output projection that reuses the decoder's (masked or frozen) embedding table."""
+
+    def __init__(self, embedding: nn.Module):
+        super().__init__()
+        self._embedding = (embedding,)  # not a submodule: the decoder owns it
+
+    @property
+    def weight(self) -> Tensor:
+        return self._embedding[0].weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight)
+
+
+def supermask_modules(model: nn.Module):
+    """(name, module) for every masked module of a model."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SupermaskModule)]

@@ -1,0 +1,57 @@
+import argparse
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def run_cli(*args, check=True, cwd=ROOT, timeout=600):
+    """Run one of the installed commands (fairseq-*, one-layer-lottery) as a user would."""
+    cmd = [os.path.join(BIN, args[0]), *map(str, args[1:])]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}")
+    return r
+
+
+def make_dictionary(n_words=40):
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    for i in range(n_words):
+        d.add_symbol(f"w{i}")
+    return d
+
+
+def build_model(arch="supermask_transformer_tiny", *extra, src_words=40, tgt_words=30):
+    """Build a model exactly as fairseq-train would from these command-line flags."""
+    from fairseq import options
+
+    import one_layer_lottery  # noqa: F401
+    from one_layer_lottery.models.supermask_transformer import SupermaskTransformerModel
+
+    parser = options.get_training_parser()
+    args = options.parse_args_and_arch(parser, ["dummy-data", "--task", "translation", "--arch", arch, *extra])
+    task = SimpleNamespace(source_dictionary=make_dictionary(src_words), target_dictionary=make_dictionary(tgt_words))
+    return SupermaskTransformerModel.build_model(args, task)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic corpus, sentencepiece'd and binarized by the project's own pipeline."""
+    from one_layer_lottery import corpus, data
+
+    root = tmp_path_factory.mktemp("corpus")
+    corpus.generate(str(root / "raw"), seed=5, sizes={"train": 1500, "valid": 40, "test": 40})
+    data.prepare(str(root / "raw"), str(root / "prep"), "src", "tgt", vocab_size=600, log=lambda *_: None)
+    return SimpleNamespace(root=root, bin=str(root / "prep" / "bin"), raw=str(root / "prep" / "raw"))
+
+
+__all__ = ["ROOT", "BIN", "SHARED_DATA", "run_cli", "build_model", "make_dictionary", "argparse"]

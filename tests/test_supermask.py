@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from one_layer_lottery.init import InitSpec, generate_weight
+from one_layer_lottery.supermask import MaskedEmbedding, MaskedLinear, WeightBank, n_pruned, topk_mask
+
+
+@pytest.mark.parametrize("k", [0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+@pytest.mark.parametrize("shape", [(7, 13), (64, 32), (1, 1), (3, 1000)])
+def test_mask_keeps_exact_count(k, shape):
+    s = torch.randn(shape)
+    m = topk_mask(s, k)
+    n = s.numel()
+    assert m.dtype == torch.bool and m.shape == s.shape
+    assert int(m.sum()) == n - int((1 - k) * n)
+    if 0 < m.sum() < n:  # every kept |score| is >= every dropped one
+        assert s.abs()[m].min() >= s.abs()[~m].max()
+
+
+def test_mask_exact_count_with_ties():
+    s = torch.tensor([[0.5, -0.5, 0.5, 0.5], [0.1, 0.5, -0.5, 2.0]])
+    for k in (0.25, 0.5, 0.75):
+        m = topk_mask(s, k)
+        assert int(m.sum()) == 8 - n_pruned(8, k)
+        assert m[1, 3]  # the largest is always kept
+    s = torch.zeros(10, 10)
+    assert int(topk_mask(s, 0.37).sum()) == 100 - int(0.63 * 100)
+
+
+def test_straight_through_gradient_reaches_scores_only():
+    w = torch.randn(6, 5)
+    lin = MaskedLinear(5, 6, 0.5, weight=w.clone())
+    assert [n for n, _ in lin.named_parameters()] == ["scores"]
+    x = torch.randn(3, 5)
+    lin(x).sum().backward()
+    mask = topk_mask(lin.scores, 0.5).float()
+    # dL/dW_eff for sum(x W^T) is sum_b x_b; straight-through: dL/dS = dL/dW_eff * W * sign(S)
+    expected = x.sum(0).expand(6, 5) * w * lin.scores.detach().sign()
+    torch.testing.assert_close(lin.scores.grad, expected)
+    assert not lin.frozen_weight.requires_grad and lin.frozen_weight.grad is None
+    torch.testing.assert_close(lin(x), x @ (w * mask).t())
+    assert mask.sum() == 15
+
+
+def test_eval_cache_is_reused_and_invalidated():
+    lin = MaskedLinear(8, 8, 0.5, weight=torch.randn(8, 8)).eval()
+    with torch.no_grad():
+        a = lin.weight
+        assert lin.weight is a  # materialised once
+        lin.scores.mul_(-1).add_(torch.randn(8, 8))  # scores change: a new mask
+        b = lin.weight
+    assert b is not a
+    assert torch.equal(b, lin.get_frozen_weight() * topk_mask(lin.scores, 0.5))
+    lin.train()
+    assert lin._cache is None
+
+
+def test_embedding_is_masked_and_padding_zero():
+    w = torch.randn(10, 4)
+    w[1] = 0
+    emb = MaskedEmbedding(10, 4, padding_idx=1, remaining_ratio=0.5, weight=w)
+    out = emb(torch.tensor([[1, 2, 3]]))
+    assert torch.equal(out[0, 0], torch.zeros(4))
+    torch.testing.assert_close(out[0, 1:], (w * topk_mask(emb.scores, 0.5))[[2, 3]])
+
+
+def test_shared_weight_is_one_storage():
+    bank = WeightBank()
+    spec = InitSpec()
+    make = lambda: generate_weight(1, "x", (4, 4), spec)  # noqa: E731
+    a = MaskedLinear(4, 4, 0.5, shared=bank.get_or_add("fc1", make))
+    b = MaskedLinear(4, 4, 0.5, shared=bank.get_or_add("fc1", make))
+    assert a.get_frozen_weight().data_ptr() == b.get_frozen_weight().data_ptr()
+    assert list(dict(bank.named_buffers())) == ["fc1"] and not list(a.named_buffers())
+
+
+@pytest.mark.parametrize("bad", [0, -0.1, 1.01, 2])
+def test_bad_remaining_ratio(bad):
+    with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
+        MaskedLinear(4, 4, bad, weight=torch.randn(4, 4))
