@@ -63,8 +63,8 @@ def _demo_report(a) -> None:
             return json.load(f)
 
     sm, dense = load("supermask", "bleu"), load("dense", "bleu")
-    state = torch.load(os.path.join(a.work, "supermask", "checkpoint_best.pt"), map_location="cpu", weights_only=True)
-    dstate = torch.load(os.path.join(a.work, "dense", "checkpoint_best.pt"), map_location="cpu", weights_only=True)
+    state = torch.load(os.path.join(a.work, "supermask", "checkpoint_last.pt"), map_location="cpu", weights_only=True)
+    dstate = torch.load(os.path.join(a.work, "dense", "checkpoint_last.pt"), map_location="cpu", weights_only=True)
     cfg = state["cfg"]["model"]
     st = state_dict_stats(state["model"])
     dense_params = sum(t.numel() for k, t in dstate["model"].items() if t.is_floating_point() and "version" not in k)
@@ -87,6 +87,39 @@ def _demo_report(a) -> None:
     ]
     for k, v in rows:
         print(f"{k:>28}: {v}")
+
+
+def _export(a) -> None:
+    from . import artifact
+    from .report import dense_param_count
+
+    r = artifact.export(a.checkpoint, a.out, data=a.data, embeddings_dtype=a.embeddings_dtype)
+    meta, _ = artifact.read(a.out)
+    cfg = meta["cfg"]["model"]
+    dense = 4 * dense_param_count(cfg, *(len(artifact._dict_from_text(meta["dicts"][s])) for s in ("src", "tgt")))
+    r.update(dense_fp32_bytes=dense, ratio_to_floor=round(r["bytes"] / r["floor"], 4),
+             ratio_to_dense=round(r["bytes"] / dense, 4))
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(f"wrote {a.out}: {r['bytes']:,} bytes ({r['mask_bits']:,} mask bits)\n"
+              f"  floor (mask bits/8 + stored tensors + dictionaries + config): {r['floor']:,} bytes, "
+              f"ratio {r['ratio_to_floor']:.4f}\n"
+              f"  dense fp32 checkpoint of the same architecture: {dense:,} bytes, ratio {r['ratio_to_dense']:.4f}")
+
+
+def _expand(a) -> None:
+    from . import artifact
+
+    artifact.expand(a.artifact, a.out, data=a.data)
+    print(f"wrote {a.out} (fairseq checkpoint; translate with fairseq-generate --user-dir one_layer_lottery)")
+
+
+def _inspect(a) -> None:
+    from .report import format_report, inspect
+
+    r = inspect(a.path, png=a.png)
+    print(json.dumps(r) if a.json else format_report(r))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +150,27 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoint")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_summary)
+
+    s = sub.add_parser("export", help="write the seed-plus-bits artifact of a supermask checkpoint")
+    s.add_argument("checkpoint")
+    s.add_argument("out")
+    s.add_argument("--data", help="data directory with the dictionaries (default: the checkpoint's task.data)")
+    s.add_argument("--embeddings-dtype", default="float16", choices=["float16", "float32"],
+                   help="storage of frozen pre-trained embeddings")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("expand", help="rebuild a fairseq checkpoint from an artifact")
+    s.add_argument("artifact")
+    s.add_argument("out")
+    s.add_argument("--data", help="check the artifact's dictionaries against this data directory")
+    s.set_defaults(func=_expand)
+
+    s = sub.add_parser("inspect", help="masks, sizes and mask overlap across depths of a checkpoint or artifact")
+    s.add_argument("path")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--png", help="write the overlap heat map here")
+    s.set_defaults(func=_inspect)
 
     s = sub.add_parser("demo-report", help="the demo's closing summary (reads the demo's work directory)")
     s.add_argument("work")

@@ -1,8 +1,8 @@
 """The embedded default corpus: a synthetic German-like -> English-like translation task.
 
 Generated here from a seed, so the demo needs no download and commits no third-party
-text. It is small but not trivial: a lexicon of ~2,500 invented lemmas (~6,000 surface
-forms per side, Zipf-distributed), gender/number/case agreement of articles and
+text. It is small but not trivial: a lexicon of ~1,000 invented lemmas (about 2,900
+source and 2,300 target word types in the training split, Zipf-distributed), gender/number/case agreement of articles and
 adjectives on the source side, verb-second word order after a fronted adverb and
 verb-final subordinate clauses that the target side reorders to SVO.
 """
@@ -28,7 +28,7 @@ _TGT_SYL = (
     ["", "n", "r", "l", "s", "t", "ck", "nd", "m", "p"],
 )
 # lexicon sizes per word class
-_SIZES = {"noun": 1500, "verb": 500, "adj": 400, "adv": 40, "say": 20}
+_SIZES = {"noun": 600, "verb": 200, "adj": 150, "adv": 30, "say": 10}
 _GENDERS = ("m", "f", "n")
 _DEF = {("nom", "m"): "der", ("nom", "f"): "die", ("nom", "n"): "das",
         ("acc", "m"): "den", ("acc", "f"): "die", ("acc", "n"): "das",

@@ -10,6 +10,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor, nn
 
 from .init import check_remaining_ratio, init_scores_
@@ -185,3 +186,39 @@ class TiedOutputProjection(nn.Module):
 def supermask_modules(model: nn.Module):
     """(name, module) for every masked module of a model."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SupermaskModule)]
+
+
+
+class SupermaskMultiheadAttention(MultiheadAttention):
+    """fairseq's attention whose fused path works with bias-free masked projections.
+
+    fairseq's fused call concatenates the q/k/v biases; ours have none, so we make the same
+    call with no biases (and, for self-attention, one packed projection); every other case
+    (incremental decoding, static keys) is fairseq's own code, reading our masked `.weight`s.
+    """
+
+    def forward(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
+                static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
+        if (incremental_state is not None or static_kv or self.onnx_trace or query.device.type == "xla"
+                or before_softmax or torch.jit.is_scripting() or self.bias_k is not None):
+            return super().forward(query, key, value, key_padding_mask, incremental_state, need_weights,
+                                   static_kv, attn_mask, before_softmax, need_head_weights)
+        need_weights = need_weights or need_head_weights
+        packed = key is query and value is query
+        q, k, v = self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
+        return F.multi_head_attention_forward(
+            query, key, value, self.embed_dim, self.num_heads,
+            torch.cat((q, k, v)) if packed else torch.empty([0]), None, None, None, self.add_zero_attn,
+            self.dropout_module.p, self.out_proj.weight, None,
+            self.training or self.dropout_module.apply_during_inference,
+            key_padding_mask.bool() if key_padding_mask is not None else None, need_weights, attn_mask,
+            use_separate_proj_weight=not packed, q_proj_weight=q, k_proj_weight=k, v_proj_weight=v,
+            average_attn_weights=not need_head_weights)
+
+
+def use_supermask_attention_(module: nn.Module) -> None:
+    """Give every fairseq attention in `module` the bias-free fused path (swaps the class in place:
+    fairseq builds the attention inside its layer constructors, which we do not copy)."""
+    for m in module.modules():
+        if type(m) is MultiheadAttention:
+            m.__class__ = SupermaskMultiheadAttention

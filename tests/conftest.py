@@ -49,9 +49,31 @@ def tiny_corpus(tmp_path_factory):
     from one_layer_lottery import corpus, data
 
     root = tmp_path_factory.mktemp("corpus")
-    corpus.generate(str(root / "raw"), seed=5, sizes={"train": 1500, "valid": 40, "test": 40})
+    corpus.generate(str(root / "raw"), seed=5, sizes={"train": 1500, "valid": 40, "test": 37})
     data.prepare(str(root / "raw"), str(root / "prep"), "src", "tgt", vocab_size=600, log=lambda *_: None)
     return SimpleNamespace(root=root, bin=str(root / "prep" / "bin"), raw=str(root / "prep" / "raw"))
+
+
+TRAIN = ["--task", "translation", "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",
+         "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy", "--max-tokens", "2048",
+         "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0", "--log-format", "simple"]
+SM = ["--user-dir", "one_layer_lottery", "--arch", "one_layer_supermask_transformer_tiny"]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_corpus, tmp_path_factory):
+    save = tmp_path_factory.mktemp("ckpt")
+    run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "6", "--seed", "3", "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def dense_ckpt(tiny_corpus, tmp_path_factory):
+    save = tmp_path_factory.mktemp("dense")
+    run_cli("fairseq-train", tiny_corpus.bin, "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers",
+            "1", "--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "64",
+            "--decoder-ffn-embed-dim", "64", *TRAIN, "--max-update", "2", "--save-dir", save)
+    return save / "checkpoint_last.pt"
 
 
 __all__ = ["ROOT", "BIN", "SHARED_DATA", "run_cli", "build_model", "make_dictionary", "argparse"]

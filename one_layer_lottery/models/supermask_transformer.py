@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
-from fairseq.models import register_model, register_model_architecture
+from fairseq.models import ARCH_CONFIG_REGISTRY, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase, TransformerEncoderBase
 from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
 from fairseq.modules import transformer_layer
@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..init import SCORE_INITS, WEIGHT_INITS, InitSpec, check_remaining_ratio, generate_weight
-from ..supermask import FrozenEmbedding, MaskedEmbedding, MaskedLinear, TiedOutputProjection, WeightBank
+from ..supermask import use_supermask_attention_, FrozenEmbedding, MaskedEmbedding, MaskedLinear, TiedOutputProjection, WeightBank
 
 
 @dataclasses.dataclass
@@ -53,6 +53,12 @@ class SupermaskOptions(FairseqDataclass):
                                          "checkpoint, so loading it does not read --pretrained-embeddings"})
 
 
+# set by our architectures; left None in the dataclass so that a Hydra config naming an architecture
+# (model._name) gets that architecture's shape rather than the dataclass's base defaults
+SHAPE_FIELDS = tuple(f"{side}_{name}" for side in ("encoder", "decoder")
+                     for name in ("embed_dim", "ffn_embed_dim", "attention_heads", "layers"))
+
+
 def _flat_transformer_fields():
     """TransformerConfig's fields as the flat names its CLI flags use (encoder_embed_dim, ...)."""
     for f in dataclasses.fields(TransformerConfig):
@@ -65,7 +71,11 @@ def _flat_transformer_fields():
                 default = sub.default
                 if isinstance(default, str):
                     default = re.sub(r"model\.(encoder|decoder|quant_noise)\.", r"model.\1_", default)
-                yield f"{f.name}_{sub.name}", sub.type, dataclasses.field(default=default, metadata=sub.metadata)
+                name = f"{f.name}_{sub.name}"
+                if name in SHAPE_FIELDS:
+                    yield name, Optional[int], dataclasses.field(default=None, metadata=sub.metadata)
+                else:
+                    yield name, sub.type, dataclasses.field(default=default, metadata=sub.metadata)
         else:
             yield f.name, f.type, dataclasses.field(default=f.default, metadata=f.metadata)
 
@@ -124,7 +134,14 @@ class SupermaskTransformerModel(TransformerModel):
     @classmethod
     def build_model(cls, cfg, task):
         args = _as_namespace(cfg)
+        for name in SHAPE_FIELDS:
+            if getattr(args, name, None) is None and hasattr(args, name):
+                delattr(args, name)
+        ARCH_CONFIG_REGISTRY.get(getattr(args, "_name", None) or getattr(args, "arch", None),
+                                 base_supermask_architecture)(args)
         base_supermask_architecture(args)
+        for name in SHAPE_FIELDS:
+            _record(cfg, name, getattr(args, name))
         validate(args)
         if args.weight_seed is None or str(args.weight_seed).startswith("${"):
             args.weight_seed = getattr(args, "seed", 1)
@@ -254,10 +271,7 @@ def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: Opti
             elif _is_layer_norm(child):
                 setattr(parent, attr, nn.LayerNorm(child.normalized_shape, eps=child.eps,
                                                    elementwise_affine=cfg.affine_layernorm))
-    for m in module.modules():
-        if isinstance(m, transformer_layer.MultiheadAttention):
-            # fairseq's fused path concatenates the (absent) projection biases
-            m.skip_embed_dim_check = True
+    use_supermask_attention_(module)
 
 
 class _SupermaskStack:

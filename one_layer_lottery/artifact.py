@@ -1,0 +1,241 @@
+"""The seed-plus-bits model artifact: export, load, expand.
+
+A supermask model is a pure function of (config, weight seed, masks, frozen pre-trained
+embeddings, dictionaries). The artifact is one safetensors file (no pickle: loading runs
+no code) holding exactly that: every mask packed 1 bit per weight, the embeddings in
+fp16 (or fp32), and the config and dictionaries as JSON metadata. The random weights are
+not stored; they are regenerated from the seed and checked at export time.
+"""
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .supermask import FrozenEmbedding, SupermaskModule
+
+FORMAT = "one_layer_lottery.artifact"
+FORMAT_VERSION = 1
+_META_KEY = "one_layer_lottery"
+
+
+def _dict_text(d) -> str:
+    return "".join(f"{s} {c}\n" for s, c in zip(d.symbols[d.nspecial:], d.count[d.nspecial:]))
+
+
+def _dict_from_text(text: str):
+    import io
+
+    from fairseq.data import Dictionary
+
+    d = Dictionary()
+    d.add_from_file(io.StringIO(text))
+    return d
+
+
+def _is_regenerated(key: str) -> bool:
+    return key.endswith(".frozen_weight") or ".shared_layer_weights." in key or key.endswith(".version")
+
+
+def _build(model_cfg: dict, src_dict, tgt_dict):
+    from .models.supermask_transformer import SupermaskTransformerModel
+
+    task = argparse.Namespace(source_dictionary=src_dict, target_dictionary=tgt_dict)
+    return SupermaskTransformerModel.build_model(argparse.Namespace(**model_cfg), task)
+
+
+def _check_supermask_cfg(cfg: dict, where: str) -> dict:
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+
+    model_cfg = (cfg or {}).get("model") if isinstance(cfg, dict) else None
+    if isinstance(model_cfg, argparse.Namespace):  # fairseq's legacy models pickle their args
+        model_cfg = vars(model_cfg)
+    name = model_cfg.get("_name") or model_cfg.get("arch") if isinstance(model_cfg, dict) else None
+    if ARCH_MODEL_NAME_REGISTRY.get(name) != "supermask_transformer":
+        raise ConfigError(f"{where} is not a supermask model (architecture {name!r}); "
+                          f"export takes checkpoints of the supermask_transformer architectures")
+    return dict(model_cfg)
+
+
+def load_checkpoint(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConfigError(f"checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        state["model"]
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files are one user error
+        raise ConfigError(f"checkpoint {path!r} is not a readable fairseq checkpoint ({type(e).__name__})") from None
+    return state
+
+
+def load_dictionaries(cfg: dict, data: Optional[str]):
+    from fairseq.data import Dictionary
+    from fairseq.data.data_utils import infer_language_pair
+
+    task = cfg.get("task") or {}
+    data = data or str(task.get("data") or "").split(os.pathsep)[0]
+    if not data or not os.path.isdir(data):
+        raise ConfigError(f"the dictionaries are not in the checkpoint and data directory {data!r} does not exist; "
+                          f"pass --data DATA_BIN")
+    src, tgt = task.get("source_lang"), task.get("target_lang")
+    if not src or not tgt:
+        src, tgt = infer_language_pair(data)
+    paths = [os.path.join(data, f"dict.{lang}.txt") for lang in (src, tgt)]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise ConfigError(f"dictionary {p!r} does not exist")
+    return Dictionary.load(paths[0]), Dictionary.load(paths[1]), (src, tgt)
+
+
+def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "tgt"),
+                 embeddings_dtype: str = "float16") -> Dict[str, int]:
+    """Write the artifact of a built supermask model; returns its size and the floor."""
+    from safetensors.torch import save_file
+
+    if embeddings_dtype not in ("float16", "float32"):
+        raise ConfigError(f"embeddings dtype {embeddings_dtype!r} is unknown; allowed: float16, float32")
+    tensors, masks, floor = {}, {}, 0
+    masked = {n: m for n, m in model.named_modules() if isinstance(m, SupermaskModule)}
+    for name, m in masked.items():
+        mask = m.mask().flatten().numpy()
+        tensors[f"mask:{name}"] = torch.from_numpy(np.packbits(mask))
+        masks[name] = list(m.scores.shape)
+        floor += math.ceil(mask.size / 8)
+    stored = {}
+    for key, t in model.state_dict().items():
+        if _is_regenerated(key) or key.endswith(".scores"):
+            continue
+        owner = model.get_submodule(key.rsplit(".", 1)[0])
+        dtype = getattr(torch, embeddings_dtype) if isinstance(owner, FrozenEmbedding) else torch.float32
+        tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
+        stored[key] = str(dtype).replace("torch.", "")
+        floor += tensors[f"tensor:{key}"].numel() * tensors[f"tensor:{key}"].element_size()
+    meta_core = {"cfg": cfg, "dicts": {"src": _dict_text(src_dict), "tgt": _dict_text(tgt_dict)},
+                 "langs": list(langs)}
+    floor += len(json.dumps(meta_core, default=str).encode())
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": masks, "stored": stored, **meta_core}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta, default=str)})
+        os.replace(tmp, out)  # a crash never leaves a half-written artifact at `out`
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return {"bytes": os.path.getsize(out), "floor": floor, "mask_bits": sum(math.prod(s) for s in masks.values())}
+
+
+def export(checkpoint: str, out: str, data: Optional[str] = None, embeddings_dtype: str = "float16") -> Dict[str, int]:
+    """Export a supermask fairseq checkpoint; its random weights must regenerate from its seed."""
+    state = load_checkpoint(checkpoint)
+    model_cfg = _check_supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
+    src_dict, tgt_dict, langs = load_dictionaries(state["cfg"], data)
+    model = _build(model_cfg, src_dict, tgt_dict)
+    fresh = model.state_dict()
+    sd = state["model"]
+    if set(sd) != set(fresh):
+        raise ConfigError(f"checkpoint {checkpoint!r} does not match its own architecture "
+                          f"(dictionaries from another data directory?)")
+    for key, t in fresh.items():
+        if _is_regenerated(key) and not key.endswith(".version") and not torch.equal(t, sd[key].to(t.dtype)):
+            raise ConfigError(f"checkpoint {checkpoint!r}: {key} does not regenerate from weight seed "
+                              f"{model_cfg.get('weight_seed')}; it cannot be stored as a seed")
+    model.load_state_dict(sd)
+    cfg = {k: v for k, v in state["cfg"].items() if k in ("model", "task", "common", "generation", "bpe",
+                                                          "tokenizer", "criterion")}
+    return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype)
+
+
+def read(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """Metadata and tensors of an artifact, validated."""
+    from safetensors import safe_open
+
+    if not os.path.isfile(path):
+        raise ConfigError(f"artifact {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = json.loads((f.metadata() or {})[_META_KEY])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files
+        raise ConfigError(f"artifact {path!r} is truncated, corrupt or not an artifact ({type(e).__name__})") from None
+    if meta.get("format") != FORMAT:
+        raise ConfigError(f"{path!r} is not a one_layer_lottery artifact")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"artifact {path!r} has format version {meta.get('format_version')!r}; "
+                          f"this version reads {FORMAT_VERSION}")
+    for name, shape in meta["masks"].items():
+        t = tensors.get(f"mask:{name}")
+        if t is None or t.numel() != math.ceil(math.prod(shape) / 8):
+            raise ConfigError(f"artifact {path!r} is corrupt: mask {name} is missing or has the wrong size")
+    return meta, tensors
+
+
+def load_model(path: str, data: Optional[str] = None):
+    """(model in eval mode, source dictionary, target dictionary, metadata) from an artifact."""
+    meta, tensors = read(path)
+    src_dict, tgt_dict = _dict_from_text(meta["dicts"]["src"]), _dict_from_text(meta["dicts"]["tgt"])
+    if data is not None:
+        check_dictionaries(meta, src_dict, tgt_dict, data)
+    model = _build(dict(meta["cfg"]["model"]), src_dict, tgt_dict)
+    sd = model.state_dict()
+    for name, shape in meta["masks"].items():
+        bits = np.unpackbits(tensors[f"mask:{name}"].numpy(), count=math.prod(shape))
+        # scores equal to the mask select exactly that mask (top-k of |{0,1}|)
+        sd[f"{name}.scores"] = torch.from_numpy(bits.astype(np.float32)).view(shape)
+    for key in meta["stored"]:
+        sd[key] = tensors[f"tensor:{key}"].float()
+    model.load_state_dict(sd)
+    return model.eval(), src_dict, tgt_dict, meta
+
+
+def check_dictionaries(meta: dict, src_dict, tgt_dict, data: str) -> None:
+    langs = meta.get("langs") or ["src", "tgt"]
+    for lang, ours in zip(langs, (src_dict, tgt_dict)):
+        p = os.path.join(data, f"dict.{lang}.txt")
+        if not os.path.isfile(p):
+            raise ConfigError(f"dictionary {p!r} does not exist")
+        with open(p, encoding="utf-8") as f:
+            theirs = f.read()
+        if theirs != _dict_text(ours):
+            raise ConfigError(f"{p!r} differs from the artifact's {lang} dictionary; "
+                              f"the data directory must be the one the model was trained on")
+
+
+def expand(path: str, out: str, data: Optional[str] = None) -> None:
+    """Rebuild a fairseq checkpoint (loadable by stock fairseq-generate) from an artifact."""
+    model, _, _, meta = load_model(path, data)
+    state = {"cfg": meta["cfg"], "model": model.state_dict(), "args": None,
+             "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
+                                    "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+             "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+
+
+def hub(path: str, **generation):
+    """A fairseq hub interface (`.translate()`, `.sample()`) over an artifact's model.
+
+    Input is text in the model's (sentencepiece) pieces; `generation` sets e.g. beam=5.
+    """
+    from fairseq.dataclass.configs import FairseqConfig
+    from fairseq.hub_utils import GeneratorHubInterface
+    from fairseq.tasks.translation import TranslationConfig, TranslationTask
+    from omegaconf import OmegaConf
+
+    model, src_dict, tgt_dict, meta = load_model(path)
+    task = TranslationTask(TranslationConfig(source_lang=meta["langs"][0], target_lang=meta["langs"][1]),
+                           src_dict, tgt_dict)
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.common.cpu = not torch.cuda.is_available()
+    for k, v in {"beam": 5, **generation}.items():
+        cfg.generation[k] = v
+    return GeneratorHubInterface(cfg, task, [model])

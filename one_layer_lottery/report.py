@@ -1,0 +1,172 @@
+"""`one-layer-lottery inspect`: what a checkpoint or artifact holds, and how masks overlap across depths."""
+
+import argparse
+import math
+import os
+import re
+from collections import defaultdict
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .errors import ConfigError
+from .supermask import topk_mask
+
+_DEPTH = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+
+
+def masks_of(path: str):
+    """(masks {module name: bool array}, model cfg, stored tensor bytes, artifact bytes or None) of a file."""
+    from . import artifact
+
+    with open(path, "rb") as f:
+        head = f.read(8) if os.path.isfile(path) else b""
+    if os.path.isfile(path) and head[:2] != b"PK":  # torch checkpoints are zip files; artifacts are safetensors
+        meta, tensors = artifact.read(path)
+        masks = {n: np.unpackbits(tensors[f"mask:{n}"].numpy(), count=math.prod(s)).astype(bool).reshape(s)
+                 for n, s in meta["masks"].items()}
+        stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])
+        return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
+    state = artifact.load_checkpoint(path)
+    cfg = artifact._check_supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
+    ratio = float(cfg["remaining_ratio"])
+    masks = {k[: -len(".scores")]: topk_mask(v.float(), ratio).numpy()
+             for k, v in state["model"].items() if k.endswith(".scores")}
+    stored = sum(v.numel() * 2 for k, v in state["model"].items()
+                 if k.endswith("embed_tokens.weight") and v.dim() == 2)  # fp16 in an artifact
+    return masks, cfg, stored, None, None
+
+
+def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
+    """Parameters of fairseq's dense Transformer of the same shape (biases and LayerNorms included)."""
+    from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
+
+    from .models.supermask_transformer import SHAPE_FIELDS
+
+    args = argparse.Namespace(**{k: v for k, v in cfg.items() if k in SHAPE_FIELDS or k.startswith("share_")})
+    base_architecture(args)
+
+    def dictionary(n):
+        from fairseq.data import Dictionary
+
+        d = Dictionary()
+        for i in range(n - d.nspecial):
+            d.add_symbol(f"w{i}")
+        return d
+
+    task = argparse.Namespace(source_dictionary=dictionary(n_src), target_dictionary=dictionary(n_tgt))
+    if args.share_all_embeddings:
+        task.target_dictionary = task.source_dictionary
+    with torch.device("meta"):
+        model = TransformerModel.build_model(args, task)
+    return sum(p.numel() for p in model.parameters())
+
+
+def overlap(masks: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    """Jaccard overlap of masks between depths, per module type (e.g. encoder.fc1): an L x L matrix."""
+    by_type = defaultdict(dict)
+    for name, m in masks.items():
+        match = _DEPTH.match(name)
+        if match:
+            by_type[f"{match[1]}.{match[3]}"][int(match[2])] = m.ravel()
+    out = {}
+    for kind, depth in by_type.items():
+        ms = [depth[i] for i in sorted(depth)]
+        j = np.ones((len(ms), len(ms)))
+        for a in range(len(ms)):
+            for b in range(a + 1, len(ms)):
+                union = np.logical_or(ms[a], ms[b]).sum()
+                j[a, b] = j[b, a] = np.logical_and(ms[a], ms[b]).sum() / union if union else 1.0
+        out[kind] = j
+    return out
+
+
+def inspect(path: str, png: Optional[str] = None) -> dict:
+    masks, cfg, stored, artifact_bytes, meta = masks_of(path)
+    shared = bool(cfg.get("share_layer_weights"))
+    modules = [{"name": n, "shape": list(m.shape), "remaining_ratio": round(float(m.mean()), 6), "bits": int(m.size)}
+               for n, m in masks.items()]
+    unique = {}
+    for n, m in masks.items():
+        match = _DEPTH.match(n)
+        key = f"{match[1]}.{match[3]}" if (shared and match) else n
+        unique[key] = m.size
+    bits = sum(m["bits"] for m in modules)
+    n_src, n_tgt = _vocab_sizes(masks, cfg, meta)
+    dense = dense_param_count(cfg, n_src, n_tgt)
+    random_weights = sum(unique.values())
+    overlaps = overlap(masks)
+    report = {
+        "file": path, "arch": cfg.get("_name"), "remaining_ratio": cfg.get("remaining_ratio"),
+        "share_layer_weights": shared, "modules": modules,
+        "totals": {"scores_trainable": bits, "unique_random_weights": random_weights, "mask_bits": bits,
+                   "stored_tensor_bytes": stored, "artifact_bytes": artifact_bytes,
+                   "dense_params": dense, "dense_checkpoint_bytes": 4 * dense},
+        # Table 1 of the paper: "Param (no mask)" and "Memory" (fp32 random weights + 1-bit masks + embeddings)
+        "table1_row": {"params_no_mask": random_weights + stored // 2,
+                       "memory_bytes_paper_style": 4 * random_weights + math.ceil(bits / 8) + 2 * stored,
+                       "memory_bytes_artifact": artifact_bytes},
+        "overlap": {k: v.round(4).tolist() for k, v in overlaps.items()},
+    }
+    if png and overlaps:
+        plot_overlap(overlaps, png, title=f"{cfg.get('_name')}: mask overlap (Jaccard) between depths")
+        report["png"] = png
+    return report
+
+
+def _vocab_sizes(masks, cfg, meta):
+    if meta is not None:
+        from .artifact import _dict_from_text
+
+        return len(_dict_from_text(meta["dicts"]["src"])), len(_dict_from_text(meta["dicts"]["tgt"]))
+    src = masks.get("encoder.embed_tokens")
+    tgt = masks.get("decoder.embed_tokens", masks.get("decoder.output_projection"))
+    if src is None or tgt is None:
+        raise ConfigError("cannot tell the vocabulary sizes of a checkpoint with pre-trained embeddings; "
+                          "inspect its exported artifact instead")
+    return src.shape[0], tgt.shape[0]
+
+
+def plot_overlap(overlaps: Dict[str, np.ndarray], png: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = sorted(overlaps)
+    cols = min(4, len(kinds))
+    rows = math.ceil(len(kinds) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, kind in zip(axes.ravel(), kinds):
+        im = ax.imshow(overlaps[kind], vmin=0, vmax=1, cmap="viridis")
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("depth")
+        ax.set_ylabel("depth")
+        n = overlaps[kind].shape[0]
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+    for ax in axes.ravel()[len(kinds):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="Jaccard")
+    fig.suptitle(title, fontsize=10)
+    tmp = png + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['file']}: {r['arch']}  remaining ratio {r['remaining_ratio']}  "
+             f"weights shared across depth: {r['share_layer_weights']}", "",
+             f"{'module':<44} {'shape':>14} {'kept':>8} {'bits':>12}"]
+    for m in r["modules"]:
+        lines.append(f"{m['name']:<44} {'x'.join(map(str, m['shape'])):>14} {m['remaining_ratio']:>8.4f} {m['bits']:>12,}")
+    t, row = r["totals"], r["table1_row"]
+    lines += ["", *(f"{k:>28}: {v:,}" if isinstance(v, int) else f"{k:>28}: {v}" for k, v in t.items()), "",
+              "Table-1 row: params (no mask) {:.1f}M, memory (paper style) {:.1f} MB, artifact {}".format(
+                  row["params_no_mask"] / 1e6, row["memory_bytes_paper_style"] / 1e6,
+                  f"{row['memory_bytes_artifact'] / 1e6:.2f} MB" if row["memory_bytes_artifact"] else "n/a"), ""]
+    for kind, mat in r["overlap"].items():
+        lines.append(f"overlap {kind}: " + " | ".join(" ".join(f"{x:.2f}" for x in rowv) for rowv in mat))
+    return "\n".join(lines)

@@ -1,0 +1,146 @@
+import json
+import os
+import shutil
+import struct
+
+import pytest
+import torch
+
+from conftest import SM, TRAIN, build_model, make_dictionary, run_cli
+from one_layer_lottery import artifact
+
+GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1", "--max-len-b", "12"]
+
+
+def hypotheses(bin_dir, ckpt):
+    r = run_cli("fairseq-generate", bin_dir, "--user-dir", "one_layer_lottery", "--path", ckpt, *GEN)
+    return sorted(line for line in r.stdout.splitlines() if line.startswith("H-"))
+
+
+def _fails_one_line(r, out, *needles):
+    assert r.returncode == 1, r.stderr[-2000:]
+    err = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    for n in needles:
+        assert n in err[0], err[0]
+    assert not os.path.exists(out)
+
+
+def test_round_trip_is_byte_identical(trained, tiny_corpus, tmp_path):
+    art, back = tmp_path / "model.olt", tmp_path / "expanded.pt"
+    r = run_cli("one-layer-lottery", "export", trained, art, "--json")
+    rep = json.loads(r.stdout.splitlines()[-1])
+    assert rep["bytes"] == art.stat().st_size and rep["ratio_to_dense"] < 0.1
+    assert rep["floor"] <= rep["bytes"]
+    run_cli("one-layer-lottery", "expand", art, back, "--data", tiny_corpus.bin)
+    # masks identical, frozen weights regenerated identical
+    a = torch.load(trained, map_location="cpu", weights_only=True)["model"]
+    b = torch.load(back, map_location="cpu", weights_only=True)["model"]
+    assert set(a) == set(b)
+    from one_layer_lottery.supermask import topk_mask
+
+    for k in a:
+        if k.endswith(".scores"):
+            assert torch.equal(topk_mask(a[k], 0.5), topk_mask(b[k], 0.5)), k
+        else:
+            assert torch.equal(a[k], b[k]), k
+    assert hypotheses(tiny_corpus.bin, trained) == hypotheses(tiny_corpus.bin, back)
+    # no pickle: the file is safetensors (8-byte header length, then JSON)
+    raw = art.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    json.loads(raw[8:8 + n])
+
+
+def test_python_api_translates(trained, tmp_path):
+    art = tmp_path / "m.olt"
+    artifact.export(str(trained), str(art))
+    hub = artifact.hub(str(art), beam=2, max_len_b=8)
+    src = "▁D er ▁ , ▁das s"
+    out = hub.translate(src)
+    assert isinstance(out, str)
+    model, src_dict, tgt_dict, meta = artifact.load_model(str(art))
+    assert not model.training and meta["format_version"] == artifact.FORMAT_VERSION
+
+
+def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_path):
+    save = tmp_path / "sm"
+    run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "2", "--save-dir", save,
+            "--pretrained-embeddings", dense_ckpt)
+    ckpt = save / "checkpoint_last.pt"
+    sizes = {}
+    for dtype in ("float16", "float32"):
+        art = tmp_path / f"{dtype}.olt"
+        sizes[dtype] = artifact.export(str(ckpt), str(art), embeddings_dtype=dtype)["bytes"]
+        meta, tensors = artifact.read(str(art))
+        assert tensors["tensor:encoder.embed_tokens.weight"].dtype == getattr(torch, dtype)
+    emb = torch.load(dense_ckpt, weights_only=True)["model"]["encoder.embed_tokens.weight"].numel()
+    assert sizes["float32"] - sizes["float16"] >= 2 * emb
+    back = tmp_path / "back.pt"
+    artifact.expand(str(tmp_path / "float32.olt"), str(back))
+    assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
+
+
+def test_size_within_two_percent_of_floor(tmp_path):
+    model = build_model("one_layer_supermask_transformer_iwslt_de_en", src_words=8844, tgt_words=6628).eval()
+    cfg = {"model": {"_name": "one_layer_supermask_transformer_iwslt_de_en", "remaining_ratio": 0.5}}
+    r = artifact.export_model(model, cfg, make_dictionary(8844), make_dictionary(6628), str(tmp_path / "a.olt"))
+    assert r["floor"] <= r["bytes"] <= 1.02 * r["floor"]
+    assert r["mask_bits"] == sum(p.numel() for p in model.parameters())
+
+
+@pytest.fixture(scope="module")
+def good_artifact(trained, tmp_path_factory):
+    art = tmp_path_factory.mktemp("art") / "good.olt"
+    artifact.export(str(trained), str(art))
+    return art
+
+
+def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
+    raw = good_artifact.read_bytes()
+    truncated = tmp_path / "truncated.olt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    corrupt = tmp_path / "corrupt.olt"
+    corrupt.write_bytes(raw[:8] + b"\x00garbage" + raw[16:])
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].decode().replace('\\"format_version\\": 1', '\\"format_version\\": 99')
+    assert '99' in header
+    future = tmp_path / "future.olt"
+    future.write_bytes(struct.pack("<Q", len(header.encode())) + header.encode() + raw[8 + n:])
+    cases = [(truncated, "truncated, corrupt"), (corrupt, "truncated, corrupt"),
+             (future, "format version 99"), (tmp_path / "missing.olt", "does not exist")]
+    for path, needle in cases:
+        out = tmp_path / "out.pt"
+        _fails_one_line(run_cli("one-layer-lottery", "expand", path, out, check=False), out, needle)
+    other = tmp_path / "otherbin"
+    shutil.copytree(tiny_corpus.bin, other)
+    with open(other / "dict.tgt.txt", "a", encoding="utf-8") as f:
+        f.write("extra 1\n")
+    out = tmp_path / "out.pt"
+    _fails_one_line(run_cli("one-layer-lottery", "expand", good_artifact, out, "--data", other, check=False), out,
+                    "differs from the artifact's tgt dictionary")
+
+
+def test_export_refuses_non_supermask_and_broken_checkpoints(dense_ckpt, tmp_path):
+    out = tmp_path / "x.olt"
+    _fails_one_line(run_cli("one-layer-lottery", "export", dense_ckpt, out, check=False), out,
+                    "is not a supermask model", "'transformer'")
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(dense_ckpt.read_bytes()[:1000])
+    _fails_one_line(run_cli("one-layer-lottery", "export", broken, out, check=False), out,
+                    "is not a readable fairseq checkpoint")
+
+
+def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path):
+    png = tmp_path / "overlap.png"
+    a = json.loads(run_cli("one-layer-lottery", "inspect", trained, "--json").stdout)
+    b = json.loads(run_cli("one-layer-lottery", "inspect", good_artifact, "--json", "--png", png).stdout)
+    assert a["modules"] == b["modules"] and a["overlap"] == b["overlap"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    t = b["totals"]
+    assert t["artifact_bytes"] == good_artifact.stat().st_size
+    assert t["scores_trainable"] == t["mask_bits"] > t["unique_random_weights"]
+    # one-layer tiny: 2 depths; each depth's mask of a module type is itself (1.0) and differs from the other
+    enc = b["overlap"]["encoder.fc1"]
+    assert enc[0][0] == 1.0 and 0.2 < enc[0][1] < 0.6
+    text = run_cli("one-layer-lottery", "inspect", good_artifact).stdout
+    assert "Table-1 row" in text and "encoder.layers.1.fc1" in text
