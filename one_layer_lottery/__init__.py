@@ -8,4 +8,4 @@ from .safe_load import allow_fairseq_checkpoints
 install_excepthook()
 allow_fairseq_checkpoints()
 
-from . import models  # noqa: E402,F401  (registers the models and architectures)
+from . import models, optim  # noqa: E402,F401  (registers the models, architectures and optimizers)

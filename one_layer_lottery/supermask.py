@@ -21,6 +21,28 @@ def n_pruned(numel: int, remaining_ratio: float) -> int:
     return int((1 - remaining_ratio) * numel)
 
 
+def _kth_smallest(a: Tensor, j: int, sample: int = 8192) -> Tensor:
+    """The j-th smallest entry of a 1-d tensor (1-based), exactly, without sorting it.
+
+    A strided sample brackets the answer; only the entries inside the bracket go through
+    kthvalue. Falls back to kthvalue on everything when the bracket misses (rare).
+    """
+    n = a.numel()
+    if n <= 4 * sample:
+        return a.kthvalue(j).values
+    s = a[:: n // sample].sort().values
+    m, q = s.numel(), j / n
+    margin = 4.0 * (q * (1 - q) / m) ** 0.5 + 2.0 / m
+    lo = s[max(0, int((q - margin) * m) - 1)]
+    hi = s[min(m - 1, int((q + margin) * m))]
+    below = int(torch.count_nonzero(a < lo))
+    inside = a[(a >= lo) & (a <= hi)]
+    r = j - below
+    if 1 <= r <= inside.numel():
+        return inside.kthvalue(r).values
+    return a.kthvalue(j).values
+
+
 @torch.no_grad()
 def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     """Boolean mask keeping the entries of largest |score|; exactly n - n_pruned of them."""
@@ -32,12 +54,12 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
         a = a.float()
     # a threshold, not a sort (O(n) instead of O(n log n))
-    threshold = a.kthvalue(j).values
+    threshold = _kth_smallest(a, j)
     keep = a > threshold
-    # ties at the threshold: keep the lowest-index tied entries until the count is exact
-    tie = a == threshold
-    missing = (n - j) - keep.sum()
-    keep |= tie & (tie.cumsum(0) <= missing)
+    missing = (n - j) - int(torch.count_nonzero(keep))
+    if missing:  # ties at the threshold: keep the lowest-index tied entries until the count is exact
+        tie = a == threshold
+        keep |= tie & (tie.cumsum(0) <= missing)
     return keep.view_as(scores)
 
 
@@ -102,7 +124,10 @@ class SupermaskModule(nn.Module):
         return self._cache[1]
 
     def train(self, mode: bool = True):
-        self._cache = None
+        # training changes scores in place through .data (no version bump): forget the cache then;
+        # eval() keeps it (fairseq's generator calls eval() on every batch)
+        if mode:
+            self._cache = None
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):

@@ -22,6 +22,7 @@ from omegaconf import II, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..optim.masked_only import track_model
 from ..init import SCORE_INITS, WEIGHT_INITS, InitSpec, check_remaining_ratio, generate_weight
 from ..supermask import use_supermask_attention_, FrozenEmbedding, MaskedEmbedding, MaskedLinear, TiedOutputProjection, WeightBank
 
@@ -174,7 +175,9 @@ class SupermaskTransformerModel(TransformerModel):
         tcfg = TransformerConfig.from_namespace(args)
         encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
         decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
-        return cls(args, encoder, decoder)
+        model = cls(args, encoder, decoder)
+        track_model(model)
+        return model
 
 
 def init_spec(args) -> InitSpec:

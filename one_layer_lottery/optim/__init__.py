@@ -1,0 +1,1 @@
+from . import masked_only  # noqa: F401

@@ -1,0 +1,55 @@
+import hashlib
+
+import pytest
+import torch
+
+from conftest import SM, TRAIN, build_model, run_cli
+from one_layer_lottery.init import InitSpec, generate_weight
+
+# Pinned checksums of the frozen random weights. A change here orphans every published artifact
+# (they store the seed, not the weights): change generation only with a new artifact format version.
+PINNED_TENSOR = "63e59b29cb044aaa571d5fb4fa5dee0c73be8a5e5b02a080d0723c26da9d725c"
+PINNED_MODEL = "7ad6e1a4bee51092cfd6f4014313cd1058220993846336fbfced3206af1ef718"
+
+
+def _sha(tensors) -> str:
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_weight_generation_is_pinned():
+    spec = InitSpec("kaiming_uniform", 0.5, True)
+    assert _sha([generate_weight(1234, "encoder.layer.fc1", (16, 8), spec)]) == PINNED_TENSOR
+
+
+def test_model_weights_are_pinned():
+    torch.manual_seed(999)  # the global RNG must not matter
+    model = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "1234")
+    sd = model.state_dict()
+    keys = sorted(k for k in sd if not k.endswith((".scores", "version")))
+    assert _sha(sd[k] for k in keys) == PINNED_MODEL
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_moving_keeps_generated_values(dtype):
+    w = generate_weight(7, "x", (8, 8), InitSpec())
+    model = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "7").to(dtype)
+    assert model.encoder.layers[1].fc1.get_frozen_weight().dtype == dtype
+    assert torch.equal(w.to(dtype), generate_weight(7, "x", (8, 8), InitSpec()).to(dtype))
+
+
+def test_exact_resume(tiny_corpus, tmp_path):
+    """6 updates in one go == 3 updates, stop, resume from checkpoint_last.pt, 3 more; bit for bit."""
+    common = [*SM, *TRAIN, "--seed", "4", "--dropout", "0.1", "--save-interval-updates", "3"]
+    run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "6", "--save-dir", tmp_path / "straight")
+    run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "3", "--save-dir", tmp_path / "resumed")
+    run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "6", "--save-dir", tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "checkpoint_last.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoint_last.pt", weights_only=True)
+    assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == 6
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+    for i, s in a["last_optimizer_state"]["state"].items():
+        assert torch.equal(s["exp_avg"], b["last_optimizer_state"]["state"][i]["exp_avg"])

@@ -1,0 +1,34 @@
+import torch
+
+from conftest import SM, TRAIN, run_cli
+
+MASKED = [a if a != "adam" else "masked_adam" for a in TRAIN]
+
+
+def test_masked_adam_trains_scores_and_keeps_state_for_scores_only(tiny_corpus, tmp_path):
+    assert "masked_adam" in MASKED
+    run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "3", "--save-dir", tmp_path,
+            "--adam-betas", "(0.9,0.98)", "--clip-norm", "0.1", "--update-freq", "2")
+    state = torch.load(tmp_path / "checkpoint_last.pt", map_location="cpu", weights_only=True)
+    scores = sum(t.numel() for k, t in state["model"].items() if k.endswith(".scores"))
+    opt = state["last_optimizer_state"]["state"]
+    assert sum(s["exp_avg"].numel() for s in opt.values()) == scores
+    assert sum(s["exp_avg_sq"].numel() for s in opt.values()) == scores
+    assert state["optimizer_history"][-1]["optimizer_name"] == "MaskedOnlyFairseqAdam"
+
+
+def test_masked_optimizer_refuses_other_trainable_tensors(tiny_corpus, tmp_path):
+    r = run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "2", "--save-dir", tmp_path,
+                "--affine-layernorm", check=False)
+    assert r.returncode == 1
+    err = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(err) == 1 and "non-score tensors require grad" in err[0] and "layer_norm" in err[0]
+    assert not list(tmp_path.glob("*.pt"))
+
+
+def test_masked_optimizer_refuses_dense_models(tiny_corpus, tmp_path):
+    r = run_cli("fairseq-train", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--arch", "transformer",
+                "--encoder-layers", "1",
+                "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32", *MASKED,
+                "--max-update", "1", "--save-dir", tmp_path, check=False)
+    assert r.returncode == 1 and "trains supermask models only" in r.stderr
