@@ -2,10 +2,11 @@
 
 __version__ = "0.1.0"
 
+from .compat import allow_fairseq_checkpoints, atomic_checkpoint_copies
 from .errors import install_excepthook
-from .safe_load import allow_fairseq_checkpoints
 
 install_excepthook()
 allow_fairseq_checkpoints()
+atomic_checkpoint_copies()
 
-from . import models, optim  # noqa: E402,F401  (registers the models, architectures and optimizers)
+from . import models, optim  # noqa: F401  (registers the models, architectures and optimizers)

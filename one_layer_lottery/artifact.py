@@ -12,7 +12,6 @@ import json
 import math
 import os
 import tempfile
-from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -40,7 +39,7 @@ def _dict_from_text(text: str):
 
 
 def _is_regenerated(key: str) -> bool:
-    return key.endswith(".frozen_weight") or ".shared_layer_weights." in key or key.endswith(".version")
+    return key.endswith((".frozen_weight", ".version")) or ".shared_layer_weights." in key
 
 
 def _build(model_cfg: dict, src_dict, tgt_dict):
@@ -74,7 +73,7 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def load_dictionaries(cfg: dict, data: Optional[str]):
+def load_dictionaries(cfg: dict, data: str | None):
     from fairseq.data import Dictionary
     from fairseq.data.data_utils import infer_language_pair
 
@@ -94,7 +93,7 @@ def load_dictionaries(cfg: dict, data: Optional[str]):
 
 
 def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "tgt"),
-                 embeddings_dtype: str = "float16") -> Dict[str, int]:
+                 embeddings_dtype: str = "float16") -> dict[str, int]:
     """Write the artifact of a built supermask model; returns its size and the floor."""
     from safetensors.torch import save_file
 
@@ -132,7 +131,7 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     return {"bytes": os.path.getsize(out), "floor": floor, "mask_bits": sum(math.prod(s) for s in masks.values())}
 
 
-def export(checkpoint: str, out: str, data: Optional[str] = None, embeddings_dtype: str = "float16") -> Dict[str, int]:
+def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16") -> dict[str, int]:
     """Export a supermask fairseq checkpoint; its random weights must regenerate from its seed."""
     state = load_checkpoint(checkpoint)
     model_cfg = _check_supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
@@ -153,7 +152,7 @@ def export(checkpoint: str, out: str, data: Optional[str] = None, embeddings_dty
     return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype)
 
 
-def read(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
+def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and tensors of an artifact, validated."""
     from safetensors import safe_open
 
@@ -162,7 +161,7 @@ def read(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {})[_META_KEY])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
     except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files
         raise ConfigError(f"artifact {path!r} is truncated, corrupt or not an artifact ({type(e).__name__})") from None
     if meta.get("format") != FORMAT:
@@ -177,7 +176,7 @@ def read(path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_model(path: str, data: Optional[str] = None):
+def load_model(path: str, data: str | None = None):
     """(model in eval mode, source dictionary, target dictionary, metadata) from an artifact."""
     meta, tensors = read(path)
     src_dict, tgt_dict = _dict_from_text(meta["dicts"]["src"]), _dict_from_text(meta["dicts"]["tgt"])
@@ -208,7 +207,7 @@ def check_dictionaries(meta: dict, src_dict, tgt_dict, data: str) -> None:
                               f"the data directory must be the one the model was trained on")
 
 
-def expand(path: str, out: str, data: Optional[str] = None) -> None:
+def expand(path: str, out: str, data: str | None = None) -> None:
     """Rebuild a fairseq checkpoint (loadable by stock fairseq-generate) from an artifact."""
     model, _, _, meta = load_model(path, data)
     state = {"cfg": meta["cfg"], "model": model.state_dict(), "args": None,

@@ -3,7 +3,6 @@
 import argparse
 import json
 import sys
-from typing import List, Optional
 
 from .errors import ConfigError
 
@@ -72,8 +71,8 @@ def _demo_report(a) -> None:
     rows = [
         ("arch", cfg["_name"]),
         ("remaining ratio", cfg["remaining_ratio"]),
-        ("layers (enc/dec)", f"{cfg['encoder_layers']}/{cfg['decoder_layers']}, weights shared across depth: "
-                             f"{cfg['share_layer_weights']}"),
+        ("layers (enc/dec)", (f"{cfg['encoder_layers']}/{cfg['decoder_layers']}, weights shared across depth: "
+                              f"{cfg['share_layer_weights']}")),
         ("trainable (scores)", f"{st['scores']:,}"),
         ("frozen random (unique)", f"{st['frozen_random']:,}"),
         ("mask bits", f"{st['mask_bits']:,} ({st['mask_bits'] / 8 / 2**20:.2f} MiB packed)"),
@@ -179,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -10,7 +10,6 @@ verb-final subordinate clauses that the target side reorders to SVO.
 import os
 import random
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
 
 SRC, TGT = "src", "tgt"
 SPLITS = {"train": 20000, "valid": 500, "test": 500}
@@ -47,12 +46,12 @@ _NOUN_PL = {"m": "e", "f": "en", "n": "er"}
 
 @dataclass
 class Lexicon:
-    src: Dict[str, List[str]]
-    tgt: Dict[str, List[str]]
-    gender: List[str]
+    src: dict[str, list[str]]
+    tgt: dict[str, list[str]]
+    gender: list[str]
 
 
-def _words(rng: random.Random, syl, n: int, taken: set) -> List[str]:
+def _words(rng: random.Random, syl, n: int, taken: set) -> list[str]:
     out = []
     while len(out) < n:
         w = "".join(rng.choice(syl[0]) + rng.choice(syl[1]) + rng.choice(syl[2]) for _ in range(rng.choice((1, 2, 2, 3))))
@@ -79,7 +78,7 @@ class _Generator:
     def pick(self, cls: str) -> int:
         return self.rng.choices(range(_SIZES[cls]), self.weights[cls])[0]
 
-    def np(self, case: str) -> Tuple[List[str], List[str], bool]:
+    def np(self, case: str) -> tuple[list[str], list[str], bool]:
         """A noun phrase (source words, target words, plural?)."""
         i, lex, rng = self.pick("noun"), self.lex, self.rng
         g, plural, definite = lex.gender[i], rng.random() < 0.3, rng.random() < 0.6
@@ -97,12 +96,12 @@ class _Generator:
         adj_t = [lex.tgt["adj"][adj]] if adj is not None else []
         return art_s + adj_s + [noun_s], art_t + adj_t + [noun_t], plural
 
-    def verb(self, cls: str, plural: bool) -> Tuple[str, str]:
+    def verb(self, cls: str, plural: bool) -> tuple[str, str]:
         i = self.pick(cls)
         return (self.lex.src[cls][i] + ("en" if plural else "t"),
                 self.lex.tgt[cls][i] + ("" if plural else "s"))
 
-    def sentence(self) -> Tuple[str, str]:
+    def sentence(self) -> tuple[str, str]:
         rng = self.rng
         subj_s, subj_t, pl = self.np("nom")
         obj_s, obj_t, _ = self.np("acc")
@@ -128,7 +127,7 @@ class _Generator:
         return " ".join(s) + " .", " ".join(t) + " ."
 
 
-def generate(out_dir: str, seed: int = 1, sizes: Dict[str, int] = SPLITS) -> Dict[str, int]:
+def generate(out_dir: str, seed: int = 1, sizes: dict[str, int] = SPLITS) -> dict[str, int]:
     """Write {split}.src / {split}.tgt under out_dir; returns the number of pairs per split."""
     lex = _Generator(make_lexicon(seed), random.Random(seed + 1))
     os.makedirs(out_dir, exist_ok=True)

@@ -7,7 +7,6 @@ import re
 import shutil
 import subprocess
 import sys
-from typing import Dict, List, Tuple
 
 from .errors import ConfigError
 
@@ -25,12 +24,12 @@ def find_split(raw_dir: str, split: str, lang: str) -> str:
         for pattern in (f"{prefix}.{lang}", f"{prefix}.{lang}.gz", f"{prefix}*.{lang}", f"{prefix}*.{lang}.gz"):
             found += glob.glob(os.path.join(raw_dir, pattern))
         if found:
-            return sorted(set(found), key=lambda p: (len(p), p))[0]
+            return min(set(found), key=lambda p: (len(p), p))
     raise ConfigError(f"no {split} file for language {lang!r} in {raw_dir!r}: expected "
                       f"{' or '.join(p + '*.' + lang for p in SPLIT_PREFIXES[split])} (optionally .gz)")
 
 
-def read_pairs(raw_dir: str, split: str, src: str, tgt: str) -> List[Tuple[str, str]]:
+def read_pairs(raw_dir: str, split: str, src: str, tgt: str) -> list[tuple[str, str]]:
     ps, pt = find_split(raw_dir, split, src), find_split(raw_dir, split, tgt)
     with _open(ps) as fs, _open(pt) as ft:
         s, t = fs.read().splitlines(), ft.read().splitlines()
@@ -39,13 +38,13 @@ def read_pairs(raw_dir: str, split: str, src: str, tgt: str) -> List[Tuple[str, 
     return [(a.strip(), b.strip()) for a, b in zip(s, t)]
 
 
-def clean(pairs: List[Tuple[str, str]], max_words: int) -> Tuple[List[Tuple[str, str]], int]:
+def clean(pairs: list[tuple[str, str]], max_words: int) -> tuple[list[tuple[str, str]], int]:
     """Drop pairs with an empty side or a side longer than max_words; returns (kept, dropped)."""
     kept = [(a, b) for a, b in pairs if a and b and len(a.split()) <= max_words and len(b.split()) <= max_words]
     return kept, len(pairs) - len(kept)
 
 
-def _write(path: str, lines: List[str]) -> None:
+def _write(path: str, lines: list[str]) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
@@ -53,7 +52,7 @@ def _write(path: str, lines: List[str]) -> None:
 
 
 def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 8000, max_words: int = 250,
-            workers: int = 2, log=print) -> Dict[str, int]:
+            workers: int = 2, log=print) -> dict[str, int]:
     """Clean, learn & apply sentencepiece (one model per language), then fairseq-preprocess into out_dir/bin."""
     import sentencepiece as spm
 
@@ -90,7 +89,7 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
            "--testpref", os.path.join(work, "spm", "test"), "--destdir", os.path.join(work, "bin"),
            "--workers", str(workers)]
     log("[prepare] " + " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd)))
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-3000:])
         raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode}")
@@ -99,7 +98,7 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
     return {s: len(p) for s, p in splits.items()}
 
 
-def read_hypotheses(generate_output: str) -> List[str]:
+def read_hypotheses(generate_output: str) -> list[str]:
     """Detokenized hypotheses (D- lines) of fairseq-generate, in corpus order."""
     hyps = {}
     for line in generate_output.splitlines():
@@ -109,7 +108,7 @@ def read_hypotheses(generate_output: str) -> List[str]:
     return [hyps[i] for i in sorted(hyps)]
 
 
-def bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
+def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     """Detokenized sacreBLEU and its signature."""
     import sacrebleu
 
@@ -120,7 +119,7 @@ def bleu(hypotheses: List[str], references: List[str]) -> Tuple[float, str]:
     return score.score, str(metric.get_signature())
 
 
-def read_lines(path: str) -> List[str]:
+def read_lines(path: str) -> list[str]:
     with _open(path) as f:
         return f.read().splitlines()
 

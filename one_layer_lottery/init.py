@@ -7,8 +7,8 @@ RNG state, on the order in which modules are built, or on the device.
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -5,7 +5,6 @@ import math
 import os
 import re
 from collections import defaultdict
-from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -63,7 +62,7 @@ def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def overlap(masks: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+def overlap(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Jaccard overlap of masks between depths, per module type (e.g. encoder.fc1): an L x L matrix."""
     by_type = defaultdict(dict)
     for name, m in masks.items():
@@ -82,7 +81,7 @@ def overlap(masks: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return out
 
 
-def inspect(path: str, png: Optional[str] = None) -> dict:
+def inspect(path: str, png: str | None = None) -> dict:
     masks, cfg, stored, artifact_bytes, meta = masks_of(path)
     shared = bool(cfg.get("share_layer_weights"))
     modules = [{"name": n, "shape": list(m.shape), "remaining_ratio": round(float(m.mean()), 6), "bits": int(m.size)}
@@ -128,7 +127,7 @@ def _vocab_sizes(masks, cfg, meta):
     return src.shape[0], tgt.shape[0]
 
 
-def plot_overlap(overlaps: Dict[str, np.ndarray], png: str, title: str) -> None:
+def plot_overlap(overlaps: dict[str, np.ndarray], png: str, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -157,8 +156,8 @@ def plot_overlap(overlaps: Dict[str, np.ndarray], png: str, title: str) -> None:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['file']}: {r['arch']}  remaining ratio {r['remaining_ratio']}  "
-             f"weights shared across depth: {r['share_layer_weights']}", "",
+    lines = [(f"{r['file']}: {r['arch']}  remaining ratio {r['remaining_ratio']}  "
+              f"weights shared across depth: {r['share_layer_weights']}"), "",
              f"{'module':<44} {'shape':>14} {'kept':>8} {'bits':>12}"]
     for m in r["modules"]:
         lines.append(f"{m['name']:<44} {'x'.join(map(str, m['shape'])):>14} {m['remaining_ratio']:>8.4f} {m['bits']:>12,}")

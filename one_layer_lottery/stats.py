@@ -1,11 +1,10 @@
 """What a supermask checkpoint holds: trainable scores, unique frozen random weights, mask bits."""
 
-from typing import Dict
 
 import torch
 
 
-def state_dict_stats(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
+def state_dict_stats(state: dict[str, torch.Tensor]) -> dict[str, int]:
     """Counts from a model state dict (each shared weight appears once in it)."""
     scores = sum(t.numel() for k, t in state.items() if k.endswith(".scores"))
     frozen = sum(t.numel() for k, t in state.items()
@@ -17,5 +16,5 @@ def state_dict_stats(state: Dict[str, torch.Tensor]) -> Dict[str, int]:
             "other_float": other}
 
 
-def model_stats(model: torch.nn.Module) -> Dict[str, int]:
+def model_stats(model: torch.nn.Module) -> dict[str, int]:
     return state_dict_stats(model.state_dict())

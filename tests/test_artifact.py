@@ -5,8 +5,8 @@ import struct
 
 import pytest
 import torch
-
 from conftest import SM, TRAIN, build_model, make_dictionary, run_cli
+
 from one_layer_lottery import artifact
 
 GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1", "--max-len-b", "12"]
@@ -58,7 +58,7 @@ def test_python_api_translates(trained, tmp_path):
     src = "▁D er ▁ , ▁das s"
     out = hub.translate(src)
     assert isinstance(out, str)
-    model, src_dict, tgt_dict, meta = artifact.load_model(str(art))
+    model, _, _, meta = artifact.load_model(str(art))
     assert not model.training and meta["format_version"] == artifact.FORMAT_VERSION
 
 
@@ -71,7 +71,7 @@ def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_
     for dtype in ("float16", "float32"):
         art = tmp_path / f"{dtype}.olt"
         sizes[dtype] = artifact.export(str(ckpt), str(art), embeddings_dtype=dtype)["bytes"]
-        meta, tensors = artifact.read(str(art))
+        _, tensors = artifact.read(str(art))
         assert tensors["tensor:encoder.embed_tokens.weight"].dtype == getattr(torch, dtype)
     emb = torch.load(dense_ckpt, weights_only=True)["model"]["encoder.embed_tokens.weight"].numel()
     assert sizes["float32"] - sizes["float16"] >= 2 * emb

@@ -2,8 +2,8 @@ import hashlib
 
 import pytest
 import torch
-
 from conftest import SM, TRAIN, build_model, run_cli
+
 from one_layer_lottery.init import InitSpec, generate_weight
 
 # Pinned checksums of the frozen random weights. A change here orphans every published artifact

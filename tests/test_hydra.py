@@ -1,5 +1,4 @@
 import torch
-
 from conftest import ROOT, run_cli
 
 

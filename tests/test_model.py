@@ -1,7 +1,7 @@
 import pytest
 import torch
-
 from conftest import build_model
+
 from one_layer_lottery.errors import ConfigError
 from one_layer_lottery.supermask import MaskedLinear, supermask_modules
 
@@ -76,7 +76,7 @@ def test_weights_regenerate_from_seed_whatever_the_global_rng():
     torch.manual_seed(999)
     b = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "11", "--seed", "5")
     c = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "12")
-    bufs = lambda m: {k: v for k, v in m.state_dict().items() if "scores" not in k}  # noqa: E731
+    bufs = lambda m: {k: v for k, v in m.state_dict().items() if "scores" not in k}
     assert all(torch.equal(v, bufs(b)[k]) for k, v in bufs(a).items())
     assert not torch.equal(bufs(a)["encoder.shared_layer_weights.fc1"], bufs(c)["encoder.shared_layer_weights.fc1"])
     # default weight seed is --seed

@@ -1,5 +1,4 @@
 import torch
-
 from conftest import SM, TRAIN, run_cli
 
 MASKED = [a if a != "adam" else "masked_adam" for a in TRAIN]

@@ -67,7 +67,7 @@ def test_embedding_is_masked_and_padding_zero():
 def test_shared_weight_is_one_storage():
     bank = WeightBank()
     spec = InitSpec()
-    make = lambda: generate_weight(1, "x", (4, 4), spec)  # noqa: E731
+    make = lambda: generate_weight(1, "x", (4, 4), spec)
     a = MaskedLinear(4, 4, 0.5, shared=bank.get_or_add("fc1", make))
     b = MaskedLinear(4, 4, 0.5, shared=bank.get_or_add("fc1", make))
     assert a.get_frozen_weight().data_ptr() == b.get_frozen_weight().data_ptr()

@@ -9,7 +9,7 @@ import argparse
 import dataclasses
 import os
 import re
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
@@ -22,9 +22,16 @@ from omegaconf import II, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..optim.masked_only import track_model
 from ..init import SCORE_INITS, WEIGHT_INITS, InitSpec, check_remaining_ratio, generate_weight
-from ..supermask import use_supermask_attention_, FrozenEmbedding, MaskedEmbedding, MaskedLinear, TiedOutputProjection, WeightBank
+from ..optim.masked_only import track_model
+from ..supermask import (
+    FrozenEmbedding,
+    MaskedEmbedding,
+    MaskedLinear,
+    TiedOutputProjection,
+    WeightBank,
+    use_supermask_attention_,
+)
 
 
 @dataclasses.dataclass
@@ -42,10 +49,10 @@ class SupermaskOptions(FairseqDataclass):
         default=False, metadata={"help": "do not scale the weight std by sqrt(1/remaining_ratio)"})
     score_init: ChoiceEnum(SCORE_INITS) = dataclasses.field(  # type: ignore[valid-type]
         default="kaiming_uniform", metadata={"help": "initialisation of the scores"})
-    pretrained_embeddings: Optional[str] = dataclasses.field(
+    pretrained_embeddings: str | None = dataclasses.field(
         default=None, metadata={"help": "a trained dense fairseq checkpoint: its encoder/decoder token "
                                         "embeddings are used frozen and unmasked"})
-    weight_seed: Optional[int] = dataclasses.field(
+    weight_seed: int | None = dataclasses.field(
         default=II("common.seed"), metadata={"help": "seed of the frozen random weights (default: --seed)"})
     affine_layernorm: bool = dataclasses.field(
         default=False, metadata={"help": "LayerNorms with (trainable) affine parameters"})
@@ -184,7 +191,7 @@ def init_spec(args) -> InitSpec:
     return InitSpec(str(args.weight_init), float(args.remaining_ratio), not args.no_scale_init)
 
 
-def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Optional[Tensor]) -> nn.Module:
+def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Tensor | None) -> nn.Module:
     if pretrained is not None:
         return FrozenEmbedding(pretrained, dictionary.pad())
     weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), init_spec(args))
@@ -193,7 +200,7 @@ def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Opt
                            weight=weight)
 
 
-def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> Tuple[Tensor, Tensor]:
+def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> tuple[Tensor, Tensor]:
     """Encoder and decoder token embeddings of a trained dense fairseq checkpoint, checked against ours."""
     if not os.path.isfile(path):
         raise ConfigError(f"--pretrained-embeddings {path!r}: no such file")
@@ -252,7 +259,7 @@ def _is_layer_norm(m: nn.Module) -> bool:
     return "LayerNorm" in type(m).__name__
 
 
-def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: Optional[WeightBank]) -> None:
+def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> None:
     """Replace, in place, every Linear of `module` by a MaskedLinear and every LayerNorm by ours.
 
     `prefix` names the weights' random streams; with a bank, weights are shared by everything
@@ -268,7 +275,7 @@ def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: Opti
                 if bank is None:
                     kw = {"weight": generate_weight(cfg.weight_seed, name, shape, spec)}
                 else:
-                    kw = {"shared": bank.get_or_add(rel, lambda: generate_weight(cfg.weight_seed, name, shape, spec))}
+                    kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape: generate_weight(cfg.weight_seed, n, s, spec))}
                 setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
                                                    str(cfg.score_init), **kw))
             elif _is_layer_norm(child):
