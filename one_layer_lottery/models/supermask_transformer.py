@@ -49,10 +49,11 @@ class SupermaskOptions(FairseqDataclass):
         default=False, metadata={"help": "do not scale the weight std by sqrt(1/remaining_ratio)"})
     score_init: ChoiceEnum(SCORE_INITS) = dataclasses.field(  # type: ignore[valid-type]
         default="kaiming_uniform", metadata={"help": "initialisation of the scores"})
-    pretrained_embeddings: str | None = dataclasses.field(
+    # typing.Optional, not X | None: fairseq's argparse generator only understands the former
+    pretrained_embeddings: Optional[str] = dataclasses.field(  # noqa: UP045
         default=None, metadata={"help": "a trained dense fairseq checkpoint: its encoder/decoder token "
                                         "embeddings are used frozen and unmasked"})
-    weight_seed: int | None = dataclasses.field(
+    weight_seed: Optional[int] = dataclasses.field(  # noqa: UP045
         default=II("common.seed"), metadata={"help": "seed of the frozen random weights (default: --seed)"})
     affine_layernorm: bool = dataclasses.field(
         default=False, metadata={"help": "LayerNorms with (trainable) affine parameters"})
@@ -81,7 +82,7 @@ def _flat_transformer_fields():
                     default = re.sub(r"model\.(encoder|decoder|quant_noise)\.", r"model.\1_", default)
                 name = f"{f.name}_{sub.name}"
                 if name in SHAPE_FIELDS:
-                    yield name, Optional[int], dataclasses.field(default=None, metadata=sub.metadata)
+                    yield name, Optional[int], dataclasses.field(default=None, metadata=sub.metadata)  # noqa: UP045
                 else:
                     yield name, sub.type, dataclasses.field(default=default, metadata=sub.metadata)
         else:
