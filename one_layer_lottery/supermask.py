@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .init import check_remaining_ratio, init_scores_
 
@@ -73,6 +74,19 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     return keep.view_as(scores)
 
 
+# Optimizers change scores through .data, which bumps no version counter; every torch optimizer
+# step (fairseq's optimizers are torch optimizers underneath) bumps this instead. Masks are then
+# selected once per update, not once per micro-batch (--update-freq) or per forward.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_step)
+
+
 class _MaskedWeight(torch.autograd.Function):
     """W * M forward; straight-through backward: TopK is the identity, so dL/d|S| = dL/dW_eff * W."""
 
@@ -113,6 +127,7 @@ class SupermaskModule(nn.Module):
         # a plain tuple: the bank is registered once, on its owner, not on every user
         self._shared = shared
         self._cache: tuple[tuple, Tensor] | None = None
+        self._mask_cache: tuple[tuple, Tensor] | None = None
 
     def get_frozen_weight(self) -> Tensor:
         if self._shared is None:
@@ -121,31 +136,37 @@ class SupermaskModule(nn.Module):
         return getattr(bank, key)
 
     def mask(self) -> Tensor:
-        return topk_mask(self.scores, self.remaining_ratio)
+        """The current boolean mask, selected again only after the scores changed."""
+        s = self.scores
+        key = (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0])
+        if self._mask_cache is None or self._mask_cache[0] != key:
+            self._mask_cache = (key, topk_mask(s, self.remaining_ratio))
+        return self._mask_cache[1]
 
     def masked_weight(self) -> Tensor:
         w = self.get_frozen_weight()
         if torch.is_grad_enabled() and self.scores.requires_grad:
             return _MaskedWeight.apply(self.scores, w, self.mask())
         # inference: materialise W * M once, reuse it until scores, weights or mode change
-        key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device)
+        key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device,
+               _OPTIMIZER_STEPS[0])
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, w * self.mask().to(w.dtype))
         return self._cache[1]
 
     def train(self, mode: bool = True):
-        # training changes scores in place through .data (no version bump): forget the cache then;
-        # eval() keeps it (fairseq's generator calls eval() on every batch)
+        # scores may be edited through .data (no version bump) outside an optimizer step: forget the
+        # caches when training starts; eval() keeps them (fairseq's generator calls it on every batch)
         if mode:
-            self._cache = None
+            self._cache = self._mask_cache = None
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = None
+        self._cache = self._mask_cache = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
-        self._cache = None
+        self._cache = self._mask_cache = None
         return super()._apply(fn, *args, **kwargs)
 
 

@@ -78,3 +78,23 @@ def test_shared_weight_is_one_storage():
 def test_bad_remaining_ratio(bad):
     with pytest.raises(ValueError, match=r"outside \(0, 1\]"):
         MaskedLinear(4, 4, bad, weight=torch.randn(4, 4))
+
+
+def test_mask_selected_once_per_update_not_per_micro_batch(monkeypatch):
+    from fairseq.optim.adam import Adam as FairseqAdamImpl
+
+    from one_layer_lottery import supermask
+
+    calls = []
+    real = supermask.topk_mask
+    monkeypatch.setattr(supermask, "topk_mask", lambda s, k: calls.append(1) or real(s, k))
+    lin = MaskedLinear(8, 8, 0.5, weight=torch.randn(8, 8)).train()
+    opt = FairseqAdamImpl([lin.scores], lr=0.5)  # fairseq's Adam updates through .data
+    for _ in range(3):  # three micro-batches of one update (--update-freq 3)
+        lin(torch.randn(2, 8)).sum().backward()
+    assert len(calls) == 1
+    before = lin.mask().clone()
+    opt.step()
+    lin(torch.randn(2, 8)).sum().backward()
+    assert len(calls) == 2
+    assert torch.equal(lin.mask(), real(lin.scores, 0.5)) and not torch.equal(before, lin.mask())

@@ -65,7 +65,8 @@ class SupermaskOptions(FairseqDataclass):
 # set by our architectures; left None in the dataclass so that a Hydra config naming an architecture
 # (model._name) gets that architecture's shape rather than the dataclass's base defaults
 SHAPE_FIELDS = tuple(f"{side}_{name}" for side in ("encoder", "decoder")
-                     for name in ("embed_dim", "ffn_embed_dim", "attention_heads", "layers"))
+                     for name in ("embed_dim", "ffn_embed_dim", "attention_heads", "layers")) + (
+    "decoder_input_dim", "decoder_output_dim")  # these two default to the decoder's embed dim
 
 
 def _flat_transformer_fields():

@@ -1,0 +1,76 @@
+"""Every config in configs/ composes as fairseq-hydra-train composes it, and builds its model."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+CONFIGS = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+
+
+def test_configs_are_generated_from_the_recipes(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "configs"))
+    import generate
+
+    names = set(generate.all_configs())
+    assert names <= set(CONFIGS) and len(names) == 28
+    for name, cfg in generate.all_configs().items():
+        with open(os.path.join(ROOT, "configs", f"{name}.yaml"), encoding="utf-8") as f:
+            assert f.read() == generate.render(name, cfg), f"{name}.yaml is stale: run python configs/generate.py"
+
+
+def _compose(name, overrides):
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    hydra_init(name)
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base=None):
+        cfg = compose(config_name=name, overrides=overrides)
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    add_defaults(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
+    import torch
+    from fairseq import tasks, utils
+
+    data = tiny_corpus.bin
+    if "wmt14" in name:  # WMT recipes share all embeddings: a joined dictionary
+        data = tmp_path / "joined"
+        shutil.copytree(tiny_corpus.bin, data)
+        joined = "".join(open(os.path.join(tiny_corpus.bin, f"dict.{lang}.txt"), encoding="utf-8").read()
+                         for lang in ("src", "tgt"))
+        seen = dict.fromkeys(line.split(" ")[0] for line in joined.splitlines())
+        for lang in ("src", "tgt"):
+            (data / f"dict.{lang}.txt").write_text("".join(f"{w} 1\n" for w in seen), encoding="utf-8")
+    overrides = [f"task.data={data}", f"common.user_dir={ROOT}/one_layer_lottery",
+                 f"checkpoint.save_dir={tmp_path}"]
+    if "pretrained_emb" in name:  # tables of the right shape, as when loading a trained checkpoint
+        overrides += ["model.pretrained_embeddings=dense.pt", "+model.pretrained_embeddings_in_checkpoint=true"]
+    cfg = _compose(name, overrides)
+    utils.import_user_module(cfg.common)
+    assert cfg.criterion.label_smoothing == 0.1
+    if name != "cpu_tiny":  # the recipes of DESIGN.md
+        assert cfg.optimization.max_epoch == (55 if "iwslt" in name else 100)
+    task = tasks.setup_task(cfg.task)
+    with torch.no_grad():
+        model = task.build_model(cfg.model)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if "dense" in name:
+        assert cfg.optimizer._name == "adam" and not any(n.endswith(".scores") for n in trainable)
+    else:
+        assert cfg.optimizer._name == "masked_adam" and all(n.endswith(".scores") for n in trainable)
+        assert model.cfg.share_layer_weights == ("one_layer" in name or name == "cpu_tiny")
+        assert ("embed_tokens.scores" in " ".join(trainable)) == ("pretrained_emb" not in name)
+    if "wmt14" in name:
+        assert cfg.common.fp16 and cfg.distributed_training.distributed_world_size == 8
+        assert model.encoder.embed_tokens is model.decoder.embed_tokens or "dense" not in name
