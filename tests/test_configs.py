@@ -5,7 +5,6 @@ import shutil
 import sys
 
 import pytest
-
 from conftest import ROOT
 
 CONFIGS = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
@@ -47,8 +46,7 @@ def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
     if "wmt14" in name:  # WMT recipes share all embeddings: a joined dictionary
         data = tmp_path / "joined"
         shutil.copytree(tiny_corpus.bin, data)
-        joined = "".join(open(os.path.join(tiny_corpus.bin, f"dict.{lang}.txt"), encoding="utf-8").read()
-                         for lang in ("src", "tgt"))
+        joined = "".join((data / f"dict.{lang}.txt").read_text(encoding="utf-8") for lang in ("src", "tgt"))
         seen = dict.fromkeys(line.split(" ")[0] for line in joined.splitlines())
         for lang in ("src", "tgt"):
             (data / f"dict.{lang}.txt").write_text("".join(f"{w} 1\n" for w in seen), encoding="utf-8")
