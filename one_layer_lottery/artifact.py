@@ -106,10 +106,14 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         tensors[f"mask:{name}"] = torch.from_numpy(np.packbits(mask))
         masks[name] = list(m.scores.shape)
         floor += math.ceil(mask.size / 8)
-    stored = {}
+    stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
         if _is_regenerated(key) or key.endswith(".scores"):
             continue
+        if t.data_ptr() in seen:  # one table under two names (--share-all-embeddings): store it once
+            aliases[key] = seen[t.data_ptr()]
+            continue
+        seen[t.data_ptr()] = key
         owner = model.get_submodule(key.rsplit(".", 1)[0])
         dtype = getattr(torch, embeddings_dtype) if isinstance(owner, FrozenEmbedding) else torch.float32
         tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
@@ -118,7 +122,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     meta_core = {"cfg": cfg, "dicts": {"src": _dict_text(src_dict), "tgt": _dict_text(tgt_dict)},
                  "langs": list(langs)}
     floor += len(json.dumps(meta_core, default=str).encode())
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": masks, "stored": stored, **meta_core}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": masks, "stored": stored,
+            "aliases": aliases, **meta_core}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
     os.close(fd)
@@ -190,6 +195,8 @@ def load_model(path: str, data: str | None = None):
         sd[f"{name}.scores"] = torch.from_numpy(bits.astype(np.float32)).view(shape)
     for key in meta["stored"]:
         sd[key] = tensors[f"tensor:{key}"].float()
+    for key, same in meta.get("aliases", {}).items():
+        sd[key] = sd[same]
     model.load_state_dict(sd)
     return model.eval(), src_dict, tgt_dict, meta
 

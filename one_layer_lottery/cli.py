@@ -18,7 +18,8 @@ def _make_corpus(a) -> None:
 def _prepare(a) -> None:
     from . import data
 
-    data.prepare(a.raw_dir, a.out_dir, a.src, a.tgt, vocab_size=a.vocab_size, max_words=a.max_words)
+    data.prepare(a.raw_dir, a.out_dir, a.src, a.tgt, vocab_size=a.vocab_size, max_words=a.max_words,
+                 joined=a.joined)
     print(f"[prepare] done: {a.out_dir}/bin")
 
 
@@ -137,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tgt", required=True)
     s.add_argument("--vocab-size", type=int, default=8000)
     s.add_argument("--max-words", type=int, default=250, help="drop training pairs longer than this")
+    s.add_argument("--joined", action="store_true", help="one sentencepiece model and dictionary for both sides")
     s.set_defaults(func=_prepare)
 
     s = sub.add_parser("bleu", help="detokenized sacreBLEU of fairseq-generate output against a reference file")

@@ -52,8 +52,11 @@ def _write(path: str, lines: list[str]) -> None:
 
 
 def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 8000, max_words: int = 250,
-            workers: int = 2, log=print) -> dict[str, int]:
-    """Clean, learn & apply sentencepiece (one model per language), then fairseq-preprocess into out_dir/bin."""
+            workers: int = 2, log=print, joined: bool = False) -> dict[str, int]:
+    """Clean, learn & apply sentencepiece, then fairseq-preprocess into out_dir/bin.
+
+    One sentencepiece model per language, or with `joined` one for both and a joined dictionary.
+    """
     import sentencepiece as spm
 
     if not os.path.isdir(raw_dir):
@@ -72,12 +75,14 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
         for i, lang in enumerate((src, tgt)):
             _write(os.path.join(work, "raw", f"{split}.{lang}"), [p[i] for p in pairs])
     for lang in (src, tgt):
-        prefix = os.path.join(work, "spm", f"spm.{lang}")
-        log(f"[prepare] sentencepiece {lang}: vocab {vocab_size}")
-        spm.SentencePieceTrainer.train(
-            input=os.path.join(work, "raw", f"train.{lang}"), model_prefix=prefix, vocab_size=vocab_size,
-            character_coverage=1.0, model_type="unigram", hard_vocab_limit=False, num_threads=workers,
-            minloglevel=2)
+        name = "joined" if joined else lang
+        prefix = os.path.join(work, "spm", f"spm.{name}")
+        if not os.path.exists(prefix + ".model"):
+            log(f"[prepare] sentencepiece {name}: vocab {vocab_size}")
+            inputs = [os.path.join(work, "raw", f"train.{x}") for x in ((src, tgt) if joined else (lang,))]
+            spm.SentencePieceTrainer.train(
+                input=",".join(inputs), model_prefix=prefix, vocab_size=vocab_size, character_coverage=1.0,
+                model_type="unigram", hard_vocab_limit=False, num_threads=workers, minloglevel=2)
         sp = spm.SentencePieceProcessor(model_file=prefix + ".model")
         for split in splits:
             with open(os.path.join(work, "raw", f"{split}.{lang}"), encoding="utf-8") as f:
@@ -87,7 +92,7 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
     cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
            "--trainpref", os.path.join(work, "spm", "train"), "--validpref", os.path.join(work, "spm", "valid"),
            "--testpref", os.path.join(work, "spm", "test"), "--destdir", os.path.join(work, "bin"),
-           "--workers", str(workers)]
+           "--workers", str(workers)] + (["--joined-dictionary"] if joined else [])
     log("[prepare] " + " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd)))
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:

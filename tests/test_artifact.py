@@ -144,3 +144,21 @@ def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path)
     assert enc[0][0] == 1.0 and 0.2 < enc[0][1] < 0.6
     text = run_cli("one-layer-lottery", "inspect", good_artifact).stdout
     assert "Table-1 row" in text and "encoder.layers.1.fc1" in text
+
+
+def test_shared_embedding_table_stored_once(tmp_path):
+    flags = ["--share-all-embeddings", "--pretrained-embeddings", "dense.pt", "--pretrained-embeddings-in-checkpoint"]
+    model = build_model("one_layer_supermask_transformer_tiny", *flags, src_words=40, tgt_words=40).eval()
+    torch.nn.init.normal_(model.encoder.embed_tokens.weight)
+    assert model.encoder.embed_tokens is model.decoder.embed_tokens
+    cfg = {"model": {"_name": "one_layer_supermask_transformer_tiny", "remaining_ratio": 0.5,
+                     "share_all_embeddings": True, "pretrained_embeddings": "dense.pt",
+                     "pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed}}
+    d = make_dictionary(40)
+    artifact.export_model(model, cfg, d, d, str(tmp_path / "a.olt"), embeddings_dtype="float32")
+    meta, tensors = artifact.read(str(tmp_path / "a.olt"))
+    assert [k for k in tensors if "embed_tokens" in k] == ["tensor:encoder.embed_tokens.weight"]
+    back, _, _, _ = artifact.load_model(str(tmp_path / "a.olt"))
+    for k, v in model.state_dict().items():
+        if not k.endswith(".scores"):
+            assert torch.equal(back.state_dict()[k], v), k

@@ -77,7 +77,7 @@ def test_pretrained_embeddings_frozen_and_portable(tiny_corpus, dense_ckpt, tmp_
     shutil.copy(dense_ckpt, emb)
     save = tmp_path / "sm"
     run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "3", "--save-dir", save,
-            "--pretrained-embeddings", emb)
+            "--pretrained-embeddings", emb, "--share-decoder-input-output-embed")
     dense = torch.load(dense_ckpt, map_location="cpu", weights_only=True)["model"]
     sm = torch.load(save / "checkpoint_last.pt", map_location="cpu", weights_only=True)
     for side in ("encoder", "decoder"):

@@ -326,6 +326,15 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return self._supermask_layer(transformer_layer.TransformerDecoderLayerBase(cfg, no_encoder_attn), "decoder")
 
+    def upgrade_state_dict_named(self, state_dict, name):
+        # fairseq copies a tied embedding table to output_projection.weight; ours reads the table itself
+        key = f"{name}.output_projection.weight"
+        had = key in state_dict
+        state_dict = super().upgrade_state_dict_named(state_dict, name)
+        if not had and isinstance(self.output_projection, TiedOutputProjection):
+            state_dict.pop(key, None)
+        return state_dict
+
     def build_output_projection(self, cfg, dictionary, embed_tokens):
         if self.share_input_output_embed:
             self.output_projection = TiedOutputProjection(embed_tokens)
