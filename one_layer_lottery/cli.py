@@ -28,7 +28,10 @@ def _bleu(a) -> None:
 
     with open(a.generate_output, encoding="utf-8") as f:
         hyps = data.read_hypotheses(f.read())
-    score, signature = data.bleu(hyps, data.read_lines(a.reference))
+    refs = data.read_lines(a.reference)
+    if a.compound_split:  # as the paper's tokenized WMT BLEU (fairseq's compound_split_bleu.sh)
+        hyps, refs = data.compound_split(hyps), data.compound_split(refs)
+    score, signature = data.bleu(hyps, refs)
     if a.json:
         print(json.dumps({"bleu": round(score, 2), "signature": signature, "sentences": len(hyps)}))
     else:
@@ -122,6 +125,29 @@ def _inspect(a) -> None:
     print(json.dumps(r) if a.json else format_report(r))
 
 
+def _average(a) -> None:
+    import os
+
+    import torch
+
+    from .artifact import load_checkpoint
+
+    states = [load_checkpoint(p) for p in a.checkpoints]
+    keys = set(states[0]["model"])
+    for p, st in zip(a.checkpoints, states):
+        if set(st["model"]) != keys:
+            raise ConfigError(f"checkpoint {p!r} has other tensors than {a.checkpoints[0]!r}: not the same model")
+    out = dict(states[-1])
+    # averaged scores select a new mask; frozen weights are identical in every checkpoint
+    out["model"] = {k: (sum(st["model"][k].double() for st in states) / len(states)).to(states[-1]["model"][k].dtype)
+                    if states[-1]["model"][k].is_floating_point() else states[-1]["model"][k] for k in keys}
+    out["last_optimizer_state"] = None
+    tmp = a.out + ".tmp"
+    torch.save(out, tmp)
+    os.replace(tmp, a.out)
+    print(f"averaged {len(states)} checkpoints -> {a.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="one-layer-lottery", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -144,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bleu", help="detokenized sacreBLEU of fairseq-generate output against a reference file")
     s.add_argument("generate_output")
     s.add_argument("reference")
+    s.add_argument("--compound-split", action="store_true", help="split hyphenated compounds (WMT en-de)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_bleu)
 
@@ -172,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--png", help="write the overlap heat map here")
     s.set_defaults(func=_inspect)
+
+    s = sub.add_parser("average", help="average checkpoints (the scores; the masks follow), like fairseq's script")
+    s.add_argument("checkpoints", nargs="+")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_average)
 
     s = sub.add_parser("demo-report", help="the demo's closing summary (reads the demo's work directory)")
     s.add_argument("work")

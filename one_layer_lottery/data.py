@@ -124,6 +124,11 @@ def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
     return score.score, str(metric.get_signature())
 
 
+def compound_split(lines: list[str]) -> list[str]:
+    """Split hyphenated compounds as fairseq's compound_split_bleu.sh does (a-b -> a ##AT##-##AT## b)."""
+    return [re.sub(r"(\S)-(\S)", r"\1 ##AT##-##AT## \2", line) for line in lines]
+
+
 def read_lines(path: str) -> list[str]:
     with _open(path) as f:
         return f.read().splitlines()

@@ -32,8 +32,8 @@ def masks_of(path: str):
     ratio = float(cfg["remaining_ratio"])
     masks = {k[: -len(".scores")]: topk_mask(v.float(), ratio).numpy()
              for k, v in state["model"].items() if k.endswith(".scores")}
-    stored = sum(v.numel() * 2 for k, v in state["model"].items()
-                 if k.endswith("embed_tokens.weight") and v.dim() == 2)  # fp16 in an artifact
+    tables = {v.data_ptr(): v for k, v in state["model"].items() if k.endswith("embed_tokens.weight") and v.dim() == 2}
+    stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once
     return masks, cfg, stored, None, None
 
 

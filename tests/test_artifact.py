@@ -156,7 +156,7 @@ def test_shared_embedding_table_stored_once(tmp_path):
                      "pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed}}
     d = make_dictionary(40)
     artifact.export_model(model, cfg, d, d, str(tmp_path / "a.olt"), embeddings_dtype="float32")
-    meta, tensors = artifact.read(str(tmp_path / "a.olt"))
+    _, tensors = artifact.read(str(tmp_path / "a.olt"))
     assert [k for k in tensors if "embed_tokens" in k] == ["tensor:encoder.embed_tokens.weight"]
     back, _, _, _ = artifact.load_model(str(tmp_path / "a.olt"))
     for k, v in model.state_dict().items():

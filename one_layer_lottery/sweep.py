@@ -1,0 +1,110 @@
+"""Collect a Hydra multirun sweep: BLEU of every run's last checkpoint into a CSV, and a mean ± std plot.
+
+    python -m one_layer_lottery.sweep SWEEP_DIR DATA_DIR --csv results.csv --png results.png [--x model.remaining_ratio]
+"""
+
+import argparse
+import csv
+import glob
+import os
+import statistics
+import subprocess
+import sys
+from collections import defaultdict
+
+import yaml
+
+from . import data
+from .errors import ConfigError
+
+
+def runs(sweep_dir: str):
+    """(overrides dict, checkpoint path) of every finished job of a sweep."""
+    for job in sorted(glob.glob(os.path.join(sweep_dir, "*", ".hydra", "overrides.yaml"))):
+        job_dir = os.path.dirname(os.path.dirname(job))
+        with open(job, encoding="utf-8") as f:
+            overrides = dict(o.split("=", 1) for o in yaml.safe_load(f) if "=" in o)
+        ckpt = os.path.join(job_dir, "ckpt", "checkpoint_last.pt")
+        if os.path.exists(ckpt):
+            yield {k: v for k, v in overrides.items() if k not in ("task.data", "common.user_dir")}, ckpt
+
+
+def evaluate(ckpt: str, data_dir: str) -> float:
+    binary = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
+    r = subprocess.run([binary, os.path.join(data_dir, "bin"), "--user-dir",
+                        os.path.join(os.path.dirname(os.path.abspath(__file__))), "--path", ckpt, "--beam", "5",
+                        "--batch-size", "128", "--required-batch-size-multiple", "1", "--max-len-a", "1.2",
+                        "--max-len-b", "10", "--remove-bpe", "sentencepiece"],
+                       capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"fairseq-generate failed on {ckpt}: {r.stderr.strip().splitlines()[-1:]}")
+    tgt = _target_lang(data_dir)
+    return data.bleu(data.read_hypotheses(r.stdout), data.read_lines(os.path.join(data_dir, "raw", f"test.{tgt}")))[0]
+
+
+def _target_lang(data_dir: str):
+    from fairseq.data.data_utils import infer_language_pair
+
+    return infer_language_pair(os.path.join(data_dir, "bin"))[1]
+
+
+def plot(rows, x: str, png: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(r.items())
+                          if k not in (x, "bleu", "checkpoint") and not k.endswith("seed"))
+        groups[label or "runs"][float(r[x])].append(float(r["bleu"]))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, pts in sorted(groups.items()):
+        xs = sorted(pts)
+        means = [statistics.mean(pts[v]) for v in xs]
+        stds = [statistics.pstdev(pts[v]) for v in xs]
+        ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xlabel(x.split(".")[-1])
+    ax.set_ylabel("BLEU (detokenized sacreBLEU)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = png + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, png)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir")
+    p.add_argument("data_dir")
+    p.add_argument("--csv", required=True)
+    p.add_argument("--png")
+    p.add_argument("--x", default="model.remaining_ratio", help="the swept value on the plot's x axis")
+    a = p.parse_args()
+    try:
+        rows = []
+        for overrides, ckpt in runs(a.sweep_dir):
+            rows.append({**overrides, "checkpoint": ckpt, "bleu": round(evaluate(ckpt, a.data_dir), 2)})
+            print(f"[sweep] {overrides} BLEU {rows[-1]['bleu']}", flush=True)
+        if not rows:
+            raise ConfigError(f"no finished runs under {a.sweep_dir!r}")
+        keys = sorted({k for r in rows for k in r})
+        tmp = a.csv + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, a.csv)
+        if a.png and all(a.x in r for r in rows):
+            plot(rows, a.x, a.png)
+        print(f"[sweep] {len(rows)} runs -> {a.csv}" + (f", {a.png}" if a.png else ""))
+    except ConfigError as e:
+        print(f"one_layer_lottery.sweep: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The shell recipes in scripts/, run as a user runs them."""
+
+import csv
+import os
+import subprocess
+
+import pytest
+from conftest import BIN, ROOT, SHARED_DATA
+
+ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONWARNINGS="ignore")
+MULTI30K = os.path.join(SHARED_DATA, "multi30k")
+
+
+def sh(*args, check=True):
+    r = subprocess.run(["bash", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900,
+                       check=False)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{args} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+@pytest.mark.skipif(not os.path.isdir(MULTI30K), reason=f"real corpus not found at {MULTI30K} (see shared/data)")
+def test_prepare_iwslt14_recipe_offline_on_multi30k(tmp_path):
+    out = tmp_path / "m30k"
+    sh("scripts/prepare-iwslt14.sh", "--from", MULTI30K, out)
+    assert (out / "bin" / "dict.de.txt").exists() and (out / "bin" / "train.de-en.en.bin").exists()
+    n = len((out / "raw" / "test.en").read_text(encoding="utf-8").splitlines())
+    assert n == 1000  # test_2016_flickr
+
+
+def test_prepare_wmt_recipe_joined_dictionary(tiny_corpus, tmp_path):
+    out = tmp_path / "wmt"
+    os.makedirs(tmp_path / "raw")
+    for split in ("train", "valid", "test"):
+        for side, lang in (("src", "en"), ("tgt", "de")):
+            os.symlink(os.path.join(tiny_corpus.raw, f"{split}.{side}"), tmp_path / "raw" / f"{split}.{lang}")
+    sh("scripts/prepare-wmt14-en-de.sh", "--from", tmp_path / "raw", out)
+    assert (out / "bin" / "dict.en.txt").read_text() == (out / "bin" / "dict.de.txt").read_text()
+    assert (out / "spm" / "spm.joined.model").exists()
+
+
+def test_train_and_evaluate_recipes(tiny_corpus, tmp_path):
+    data = os.path.join(tiny_corpus.root, "prep")
+    save = tmp_path / "ckpt"
+    sh("scripts/train.sh", "cpu_tiny", os.path.join(data, "bin"), save, "optimization.max_update=4",
+       "optimization.max_epoch=2", "checkpoint.no_epoch_checkpoints=false", "dataset.max_tokens=1024",
+       "model.encoder_layers=1", "model.decoder_layers=1")
+    r = sh("scripts/evaluate.sh", data, save / "checkpoint_last.pt")
+    assert "detokenized sacreBLEU: BLEU" in r.stdout and "nrefs:1" in r.stdout
+    assert "tokenized BLEU (fairseq): BLEU4 =" in r.stdout
+    r = sh("scripts/evaluate.sh", data, save, "--wmt", "--average", "2")
+    assert "checkpoint_avg2.pt" in r.stdout and "compound-split BLEU: BLEU" in r.stdout
+    bad = sh("scripts/evaluate.sh", data, save, "--beam", "4", check=False)
+    assert bad.returncode == 1 and "unknown option --beam" in bad.stderr
+
+
+def test_sweep_collects_csv_and_plot(tiny_corpus, tmp_path):
+    data = os.path.join(tiny_corpus.root, "prep")
+    sweep = tmp_path / "sweep"
+    sh("scripts/sweep.sh", "cpu_tiny", data, sweep, "model.remaining_ratio=0.3,0.7", "optimization.max_update=3",
+       "dataset.max_tokens=1024", "model.encoder_layers=1", "model.decoder_layers=1")
+    with open(sweep / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["model.remaining_ratio"] for r in rows) == ["0.3", "0.7"]
+    assert all(0 <= float(r["bleu"]) <= 100 for r in rows)
+    assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
