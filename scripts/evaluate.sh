@@ -14,7 +14,8 @@ while [[ $# -gt 0 ]]; do case $1 in --wmt) WMT=1; shift;; --average) AVG=$2; shi
 TGT=$(ls "$DATA/bin" | sed -n 's/^test\.[^-]*-\([^.]*\)\.\1\.bin$/\1/p' | head -1)
 if [[ -d "$CKPT" ]]; then
   if [[ "$AVG" -gt 0 ]]; then
-    mapfile -t LAST < <(ls -v "$CKPT"/checkpoint[0-9]*.pt | tail -n "$AVG")
+    mapfile -t LAST < <(ls -v "$CKPT"/checkpoint[0-9]*.pt 2>/dev/null | tail -n "$AVG")
+    [[ ${#LAST[@]} -eq $AVG ]] || { echo "evaluate.sh: error: --average $AVG needs $AVG epoch checkpoints in $CKPT, found ${#LAST[@]}" >&2; exit 1; }
     one-layer-lottery average "${LAST[@]}" --out "$CKPT/checkpoint_avg$AVG.pt"
     CKPT=$CKPT/checkpoint_avg$AVG.pt
   else

@@ -20,5 +20,5 @@ SWEEP=$(realpath -m "$SWEEP")
 export PYTHONUNBUFFERED=1
 fairseq-hydra-train -m --config-dir "$PWD/configs" --config-name "$CONFIG" task.data="$(realpath "$DATA/bin")" \
   common.user_dir="$PWD/one_layer_lottery" hydra.sweep.dir="$SWEEP" hydra.sweep.subdir='${hydra.job.num}' \
-  'checkpoint.save_dir=${hydra.sweep.dir}/${hydra.job.num}/ckpt' "$@"
+  'checkpoint.save_dir=${hydra:sweep.dir}/${hydra:job.num}/ckpt' "$@"
 python3 -m one_layer_lottery.sweep "$SWEEP" "$DATA" --csv "$SWEEP/results.csv" --png "$SWEEP/results.png"

@@ -42,7 +42,7 @@ def test_prepare_wmt_recipe_joined_dictionary(tiny_corpus, tmp_path):
 def test_train_and_evaluate_recipes(tiny_corpus, tmp_path):
     data = os.path.join(tiny_corpus.root, "prep")
     save = tmp_path / "ckpt"
-    sh("scripts/train.sh", "cpu_tiny", os.path.join(data, "bin"), save, "optimization.max_update=4",
+    sh("scripts/train.sh", "cpu_tiny", os.path.join(data, "bin"), save, "optimization.max_update=0",
        "optimization.max_epoch=2", "checkpoint.no_epoch_checkpoints=false", "dataset.max_tokens=1024",
        "model.encoder_layers=1", "model.decoder_layers=1")
     r = sh("scripts/evaluate.sh", data, save / "checkpoint_last.pt")
@@ -64,3 +64,24 @@ def test_sweep_collects_csv_and_plot(tiny_corpus, tmp_path):
     assert sorted(r["model.remaining_ratio"] for r in rows) == ["0.3", "0.7"]
     assert all(0 <= float(r["bleu"]) <= 100 for r in rows)
     assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pretrained_embeddings_recipe(tiny_corpus, tmp_path):
+    data = os.path.join(tiny_corpus.root, "prep")
+    shrink = " ".join(f"++model.{k}" for k in (
+        "encoder_layers=1", "decoder_layers=1", "encoder_embed_dim=32", "decoder_embed_dim=32",
+        "encoder_ffn_embed_dim=32", "decoder_ffn_embed_dim=32", "encoder_attention_heads=2",
+        "decoder_attention_heads=2")) + (" optimization.max_update=2 dataset.max_tokens=1024 task.eval_bleu=false"
+                                         " checkpoint.best_checkpoint_metric=loss"
+                                         " checkpoint.maximize_best_checkpoint_metric=false")
+    r = subprocess.run(["bash", "scripts/pretrained-embeddings.sh", data, str(tmp_path), "iwslt14", "small"], cwd=ROOT,
+                       env=dict(ENV, OVERRIDES=shrink), capture_output=True, text=True, timeout=900, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import torch
+
+    dense = torch.load(tmp_path / "iwslt14_dense_small" / "checkpoint_best.pt", weights_only=True)["model"]
+    sm = torch.load(tmp_path / "iwslt14_one_layer_small_pretrained_emb" / "checkpoint_best.pt", weights_only=True)
+    assert torch.equal(sm["model"]["encoder.embed_tokens.weight"], dense["encoder.embed_tokens.weight"].float())
+    assert sm["cfg"]["model"]["_name"] == "one_layer_supermask_transformer_iwslt_de_en"
+    bad = sh("scripts/pretrained-embeddings.sh", data, tmp_path, "iwslt14", "huge", check=False)
+    assert bad.returncode == 1 and "unknown task/size 'iwslt14/huge'" in bad.stderr
