@@ -85,3 +85,17 @@ def test_pretrained_embeddings_recipe(tiny_corpus, tmp_path):
     assert sm["cfg"]["model"]["_name"] == "one_layer_supermask_transformer_iwslt_de_en"
     bad = sh("scripts/pretrained-embeddings.sh", data, tmp_path, "iwslt14", "huge", check=False)
     assert bad.returncode == 1 and "unknown task/size 'iwslt14/huge'" in bad.stderr
+
+
+def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
+    """The first README command's pipeline (scripts/demo.sh), shrunk: DATA=DIR branch, summary printed."""
+    env = dict(ENV, WORK=str(tmp_path / "demo"), UPDATES="3", DIM="32", FFN="32", LAYERS="1", HEADS="2",
+               VOCAB="300", SRC="src", TGT="tgt")
+    r = subprocess.run(["bash", "scripts/demo.sh", tiny_corpus.raw], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for line in ("BLEU supermask:", "BLEU dense:", "BLEU ratio supermask/dense:", "mask bits:", "wall time (demo):"):
+        assert line in r.stdout, r.stdout[-2000:]
+    bad = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path / "nope")], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode == 1 and "does not exist" in bad.stderr
