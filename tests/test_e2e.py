@@ -104,6 +104,7 @@ def _fails_one_line(r, *needles):
     (["--remaining-ratio", "1.2"], ["1.2", "(0, 1]"]),
     (["--weight-init", "gaussian"], ["invalid choice: 'gaussian'", "kaiming_uniform"]),
     (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
+    (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
     (["--pretrained-embeddings", "missing.pt"], ["'missing.pt': no such file"]),
 ])
 def test_bad_input_fails_before_training(tiny_corpus, tmp_path, flags, needles):

@@ -1,0 +1,46 @@
+import os
+
+from conftest import run_cli
+
+
+def _write(d, name, lines):
+    d.mkdir(exist_ok=True)
+    (d / name).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _corpus(tmp_path, train_src, train_tgt):
+    raw = tmp_path / "raw"
+    _write(raw, "train.de", train_src)
+    _write(raw, "train.en", train_tgt)
+    for split in ("valid", "test"):
+        _write(raw, f"{split}.de", ["ein hund läuft", "die katze schläft"])
+        _write(raw, f"{split}.en", ["a dog runs", "the cat sleeps"])
+    return raw
+
+
+def test_prepare_drops_empty_and_overlong_pairs(tmp_path):
+    src = [f"der hund {i} läuft schnell" for i in range(200)] + ["", "wort " * 40, "noch ein satz"]
+    tgt = [f"the dog {i} runs fast" for i in range(200)] + ["an empty source", "word", ""]
+    raw = _corpus(tmp_path, src, tgt)
+    r = run_cli("one-layer-lottery", "prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en",
+                "--vocab-size", "100", "--max-words", "30")
+    assert "train 200 pairs (3 dropped: empty or > 30 words)" in r.stdout
+    kept = (tmp_path / "out" / "raw" / "train.de").read_text(encoding="utf-8").splitlines()
+    assert len(kept) == 200 and "" not in kept
+    assert (tmp_path / "out" / "bin" / "train.de-en.de.bin").exists()
+
+
+def test_prepare_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
+    r = run_cli("one-layer-lottery", "prepare", tmp_path / "nope", tmp_path / "out", "--src", "de", "--tgt", "en",
+                check=False)
+    assert r.returncode == 1 and r.stderr.strip().endswith(f"data directory '{tmp_path / 'nope'}' does not exist")
+    raw = _corpus(tmp_path, ["a b", "c d", "e f"], ["a b", "c d"])
+    r = run_cli("one-layer-lottery", "prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
+    assert r.returncode == 1 and "has 3 lines but" in r.stderr and "must match line for line" in r.stderr
+    _write(raw, "train.en", ["a b", "c d", "e f"])
+    os.remove(raw / "valid.en")
+    r = run_cli("one-layer-lottery", "prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
+    assert r.returncode == 1 and "no valid file for language 'en'" in r.stderr
+    assert not (tmp_path / "out").exists()
+    r = run_cli("one-layer-lottery", "export", tmp_path / "missing.pt", tmp_path / "x.olt", check=False)
+    assert r.returncode == 1 and "does not exist" in r.stderr and not (tmp_path / "x.olt").exists()
