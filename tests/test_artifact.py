@@ -162,3 +162,16 @@ def test_shared_embedding_table_stored_once(tmp_path):
     for k, v in model.state_dict().items():
         if not k.endswith(".scores"):
             assert torch.equal(back.state_dict()[k], v), k
+
+
+def test_example_translates_from_an_artifact(trained, tiny_corpus):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    r = subprocess.run([sys.executable, "examples/translate_from_artifact.py", str(trained),
+                        os.path.join(tiny_corpus.root, "prep"), "2"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("hypothesis:") == 2 and "-> artifact" in r.stdout
