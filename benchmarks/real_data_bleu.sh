@@ -32,7 +32,8 @@ run() {  # name, fairseq-train arguments
       | grep --line-buffered -E "train_inner|done training" | sed -u "s/^/[$name] /"
   fi
   fairseq-generate "$WORK/data/bin" --user-dir one_layer_lottery --path "$WORK/$name/checkpoint_last.pt" --beam 5 \
-    --batch-size 128 --required-batch-size-multiple 1 --remove-bpe sentencepiece > "$WORK/$name.gen" 2>/dev/null
+    --batch-size 128 --required-batch-size-multiple 1 --max-len-a 1.2 --max-len-b 10 --remove-bpe sentencepiece \
+    > "$WORK/$name.gen" 2>/dev/null
   one-layer-lottery bleu "$WORK/$name.gen" "$WORK/data/raw/test.en" --json > "$WORK/$name.bleu.json"
   echo "[$name] $(cat "$WORK/$name.bleu.json")"
 }
