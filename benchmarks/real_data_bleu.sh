@@ -6,13 +6,13 @@
 # Prints the BLEUs (detokenized sacreBLEU) and their ratios to dense; --json adds one JSON line at the end.
 #
 #   benchmarks/real_data_bleu.sh ../shared/data/multi30k [--json]
-# Environment: UPDATES per model (default 2500: about 45 minutes here in all), WORK (default work/real_data_bleu),
+# Environment: UPDATES per model (default 2000: about 50 minutes here in all, by the measured rate), WORK (default work/real_data_bleu),
 #   DIM FFN LAYERS HEADS VOCAB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RAW=${1:?usage: real_data_bleu.sh RAW_DIR [--json]}; JSON=${2:-}
 [[ -d "$RAW" ]] || { echo "real_data_bleu: error: data directory '$RAW' does not exist" >&2; exit 1; }
-WORK=${WORK:-work/real_data_bleu}; UPDATES=${UPDATES:-2500}
+WORK=${WORK:-work/real_data_bleu}; UPDATES=${UPDATES:-2000}
 DIM=${DIM:-128}; FFN=${FFN:-256}; LAYERS=${LAYERS:-3}; HEADS=${HEADS:-4}; VOCAB=${VOCAB:-6000}
 export PYTHONUNBUFFERED=1
 start=$(date +%s)
