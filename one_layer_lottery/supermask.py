@@ -93,7 +93,7 @@ class _MaskedWeight(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores: Tensor, weight: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(scores, weight)
-        return weight * mask.to(weight.dtype)
+        return torch.where(mask, weight, weight.new_zeros(()))
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -151,7 +151,7 @@ class SupermaskModule(nn.Module):
         key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device,
                _OPTIMIZER_STEPS[0])
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, w * self.mask().to(w.dtype))
+            self._cache = (key, torch.where(self.mask(), w, w.new_zeros(())))
         return self._cache[1]
 
     def train(self, mode: bool = True):
