@@ -26,7 +26,8 @@ def runs(sweep_dir: str):
             overrides = dict(o.split("=", 1) for o in yaml.safe_load(f) if "=" in o)
         ckpt = os.path.join(job_dir, "ckpt", "checkpoint_last.pt")
         if os.path.exists(ckpt):
-            yield {k: v for k, v in overrides.items() if k not in ("task.data", "common.user_dir")}, ckpt
+            yield {k: v for k, v in overrides.items()
+                   if k not in ("task.data", "common.user_dir", "checkpoint.save_dir")}, ckpt
 
 
 def evaluate(ckpt: str, data_dir: str) -> float:
@@ -55,9 +56,10 @@ def plot(rows, x: str, png: str) -> None:
     import matplotlib.pyplot as plt
 
     groups = defaultdict(lambda: defaultdict(list))
+    varying = {k for k in rows[0] if len({r.get(k) for r in rows}) > 1}  # constant settings make no label
     for r in rows:
-        label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in sorted(r.items())
-                          if k not in (x, "bleu", "checkpoint") and not k.endswith("seed"))
+        label = ", ".join(f"{k.split('.')[-1].lstrip('_')}={v}" for k, v in sorted(r.items())
+                          if k in varying and k not in (x, "bleu", "checkpoint") and not k.endswith("seed"))
         groups[label or "runs"][float(r[x])].append(float(r["bleu"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, pts in sorted(groups.items()):

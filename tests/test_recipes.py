@@ -62,6 +62,7 @@ def test_sweep_collects_csv_and_plot(tiny_corpus, tmp_path):
     with open(sweep / "results.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["model.remaining_ratio"] for r in rows) == ["0.3", "0.7"]
+    assert "checkpoint.save_dir" not in rows[0]
     assert all(0 <= float(r["bleu"]) <= 100 for r in rows)
     assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"
 
