@@ -30,9 +30,10 @@ def masks_of(path: str):
     state = artifact.load_checkpoint(path)
     cfg = artifact._check_supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
     ratio = float(cfg["remaining_ratio"])
-    scores = {}
+    scores, seen = {}, set()
     for k, v in state["model"].items():  # a module shared under two names (--share-all-embeddings) counts once
-        if k.endswith(".scores") and v.data_ptr() not in {t.data_ptr() for t in scores.values()}:
+        if k.endswith(".scores") and v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
             scores[k[: -len(".scores")]] = v
     masks = {k: topk_mask(v.float(), ratio).numpy() for k, v in scores.items()}
     tables = {v.data_ptr(): v for k, v in state["model"].items() if k.endswith("embed_tokens.weight") and v.dim() == 2}

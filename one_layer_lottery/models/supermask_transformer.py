@@ -261,7 +261,7 @@ def _is_layer_norm(m: nn.Module) -> bool:
     return "LayerNorm" in type(m).__name__
 
 
-def supermask_(owner: nn.Module, module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> None:
+def supermask_(module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> None:
     """Replace, in place, every Linear of `module` by a MaskedLinear and every LayerNorm by ours.
 
     `prefix` names the weights' random streams; with a bank, weights are shared by everything
@@ -296,7 +296,7 @@ class _SupermaskStack:
             if not hasattr(self, "shared_layer_weights"):
                 self.shared_layer_weights = WeightBank()
             bank = self.shared_layer_weights
-        supermask_(self, layer, f"{side}.layer" if bank is not None else f"{side}.layers.{depth}", self.cfg, bank)
+        supermask_(layer, f"{side}.layer" if bank is not None else f"{side}.layers.{depth}", self.cfg, bank)
         return layer
 
     def _supermask_rest(self, side: str) -> None:
@@ -305,7 +305,7 @@ class _SupermaskStack:
             if child is not None:
                 holder = nn.Module()
                 holder.add_module(attr, child)
-                supermask_(self, holder, side, self.cfg, None)
+                supermask_(holder, side, self.cfg, None)
                 setattr(self, attr, getattr(holder, attr))
 
 
