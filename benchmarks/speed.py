@@ -5,6 +5,11 @@ variant re-implements the published selection rule (a full sort of |scores| on e
 show what threshold selection saves.
 
     python benchmarks/speed.py [--shape iwslt_de_en] [--tokens 4096] [--steps 4] [--json]
+    python benchmarks/speed.py --device cuda --dtype fp16 [--tokens 16384]    # on a GPU
+
+With --dtype fp16/bf16 the model is cast as fairseq's --fp16/--bf16 cast it (model.half()); both
+variants then train with the same plain Adam on their trainable tensors. Peak memory is the
+process's resident set on CPU and torch's peak allocation on CUDA.
 """
 
 import argparse
@@ -30,6 +35,14 @@ def dictionary(n):
     for i in range(n - d.nspecial):
         d.add_symbol(f"w{i}")
     return d
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def build(variant: str, shape: str):
@@ -59,10 +72,13 @@ def build(variant: str, shape: str):
             return out.view_as(scores)
 
         supermask.topk_mask = sort_mask
+        for m in model.modules():  # one sort per module, as published (no batched selection)
+            if isinstance(m, supermask.SupermaskModule):
+                m._group = None
     return model, task
 
 
-def batch(task, tokens: int, seed: int = 0):
+def batch(task, tokens: int, seed: int = 0, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
     length = 32
     bsz = max(1, tokens // length)
@@ -70,31 +86,39 @@ def batch(task, tokens: int, seed: int = 0):
     src = torch.randint(4, nsrc, (bsz, length), generator=g)
     tgt = torch.randint(4, ntgt, (bsz, length), generator=g)
     prev = torch.cat([torch.full((bsz, 1), 2), tgt[:, :-1]], 1)
-    return src, torch.full((bsz,), length), prev, tgt
+    return tuple(t.to(device) for t in (src, torch.full((bsz,), length), prev, tgt))
 
 
-def mask_time_share(model, step) -> float:
+def mask_time_share(model, step, device: str) -> float:
     """Fraction of a training step spent selecting masks (timed around every selection)."""
     from one_layer_lottery import supermask
 
     spent = [0.0]
-    original = supermask.topk_mask
+    originals = {name: getattr(supermask, name) for name in ("topk_mask", "select_group_masks")}
 
-    def timed(scores, k):
-        t = time.perf_counter()
-        out = original(scores, k)
-        spent[0] += time.perf_counter() - t
-        return out
+    def timed(fn):
+        def run(*args):
+            sync(device)
+            t = time.perf_counter()
+            out = fn(*args)
+            sync(device)
+            spent[0] += time.perf_counter() - t
+            return out
+        return run
 
-    supermask.topk_mask = timed
+    for name, fn in originals.items():
+        setattr(supermask, name, timed(fn))
+    sync(device)
     t = time.perf_counter()
     step()
+    sync(device)
     total = time.perf_counter() - t
-    supermask.topk_mask = original
+    for name, fn in originals.items():
+        setattr(supermask, name, fn)
     return spent[0] / total
 
 
-def train_run(variant: str, shape: str, tokens: int, steps: int) -> dict:
+def train_run(variant: str, shape: str, tokens: int, steps: int, device: str, dtype: str) -> dict:
     import fairseq.models.transformer  # noqa: F401  (imports are not the model's memory)
 
     import one_layer_lottery  # noqa: F401
@@ -102,10 +126,11 @@ def train_run(variant: str, shape: str, tokens: int, steps: int) -> dict:
     torch.manual_seed(0)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     model, task = build(variant, shape)
-    model.train()
+    model.to(device=device, dtype=DTYPES[dtype]).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=1e-4)
-    src, lengths, prev, tgt = batch(task, tokens)
+    # eps 1e-8 is 0 in fp16: the low-precision runs use fairseq's fp16-safe magnitude
+    opt = torch.optim.Adam(params, lr=1e-4, eps=1e-8 if dtype == "fp32" else 1e-4)
+    src, lengths, prev, tgt = batch(task, tokens, device=device)
 
     def step():
         out, _ = model(src, lengths, prev)
@@ -114,35 +139,41 @@ def train_run(variant: str, shape: str, tokens: int, steps: int) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step()  # warm-up (allocations, optimizer state)
+    step()  # warm-up (allocations, optimizer state, kernels)
+    step()
     times = []
     for _ in range(steps):
+        sync(device)
         t = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - t)
-    out = {"step_s": statistics.median(times), "peak_rss_mb": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                                                                 - base_rss) / 1024,
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
+            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024)
+    out = {"step_s": statistics.median(times), "peak_rss_mb": peak,
            "trainable": sum(p.numel() for p in params), "target_tokens": int(tgt.numel())}
     if variant != "dense":
-        out["mask_share"] = mask_time_share(model, step)
+        out["mask_share"] = mask_time_share(model, step, device)
     return out
 
 
-def generate_run(variant: str, shape: str, sentences: int, length: int) -> dict:
+def generate_run(variant: str, shape: str, sentences: int, length: int, device: str, dtype: str) -> dict:
     from fairseq.sequence_generator import SequenceGenerator
 
     torch.manual_seed(0)
     model, task = build(variant, shape)
-    model.eval()
+    model.to(device=device, dtype=DTYPES[dtype]).eval()
     gen = SequenceGenerator([model], task.target_dictionary, beam_size=5, max_len_a=0, max_len_b=length,
                             min_len=length)
-    src, lengths, _, _ = batch(task, sentences * 24)
-    src, lengths = src[:sentences, :24], torch.full((sentences,), 24)
+    src, lengths, _, _ = batch(task, sentences * 24, device=device)
+    src, lengths = src[:sentences, :24], torch.full((sentences,), 24, device=device)
     sample = {"net_input": {"src_tokens": src, "src_lengths": lengths}}
     with torch.no_grad():
         gen.generate([model], {"net_input": {"src_tokens": src[:2], "src_lengths": lengths[:2]}})  # warm-up
+        sync(device)
         t = time.perf_counter()
         hyps = gen.generate([model], sample)
+        sync(device)
         dt = time.perf_counter() - t
     ntok = sum(len(h[0]["tokens"]) for h in hyps)
     return {"tokens_per_s": ntok / dt, "tokens": ntok, "seconds": dt}
@@ -151,7 +182,8 @@ def generate_run(variant: str, shape: str, sentences: int, length: int) -> dict:
 def in_subprocess(kind: str, variant: str, a) -> dict:
     """Each measurement in a fresh process, so peak memory is that variant's own."""
     cmd = [sys.executable, __file__, "--_one", kind, variant, "--shape", a.shape, "--tokens", str(a.tokens),
-           "--steps", str(a.steps), "--sentences", str(a.sentences), "--length", str(a.length)]
+           "--steps", str(a.steps), "--sentences", str(a.sentences), "--length", str(a.length),
+           "--device", a.device, "--dtype", a.dtype]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-3000:])
@@ -166,14 +198,21 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--sentences", type=int, default=32, help="sentences to translate (beam 5)")
     p.add_argument("--length", type=int, default=24, help="tokens generated per sentence")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                   help="model precision, as fairseq's --fp16/--bf16 cast it (fp16/bf16 need --device cuda)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device is visible to torch")
+    if a.dtype != "fp32" and a.device == "cpu":
+        p.error(f"--dtype {a.dtype}: low precision is measured on --device cuda only")
     torch.set_num_threads(os.cpu_count() or 1)
     if a._one:
         kind, variant = a._one
-        r = (train_run(variant, a.shape, a.tokens, a.steps) if kind == "train"
-             else generate_run(variant, a.shape, a.sentences, a.length))
+        r = (train_run(variant, a.shape, a.tokens, a.steps, a.device, a.dtype) if kind == "train"
+             else generate_run(variant, a.shape, a.sentences, a.length, a.device, a.dtype))
         print(json.dumps(r))
         return
     res = {}
@@ -185,7 +224,8 @@ def main() -> None:
         print(f"[generate] {variant:>9}: {res[f'generate_{variant}']}", file=sys.stderr, flush=True)
     d, s, srt = res["train_dense"], res["train_supermask"], res["train_sort"]
     fig = {
-        "shape": a.shape, "tokens_per_batch": d["target_tokens"], "threads": torch.get_num_threads(),
+        "shape": a.shape, "device": (torch.cuda.get_device_name() if a.device == "cuda" else "cpu"),
+        "dtype": a.dtype, "tokens_per_batch": d["target_tokens"], "threads": torch.get_num_threads(),
         "step_s_dense": round(d["step_s"], 4), "step_s_supermask": round(s["step_s"], 4),
         "step_s_sort_baseline": round(srt["step_s"], 4),
         "step_ratio_supermask_dense": round(s["step_s"] / d["step_s"], 3),

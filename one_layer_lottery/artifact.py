@@ -22,6 +22,7 @@ from .supermask import FrozenEmbedding, SupermaskModule
 FORMAT = "one_layer_lottery.artifact"
 FORMAT_VERSION = 1
 _META_KEY = "one_layer_lottery"
+_WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def _dict_text(d) -> str:
@@ -93,12 +94,18 @@ def load_dictionaries(cfg: dict, data: str | None):
 
 
 def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "tgt"),
-                 embeddings_dtype: str = "float16") -> dict[str, int]:
-    """Write the artifact of a built supermask model; returns its size and the floor."""
+                 embeddings_dtype: str = "float16", weights_dtype: str = "float32") -> dict[str, int]:
+    """Write the artifact of a built supermask model; returns its size and the floor.
+
+    `weights_dtype` is the precision the random weights were trained in (float16 after --fp16,
+    bfloat16 after --bf16): loading rounds the regenerated weights to it.
+    """
     from safetensors.torch import save_file
 
     if embeddings_dtype not in ("float16", "float32"):
         raise ConfigError(f"embeddings dtype {embeddings_dtype!r} is unknown; allowed: float16, float32")
+    if weights_dtype not in _WEIGHT_DTYPES:
+        raise ConfigError(f"weights dtype {weights_dtype!r} is unknown; allowed: {', '.join(_WEIGHT_DTYPES)}")
     tensors, masks, floor = {}, {}, 0
     masked = {n: m for n, m in model.named_modules() if isinstance(m, SupermaskModule)}
     for name, m in masked.items():
@@ -123,7 +130,7 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
                  "langs": list(langs)}
     floor += len(json.dumps(meta_core, default=str).encode())
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": masks, "stored": stored,
-            "aliases": aliases, **meta_core}
+            "aliases": aliases, "weights_dtype": weights_dtype, **meta_core}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
     os.close(fd)
@@ -147,14 +154,26 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     if set(sd) != set(fresh):
         raise ConfigError(f"checkpoint {checkpoint!r} does not match its own architecture "
                           f"(dictionaries from another data directory?)")
-    for key, t in fresh.items():
-        if _is_regenerated(key) and not key.endswith(".version") and not torch.equal(t, sd[key].to(t.dtype)):
-            raise ConfigError(f"checkpoint {checkpoint!r}: {key} does not regenerate from weight seed "
-                              f"{model_cfg.get('weight_seed')}; it cannot be stored as a seed")
+    # --fp16/--bf16 training rounds the random weights once (model.half()) and fairseq saves them back
+    # as fp32: the artifact records the precision whose rounding of the regenerated weights gives the
+    # saved ones, and loading rounds the same way
+    weights = {k: t for k, t in fresh.items() if _is_regenerated(k) and not k.endswith(".version")}
+    saved_dtypes = {sd[k].dtype for k in weights}
+    candidates = (list(_WEIGHT_DTYPES.values()) if saved_dtypes == {torch.float32}
+                  else list(saved_dtypes) if len(saved_dtypes) == 1 else [])
+    weights_dtype = next((d for d in candidates if all(
+        torch.equal(t.to(d).to(sd[k].dtype), sd[k]) for k, t in weights.items())), None)
+    if weights_dtype is None:
+        key = next((k for k, t in weights.items()
+                    if not any(torch.equal(t.to(d).to(sd[k].dtype), sd[k]) for d in _WEIGHT_DTYPES.values())),
+                   next(iter(weights), "?"))
+        raise ConfigError(f"checkpoint {checkpoint!r}: {key} does not regenerate from weight seed "
+                          f"{model_cfg.get('weight_seed')}; it cannot be stored as a seed")
     model.load_state_dict(sd)
     cfg = {k: v for k, v in state["cfg"].items() if k in ("model", "task", "common", "generation", "bpe",
                                                           "tokenizer", "criterion")}
-    return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype)
+    return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype,
+                        str(weights_dtype).replace("torch.", ""))
 
 
 def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -174,6 +193,8 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if meta.get("format_version") != FORMAT_VERSION:
         raise ConfigError(f"artifact {path!r} has format version {meta.get('format_version')!r}; "
                           f"this version reads {FORMAT_VERSION}")
+    if meta.get("weights_dtype", "float32") not in _WEIGHT_DTYPES:
+        raise ConfigError(f"artifact {path!r} is corrupt: weights dtype {meta.get('weights_dtype')!r}")
     for name, shape in meta["masks"].items():
         t = tensors.get(f"mask:{name}")
         if t is None or t.numel() != math.ceil(math.prod(shape) / 8):
@@ -195,6 +216,11 @@ def load_model(path: str, data: str | None = None):
         sd[f"{name}.scores"] = torch.from_numpy(bits.astype(np.float32)).view(shape)
     for key in meta["stored"]:
         sd[key] = tensors[f"tensor:{key}"].float()
+    rounding = _WEIGHT_DTYPES[meta.get("weights_dtype", "float32")]
+    if rounding != torch.float32:  # the weights as --fp16/--bf16 training saw them
+        for key, t in sd.items():
+            if _is_regenerated(key) and t.is_floating_point():
+                sd[key] = t.to(rounding).float()
     for key, same in meta.get("aliases", {}).items():
         sd[key] = sd[same]
     model.load_state_dict(sd)

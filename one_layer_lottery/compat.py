@@ -1,4 +1,4 @@
-"""Two fixes to how stock fairseq handles checkpoints, applied when the user-dir is imported.
+"""Three fixes to stock fairseq 0.12, applied when the user-dir is imported.
 
 * torch >= 2.6 loads with weights_only=True, and fairseq's legacy model configs pickle an
   argparse.Namespace: we add exactly that class to torch's safe-globals allow-list (safe loading
@@ -6,9 +6,14 @@
 * fairseq writes the first checkpoint of a save atomically (.tmp, then rename) but *copies* it to
   the others (checkpoint_last.pt, checkpoint_best.pt) in place, so a kill during the copy leaves a
   truncated checkpoint. We make that copy atomic too.
+* fairseq-train's command line turns --bf16 (and --memory-efficient-bf16) into --tpu, so bf16 on a
+  GPU dies in torch_xla (fairseq issue #4696). Where torch_xla is not installed no TPU can be
+  meant: we turn --tpu back off and train bf16 on the GPU (fairseq-hydra-train never sets it).
 """
 
 import argparse
+import importlib.util
+import logging
 import os
 import shutil
 
@@ -43,3 +48,30 @@ def atomic_checkpoint_copies() -> None:
 
     copy._one_layer_lottery = True
     PathManager.copy = staticmethod(copy)
+
+
+def _no_tpu_without_xla(cfg) -> None:
+    common = cfg.common
+    if common.tpu and common.bf16 and importlib.util.find_spec("torch_xla") is None:
+        logging.getLogger("one_layer_lottery").info(
+            "--bf16: torch_xla is not installed, so this is not a TPU run; training bf16 on %s",
+            "the GPU" if torch.cuda.is_available() and not common.cpu else "the CPU")
+        for name in cfg:  # fairseq copies the flag into other groups (distributed_training, optimizer)
+            group = cfg[name]
+            if hasattr(group, "keys") and "tpu" in group:
+                group.tpu = False
+
+
+def bf16_without_tpu() -> None:
+    from fairseq.distributed import utils as distributed_utils
+
+    original = distributed_utils.call_main
+    if getattr(original, "_one_layer_lottery", False):
+        return
+
+    def call_main(cfg, main, **kwargs):
+        _no_tpu_without_xla(cfg)
+        return original(cfg, main, **kwargs)
+
+    call_main._one_layer_lottery = True
+    distributed_utils.call_main = call_main

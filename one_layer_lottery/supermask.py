@@ -64,6 +64,8 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     a = scores.detach().abs().flatten()
     if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
         a = a.float()
+    if a.device.type != "cpu":
+        return _sorted_keep(a.unsqueeze(0), j)[0].view_as(scores)
     # a threshold, not a sort (O(n) instead of O(n log n))
     threshold = _kth_smallest(a, j)
     keep = a > threshold
@@ -72,6 +74,51 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
         tie = a == threshold
         keep |= tie & (tie.cumsum(0) <= missing)
     return keep.view_as(scores)
+
+
+def _sorted_keep(a: Tensor, j: int) -> Tensor:
+    """Row-wise keep-masks of a (rows, n) tensor of |scores|: drop the j smallest of each row.
+
+    For accelerators: one stable sort, nothing that waits for the device (kthvalue on CUDA is
+    one thread block per row, 10-100x slower). Stable and descending, so ties keep the
+    lowest-index entries, exactly as the CPU rule does.
+    """
+    order = a.argsort(dim=1, descending=True, stable=True)[:, : a.shape[1] - j]
+    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True)
+
+
+_GROUP_NUMEL = 1 << 24  # entries sorted at once: bounds the sort's temporary memory
+
+
+@torch.no_grad()
+def select_group_masks(modules: list["SupermaskModule"]) -> list[Tensor]:
+    """Masks of several same-shape, same-ratio modules in a few batched sorts (accelerators)."""
+    m0 = modules[0]
+    n = m0.scores.numel()
+    j = n_pruned(n, m0.remaining_ratio)
+    step = max(1, _GROUP_NUMEL // n)
+    out = []
+    for i in range(0, len(modules), step):
+        chunk = modules[i:i + step]
+        a = torch.stack([m.scores.detach().reshape(-1) for m in chunk]).abs_()
+        out.extend(k.view_as(m.scores) for m, k in zip(chunk, _sorted_keep(a, j) if j else torch.ones_like(
+            a, dtype=torch.bool)))
+    return out
+
+
+def group_masks_(model: nn.Module) -> None:
+    """Let masked modules of one shape and ratio select their masks together on accelerators.
+
+    A one-layer model has many: every depth masks the same weight shapes. On CPU each module
+    keeps selecting its own (the threshold rule there is already cheaper than a sort).
+    """
+    groups: dict[tuple, list[SupermaskModule]] = {}
+    for m in model.modules():
+        if isinstance(m, SupermaskModule):
+            groups.setdefault((tuple(m.scores.shape), m.remaining_ratio), []).append(m)
+    for members in groups.values():
+        for m in members:
+            m._group = tuple(members) if len(members) > 1 else None
 
 
 # Optimizers change scores through .data, which bumps no version counter; every torch optimizer
@@ -128,6 +175,7 @@ class SupermaskModule(nn.Module):
         self._shared = shared
         self._cache: tuple[tuple, Tensor] | None = None
         self._mask_cache: tuple[tuple, Tensor] | None = None
+        self._group: tuple[SupermaskModule, ...] | None = None  # see group_masks_
 
     def get_frozen_weight(self) -> Tensor:
         if self._shared is None:
@@ -135,12 +183,21 @@ class SupermaskModule(nn.Module):
         bank, key = self._shared
         return getattr(bank, key)
 
+    def _mask_key(self) -> tuple:
+        s = self.scores
+        return (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0])
+
     def mask(self) -> Tensor:
         """The current boolean mask, selected again only after the scores changed."""
-        s = self.scores
-        key = (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0])
+        key = self._mask_key()
         if self._mask_cache is None or self._mask_cache[0] != key:
-            self._mask_cache = (key, topk_mask(s, self.remaining_ratio))
+            group = self._group
+            if group is not None and self.scores.device.type != "cpu" and all(
+                    m.scores.device == self.scores.device for m in group):
+                for m, mask in zip(group, select_group_masks(list(group))):
+                    m._mask_cache = (m._mask_key(), mask)
+            else:
+                self._mask_cache = (key, topk_mask(self.scores, self.remaining_ratio))
         return self._mask_cache[1]
 
     def masked_weight(self) -> Tensor:
@@ -166,8 +223,17 @@ class SupermaskModule(nn.Module):
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
+        # scores stay fp32 through .half() / .to(bfloat16) (fairseq's --fp16/--bf16, fairseq-generate
+        # --fp16): rounded scores would tie and select another mask than the one trained
         self._cache = self._mask_cache = None
-        return super()._apply(fn, *args, **kwargs)
+        before = self.scores.data
+        out = super()._apply(fn, *args, **kwargs)
+        if self.scores.dtype != before.dtype:
+            grad, self.scores.grad = self.scores.grad, None
+            self.scores.data = before.to(self.scores.device)
+            if grad is not None:
+                self.scores.grad = grad.to(before.dtype)
+        return out
 
 
 class MaskedLinear(SupermaskModule):

@@ -30,6 +30,7 @@ from ..supermask import (
     MaskedLinear,
     TiedOutputProjection,
     WeightBank,
+    group_masks_,
     use_supermask_attention_,
 )
 
@@ -185,6 +186,7 @@ class SupermaskTransformerModel(TransformerModel):
         encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
         decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
         model = cls(args, encoder, decoder)
+        group_masks_(model)
         track_model(model)
         return model
 
