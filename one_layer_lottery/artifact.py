@@ -161,12 +161,13 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     saved_dtypes = {sd[k].dtype for k in weights}
     candidates = (list(_WEIGHT_DTYPES.values()) if saved_dtypes == {torch.float32}
                   else list(saved_dtypes) if len(saved_dtypes) == 1 else [])
-    weights_dtype = next((d for d in candidates if all(
-        torch.equal(t.to(d).to(sd[k].dtype), sd[k]) for k, t in weights.items())), None)
+
+    def first_mismatch(dtype):
+        return next((k for k, t in weights.items() if not torch.equal(t.to(dtype).to(sd[k].dtype), sd[k])), None)
+
+    weights_dtype = next((d for d in candidates if first_mismatch(d) is None), None)
     if weights_dtype is None:
-        key = next((k for k, t in weights.items()
-                    if not any(torch.equal(t.to(d).to(sd[k].dtype), sd[k]) for d in _WEIGHT_DTYPES.values())),
-                   next(iter(weights), "?"))
+        key = first_mismatch(candidates[0]) if candidates else next(iter(weights))
         raise ConfigError(f"checkpoint {checkpoint!r}: {key} does not regenerate from weight seed "
                           f"{model_cfg.get('weight_seed')}; it cannot be stored as a seed")
     model.load_state_dict(sd)

@@ -101,8 +101,8 @@ def select_group_masks(modules: list["SupermaskModule"]) -> list[Tensor]:
     for i in range(0, len(modules), step):
         chunk = modules[i:i + step]
         a = torch.stack([m.scores.detach().reshape(-1) for m in chunk]).abs_()
-        out.extend(k.view_as(m.scores) for m, k in zip(chunk, _sorted_keep(a, j) if j else torch.ones_like(
-            a, dtype=torch.bool)))
+        keep = _sorted_keep(a, j) if j else torch.ones_like(a, dtype=torch.bool)
+        out.extend(k.view_as(m.scores) for m, k in zip(chunk, keep))
     return out
 
 

@@ -58,6 +58,14 @@ TRAIN = ["--task", "translation", "--optimizer", "adam", "--lr", "1e-3", "--lr-s
          "--warmup-updates", "10", "--criterion", "label_smoothed_cross_entropy", "--max-tokens", "2048",
          "--no-epoch-checkpoints", "--disable-validation", "--num-workers", "0", "--log-format", "simple"]
 SM = ["--user-dir", "one_layer_lottery", "--arch", "one_layer_supermask_transformer_tiny"]
+MASKED = [a if a != "adam" else "masked_adam" for a in TRAIN]  # TRAIN with the masked-only Adam
+GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1", "--max-len-b", "12"]
+
+
+def hypotheses(bin_dir, ckpt, *extra):
+    """fairseq-generate's hypothesis lines (H-...) for the test set, sorted."""
+    r = run_cli("fairseq-generate", bin_dir, "--user-dir", "one_layer_lottery", "--path", ckpt, *GEN, *extra)
+    return sorted(line for line in r.stdout.splitlines() if line.startswith("H-"))
 
 
 @pytest.fixture(scope="session")
@@ -76,4 +84,5 @@ def dense_ckpt(tiny_corpus, tmp_path_factory):
     return save / "checkpoint_last.pt"
 
 
-__all__ = ["BIN", "ROOT", "SHARED_DATA", "argparse", "build_model", "make_dictionary", "run_cli"]
+__all__ = ["BIN", "GEN", "MASKED", "ROOT", "SHARED_DATA", "argparse", "build_model", "hypotheses", "make_dictionary",
+           "run_cli"]

@@ -5,16 +5,9 @@ import struct
 
 import pytest
 import torch
-from conftest import SM, TRAIN, build_model, make_dictionary, run_cli
+from conftest import SM, TRAIN, build_model, hypotheses, make_dictionary, run_cli
 
 from one_layer_lottery import artifact
-
-GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1", "--max-len-b", "12"]
-
-
-def hypotheses(bin_dir, ckpt):
-    r = run_cli("fairseq-generate", bin_dir, "--user-dir", "one_layer_lottery", "--path", ckpt, *GEN)
-    return sorted(line for line in r.stdout.splitlines() if line.startswith("H-"))
 
 
 def _fails_one_line(r, out, *needles):

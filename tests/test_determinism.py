@@ -2,7 +2,7 @@ import hashlib
 
 import pytest
 import torch
-from conftest import SM, TRAIN, build_model, run_cli
+from conftest import MASKED, SM, build_model, run_cli
 
 from one_layer_lottery.init import InitSpec, generate_weight
 
@@ -42,8 +42,7 @@ def test_moving_keeps_generated_values(dtype):
 
 def test_exact_resume(tiny_corpus, tmp_path):
     """6 updates in one go == 3 updates, stop, resume from checkpoint_last.pt, 3 more; bit for bit."""
-    train = [a if a != "adam" else "masked_adam" for a in TRAIN]
-    common = [*SM, *train, "--seed", "4", "--dropout", "0.1", "--save-interval-updates", "3"]
+    common = [*SM, *MASKED, "--seed", "4", "--dropout", "0.1", "--save-interval-updates", "3"]
     run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "6", "--save-dir", tmp_path / "straight")
     run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "3", "--save-dir", tmp_path / "resumed")
     run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "6", "--save-dir", tmp_path / "resumed")

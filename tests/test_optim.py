@@ -1,7 +1,5 @@
 import torch
-from conftest import SM, TRAIN, run_cli
-
-MASKED = [a if a != "adam" else "masked_adam" for a in TRAIN]
+from conftest import MASKED, SM, run_cli
 
 
 def test_masked_adam_trains_scores_and_keeps_state_for_scores_only(tiny_corpus, tmp_path):

@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from conftest import SM, TRAIN, build_model, run_cli
+from conftest import MASKED, SM, build_model, hypotheses, run_cli
 
 from one_layer_lottery import artifact
 from one_layer_lottery.supermask import supermask_modules, topk_mask
@@ -20,7 +20,6 @@ from one_layer_lottery.supermask import supermask_modules, topk_mask
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (CI has none); run this file on a GPU machine")
 
-MASKED = [a if a != "adam" else "masked_adam" for a in TRAIN]
 RUN = [*SM, *MASKED, "--update-freq", "2", "--clip-norm", "1.0", "--lr", "2e-3", "--log-interval", "5",
        "--seed", "3", "--max-update", "40"]
 # case: (device, flags, fairseq's optimizer wrapper, precision of the random weights)
@@ -43,7 +42,6 @@ CASES = {
     "cuda-amp": ("cuda", ["--amp"], "AMPOptimizer", torch.float32),
 }
 LOW = [pytest.param(c, marks=needs_cuda) if c.startswith("cuda") else c for c in CASES if not c.endswith("fp32")]
-GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1", "--max-len-b", "12"]
 
 
 def losses(log: str) -> dict[int, float]:
@@ -54,11 +52,6 @@ def losses(log: str) -> dict[int, float]:
             fields = dict(re.findall(r"(\w+)=([^,\s]+)", line))
             out[int(fields["num_updates"])] = float(fields["loss"])
     return out
-
-
-def hypotheses(bin_dir, ckpt, *extra):
-    r = run_cli("fairseq-generate", bin_dir, "--user-dir", "one_layer_lottery", "--path", ckpt, *GEN, *extra)
-    return sorted(line for line in r.stdout.splitlines() if line.startswith("H-"))
 
 
 def train(corpus, case, save, *extra):
