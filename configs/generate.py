@@ -5,7 +5,9 @@
 IWSLT14 de-en, 1 GPU (Ott et al. 2018): adam (0.9, 0.98), lr 5e-4, inverse_sqrt, warmup 4000, dropout 0.3,
 weight decay 1e-4, label-smoothed CE 0.1, max-tokens 4096, 55 epochs, best checkpoint by valid BLEU (beam 5).
 WMT14 en-de, 8 GPUs: lr 1e-3, warmup 4000 from 1e-7, dropout 0.2, max-tokens 4096 per GPU, fp16, 100 epochs,
-joined dictionary with all embeddings shared.
+joined dictionary with all embeddings shared (dense). Supermask recipes follow the authors' commands where they
+differ: decoder input/output tables tied (and only those), --clip-norm 0.5 on IWSLT14 (the authors also train
+IWSLT14 in fp16; these configs stay fp32 so that they run on any device: add common.fp16=true on a GPU).
 """
 
 import os
@@ -17,12 +19,13 @@ TASKS = {
         "dense": {"small": "transformer_iwslt_de_en", "wide": "transformer_iwslt_de_en"},
         "lr": 5e-4, "dropout": 0.3, "weight_decay": 0.0001, "max_epoch": 55, "gpus": 1, "fp16": False,
         "warmup_init_lr": -1, "joined": False,
+        "masked_extra": {"clip_norm": 0.5},  # the authors' IWSLT command (its last --clip-norm)
     },
     "wmt14": {
         "archs": {"base": "wmt_en_de", "wider": "wmt_en_de_wider", "deeper": "wmt_en_de_deeper"},
         "dense": {"base": "transformer_wmt_en_de", "wider": "transformer_vaswani_wmt_en_de_big"},
         "lr": 1e-3, "dropout": 0.2, "weight_decay": 0.0, "max_epoch": 100, "gpus": 8, "fp16": True,
-        "warmup_init_lr": 1e-7, "joined": True,
+        "warmup_init_lr": 1e-7, "joined": True, "masked_extra": {},
     },
 }
 DENSE_WIDE = {"encoder_embed_dim": 1024, "decoder_embed_dim": 1024, "encoder_ffn_embed_dim": 2048,
@@ -48,7 +51,9 @@ def _yaml(d: dict, indent: int = 0) -> str:
 def config(task: str, model: dict, masked: bool) -> dict:
     t = TASKS[task]
     model = {**model, "dropout": t["dropout"]}
-    if t["joined"]:
+    if masked:  # the authors' recipes tie the decoder's input and output tables only, on both tasks
+        model["share_decoder_input_output_embed"] = True
+    elif t["joined"]:
         model["share_all_embeddings"] = True
     cfg = {
         "common": {"seed": 1, "log_format": "simple", "log_interval": 100, "user_dir": "???", "fp16": t["fp16"]},
@@ -60,7 +65,7 @@ def config(task: str, model: dict, masked: bool) -> dict:
         "optimizer": {"_name": "masked_adam" if masked else "adam", "adam_betas": "(0.9,0.98)",
                       "weight_decay": t["weight_decay"]},
         "lr_scheduler": {"_name": "inverse_sqrt", "warmup_updates": 4000, "warmup_init_lr": t["warmup_init_lr"]},
-        "optimization": {"lr": [t["lr"]], "max_epoch": t["max_epoch"]},
+        "optimization": {"lr": [t["lr"]], "max_epoch": t["max_epoch"], **(t["masked_extra"] if masked else {})},
         "dataset": {"max_tokens": 4096, "required_batch_size_multiple": 1},
         "distributed_training": {"distributed_world_size": t["gpus"]},
         "checkpoint": {"save_dir": "???", "best_checkpoint_metric": "bleu", "maximize_best_checkpoint_metric": True,

@@ -20,7 +20,8 @@ from .errors import ConfigError
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-role inits (the config names its init preset); 1 is read as before
+READS = (1, 2)
 _META_KEY = "one_layer_lottery"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -47,6 +48,10 @@ def _build(model_cfg: dict, src_dict, tgt_dict):
     from .models.supermask_transformer import SupermaskTransformerModel
 
     task = argparse.Namespace(source_dictionary=src_dict, target_dictionary=tgt_dict)
+    if "init_preset" not in model_cfg:
+        # written before per-role inits: one --weight-init for every tensor, scaled unless --no-scale-init
+        old = model_cfg.get("weight_init") or "kaiming_uniform"
+        model_cfg = {**model_cfg, "init_preset": "paper", "weight_init": old, "embed_init": old, "output_init": old}
     return SupermaskTransformerModel.build_model(argparse.Namespace(**model_cfg), task)
 
 
@@ -122,7 +127,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
             continue
         seen[t.data_ptr()] = key
         owner = model.get_submodule(key.rsplit(".", 1)[0])
-        dtype = getattr(torch, embeddings_dtype) if isinstance(owner, FrozenEmbedding) else torch.float32
+        pretrained = isinstance(owner, FrozenEmbedding) or key.endswith(".stored_weight")
+        dtype = getattr(torch, embeddings_dtype) if pretrained else torch.float32
         tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
         stored[key] = str(dtype).replace("torch.", "")
         floor += tensors[f"tensor:{key}"].numel() * tensors[f"tensor:{key}"].element_size()
@@ -191,9 +197,9 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ConfigError(f"artifact {path!r} is truncated, corrupt or not an artifact ({type(e).__name__})") from None
     if meta.get("format") != FORMAT:
         raise ConfigError(f"{path!r} is not a one_layer_lottery artifact")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in READS:
         raise ConfigError(f"artifact {path!r} has format version {meta.get('format_version')!r}; "
-                          f"this version reads {FORMAT_VERSION}")
+                          f"this version reads {', '.join(map(str, READS))}")
     if meta.get("weights_dtype", "float32") not in _WEIGHT_DTYPES:
         raise ConfigError(f"artifact {path!r} is corrupt: weights dtype {meta.get('weights_dtype')!r}")
     for name, shape in meta["masks"].items():

@@ -81,6 +81,8 @@ def _demo_report(a) -> None:
         ("frozen random (unique)", f"{st['frozen_random']:,}"),
         ("mask bits", f"{st['mask_bits']:,} ({st['mask_bits'] / 8 / 2**20:.2f} MiB packed)"),
         ("dense params, same shape", f"{dense_params:,}"),
+        ("stored bytes supermask", f"{load('supermask', 'export')['bytes']:,} (seed-plus-bits artifact)"),
+        ("stored bytes dense", f"{2 * dense_params:,} (fp16 weights)"),
         ("BLEU supermask", f"{sm['bleu']:.2f}"),
         ("BLEU dense", f"{dense['bleu']:.2f}"),
         ("BLEU ratio supermask/dense", f"{ratio:.3f}"),

@@ -103,6 +103,43 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
     return {s: len(p) for s, p in splits.items()}
 
 
+def prepare_test(prepared: str, source: str, reference: str, out_dir: str, src: str, tgt: str) -> str:
+    """Binarize an extra test set with a prepared directory's own sentencepiece models and dictionaries.
+
+    Returns the binarized directory (its `test` split); `reference` stays raw for scoring.
+    """
+    import sentencepiece as spm
+
+    for path in (source, reference):
+        if not os.path.isfile(path):
+            raise ConfigError(f"extra test file {path!r} does not exist")
+    src_lines, ref_lines = read_lines(source), read_lines(reference)
+    if len(src_lines) != len(ref_lines):
+        raise ConfigError(f"{source!r} has {len(src_lines)} lines but {reference!r} has {len(ref_lines)}: "
+                          f"parallel files must match line for line")
+    work = out_dir + ".partial"
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    for lang, lines in ((src, src_lines), (tgt, ref_lines)):
+        model = os.path.join(prepared, "spm", f"spm.{lang}.model")
+        if not os.path.isfile(model):
+            model = os.path.join(prepared, "spm", "spm.joined.model")
+        sp = spm.SentencePieceProcessor(model_file=model)
+        _write(os.path.join(work, f"test.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")
+    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
+           "--testpref", os.path.join(work, "test"), "--destdir", os.path.join(work, "bin"),
+           "--srcdict", os.path.join(prepared, "bin", f"dict.{src}.txt"),
+           "--tgtdict", os.path.join(prepared, "bin", f"dict.{tgt}.txt"), "--workers", "1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-3000:])
+        raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode} on {source!r}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(work, out_dir)
+    return os.path.join(out_dir, "bin")
+
+
 def read_hypotheses(generate_output: str) -> list[str]:
     """Detokenized hypotheses (D- lines) of fairseq-generate, in corpus order."""
     hyps = {}

@@ -3,6 +3,10 @@
 Every frozen tensor draws from its own CPU generator seeded from a hash of the
 weight seed and the tensor's name, so the weights do not depend on the global
 RNG state, on the order in which modules are built, or on the device.
+
+Each tensor role (attention q/k/v, attention output, FFN, token embeddings,
+untied output projection) has its own InitSpec. A preset gives all five; flags
+that name a role override one. `role_specs` builds them once from the config.
 """
 
 import hashlib
@@ -13,21 +17,43 @@ from dataclasses import dataclass
 import torch
 
 WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "signed_constant")
-SCORE_INITS = ("kaiming_uniform", "kaiming_normal")
+SCORE_INITS = ("kaiming_uniform", "kaiming_normal", "magnitude")
+ROLES = ("qkv", "attn_out", "ffn", "embed", "output")
+LAYER_ROLES = ("qkv", "attn_out", "ffn")
 
 
 @dataclass(frozen=True)
 class InitSpec:
-    """How frozen random weights are drawn."""
+    """How one role's frozen random weights are drawn."""
 
     method: str = "kaiming_uniform"
     remaining_ratio: float = 0.5
     scale: bool = True  # scale the std by sqrt(1/remaining_ratio) (Shen et al. 2021, Sec. 4)
+    gain: float = 1.0  # a plain multiplier on top
 
     def __post_init__(self) -> None:
         if self.method not in WEIGHT_INITS:
             raise ValueError(f"weight init {self.method!r} is unknown; allowed: {', '.join(WEIGHT_INITS)}")
         check_remaining_ratio(self.remaining_ratio)
+        if not (isinstance(self.gain, (int, float)) and 0.0 < self.gain < math.inf):
+            raise ValueError(f"init gain {self.gain!r} must be a positive finite number")
+
+
+# preset -> role -> (method, scaled by sqrt(1/k), gain)
+PRESETS: dict[str, dict[str, tuple[str, bool, float]]] = {
+    # measured best here (README, "Init scale"): quiet residual branches, a loud embedding table
+    "tuned": {"qkv": ("xavier_uniform", False, 1.0), "attn_out": ("xavier_uniform", False, 1.0),
+              "ffn": ("xavier_uniform", False, 1.0), "embed": ("kaiming_uniform", True, 1.0),
+              "output": ("kaiming_uniform", True, 1.0)},
+    # the paper's text (Sec. 4): kaiming uniform, std scaled by sqrt(1/k), for every tensor
+    "paper": {r: ("kaiming_uniform", True, 1.0) for r in ROLES},
+    # the authors' code with its IWSLT flags (--init kaiming_uniform --scale-fan, a no-op for that init):
+    # fairseq's attention init (xavier, gain 1/sqrt(2) for q/k/v), kaiming elsewhere, nothing scaled; their
+    # untied output projection is N(0, dim^-1/2), here uniform with that std
+    "authors": {"qkv": ("xavier_uniform", False, 1 / math.sqrt(2)), "attn_out": ("xavier_uniform", False, 1.0),
+                "ffn": ("kaiming_uniform", False, 1.0), "embed": ("kaiming_uniform", False, 1.0),
+                "output": ("kaiming_uniform", False, 1 / math.sqrt(2))},
+}
 
 
 def check_remaining_ratio(k: float) -> float:
@@ -36,32 +62,87 @@ def check_remaining_ratio(k: float) -> float:
     return float(k)
 
 
+def role_specs(cfg) -> dict[str, InitSpec]:
+    """One InitSpec per role from a model config: the preset, then --weight-init (the three layer
+    roles), then --ROLE-init and --ROLE-gain, then --no-scale-init (no role scaled)."""
+    preset = str(getattr(cfg, "init_preset", None) or "tuned")
+    if preset not in PRESETS:
+        raise ValueError(f"init preset {preset!r} is unknown; allowed: {', '.join(PRESETS)}")
+    k = float(cfg.remaining_ratio)
+    specs = {}
+    for role, (method, scale, gain) in PRESETS[preset].items():
+        if role in LAYER_ROLES and getattr(cfg, "weight_init", None):
+            method = str(cfg.weight_init)
+        method = str(getattr(cfg, f"{role}_init", None) or method)
+        gain *= float(getattr(cfg, f"{role}_gain", None) or 1.0)
+        specs[role] = InitSpec(method, k, scale and not getattr(cfg, "no_scale_init", False), gain)
+    return specs
+
+
+def role_of(name: str) -> str:
+    """The role of a masked linear from its module path (fairseq's attribute names)."""
+    leaf = name.rsplit(".", 1)[-1]
+    if leaf in ("q_proj", "k_proj", "v_proj"):
+        return "qkv"
+    if leaf == "out_proj":
+        return "attn_out"
+    if leaf == "output_projection":
+        return "output"
+    return "ffn"  # fc1, fc2 and the rare project_in/out_dim
+
+
 def stream_seed(weight_seed: int, name: str) -> int:
     """A 63-bit generator seed for one named tensor (stable across Python runs and machines)."""
     digest = hashlib.sha256(f"{int(weight_seed)}:{name}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+def init_std(shape: Sequence[int], spec: InitSpec) -> float:
+    """The std a spec gives a weight of this shape ((out, in) or (num_embeddings, dim))."""
+    fan_out, fan_in = shape[0], shape[1]
+    factor = 1.0 / spec.remaining_ratio if spec.scale else 1.0
+    if spec.method == "xavier_uniform":
+        return spec.gain * math.sqrt(2.0 / (fan_in + fan_out) * factor)
+    return spec.gain * math.sqrt(2.0 / fan_in * factor)  # kaiming (ReLU gain sqrt(2)), fan_in, as edge-popup
+
+
 def generate_weight(weight_seed: int, name: str, shape: Sequence[int], spec: InitSpec) -> torch.Tensor:
-    """The frozen fp32 weight called `name` (shape is (out, in) or (num_embeddings, dim))."""
+    """The frozen fp32 weight called `name`."""
     gen = torch.Generator(device="cpu")
     gen.manual_seed(stream_seed(weight_seed, name))
     fan_out, fan_in = shape[0], shape[1]
     factor = 1.0 / spec.remaining_ratio if spec.scale else 1.0
     u = torch.empty(tuple(shape), dtype=torch.float32).uniform_(-1.0, 1.0, generator=gen)
+    # the arithmetic of format-1 artifacts, kept bit for bit (they regenerate their weights with it)
     if spec.method == "xavier_uniform":
-        return u * math.sqrt(6.0 / (fan_in + fan_out) * factor)
-    # kaiming (ReLU gain sqrt(2)), fan_in mode, as edge-popup does
-    std = math.sqrt(2.0 / fan_in * factor)
-    if spec.method == "signed_constant":
-        return torch.where(u >= 0, std, -std)
-    return u * std * math.sqrt(3.0)
+        w = u * math.sqrt(6.0 / (fan_in + fan_out) * factor)
+    elif spec.method == "signed_constant":
+        std = math.sqrt(2.0 / fan_in * factor)
+        w = torch.where(u >= 0, std, -std)
+    else:
+        w = u * math.sqrt(2.0 / fan_in * factor) * math.sqrt(3.0)
+    return w * spec.gain if spec.gain != 1.0 else w
 
 
-def init_scores_(scores: torch.Tensor, method: str) -> torch.Tensor:
-    """Initialise a score tensor in place from the global RNG (seeded by fairseq's --seed)."""
+def init_scores_(scores: torch.Tensor, method: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Initialise a score tensor in place from the global RNG (seeded by fairseq's --seed).
+
+    `magnitude` starts from the mask of the largest |W| (needs `weight`), perturbed by 20 % noise of the
+    global RNG so that the depths of a one-layer model, which share W, start from different masks; the
+    scores have kaiming_uniform's range, so the learning rate means the same.
+    """
+    if method == "magnitude":
+        if weight is None:
+            raise ValueError("score init 'magnitude' needs the weight")
+        a = weight.detach().float().abs()
+        noise = 1 + 0.2 * torch.randn(scores.shape)
+        bound = 1 / math.sqrt(scores.shape[1])
+        with torch.no_grad():
+            return scores.copy_(a / a.max().clamp_min(1e-12) * noise * bound)
     if method == "kaiming_uniform":
         return torch.nn.init.kaiming_uniform_(scores, a=math.sqrt(5))
     if method == "kaiming_normal":
         return torch.nn.init.kaiming_normal_(scores)
     raise ValueError(f"score init {method!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
+
+

@@ -36,7 +36,8 @@ def masks_of(path: str):
             seen.add(v.data_ptr())
             scores[k[: -len(".scores")]] = v
     masks = {k: topk_mask(v.float(), ratio).numpy() for k, v in scores.items()}
-    tables = {v.data_ptr(): v for k, v in state["model"].items() if k.endswith("embed_tokens.weight") and v.dim() == 2}
+    tables = {v.data_ptr(): v for k, v in state["model"].items()
+              if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once
     return masks, cfg, stored, None, None
 

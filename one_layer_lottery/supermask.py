@@ -163,14 +163,17 @@ class SupermaskModule(nn.Module):
     """Common part of masked modules: frozen weight (own or shared), scores, cached mask."""
 
     def __init__(self, shape: tuple[int, int], remaining_ratio: float, score_init: str,
-                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None):
+                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False):
         super().__init__()
         self.remaining_ratio = check_remaining_ratio(remaining_ratio)
-        self.scores = nn.Parameter(init_scores_(torch.empty(shape), score_init))
         if (weight is None) == (shared is None):
             raise ValueError("give exactly one of weight and shared")
+        w = weight if weight is not None else getattr(*shared)
+        self.scores = nn.Parameter(init_scores_(torch.empty(shape), score_init, w))
+        # frozen_weight: regenerated from the seed; stored_weight: not (a pre-trained table), so artifacts store it
+        self._weight_name = "stored_weight" if stored else "frozen_weight"
         if weight is not None:
-            self.register_buffer("frozen_weight", weight)
+            self.register_buffer(self._weight_name, weight)
         # a plain tuple: the bank is registered once, on its owner, not on every user
         self._shared = shared
         self._cache: tuple[tuple, Tensor] | None = None
@@ -179,7 +182,7 @@ class SupermaskModule(nn.Module):
 
     def get_frozen_weight(self) -> Tensor:
         if self._shared is None:
-            return self.frozen_weight
+            return self._buffers[self._weight_name]
         bank, key = self._shared
         return getattr(bank, key)
 
@@ -262,8 +265,8 @@ class MaskedEmbedding(SupermaskModule):
     """A token embedding whose table is W * M (padding row of W is zero)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, remaining_ratio: float,
-                 score_init: str = "kaiming_uniform", weight: Tensor | None = None):
-        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight)
+                 score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False):
+        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight, stored=stored)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @property

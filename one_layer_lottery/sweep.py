@@ -30,17 +30,19 @@ def runs(sweep_dir: str):
                    if k not in ("task.data", "common.user_dir", "checkpoint.save_dir")}, ckpt
 
 
-def evaluate(ckpt: str, data_dir: str) -> float:
+def evaluate(ckpt: str, data_dir: str, bin_dir: str | None = None, reference: str | None = None) -> float:
+    """Detokenized sacreBLEU of a checkpoint on the test split of a prepared directory (or of `bin_dir`,
+    scored against `reference`): beam 5, as every recipe here."""
     binary = os.path.join(os.path.dirname(sys.executable), "fairseq-generate")
-    r = subprocess.run([binary, os.path.join(data_dir, "bin"), "--user-dir",
+    r = subprocess.run([binary, bin_dir or os.path.join(data_dir, "bin"), "--user-dir",
                         os.path.join(os.path.dirname(os.path.abspath(__file__))), "--path", ckpt, "--beam", "5",
                         "--batch-size", "128", "--required-batch-size-multiple", "1", "--max-len-a", "1.2",
                         "--max-len-b", "10", "--remove-bpe", "sentencepiece"],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise ConfigError(f"fairseq-generate failed on {ckpt}: {r.stderr.strip().splitlines()[-1:]}")
-    tgt = _target_lang(data_dir)
-    return data.bleu(data.read_hypotheses(r.stdout), data.read_lines(os.path.join(data_dir, "raw", f"test.{tgt}")))[0]
+    reference = reference or os.path.join(data_dir, "raw", f"test.{_target_lang(data_dir)}")
+    return data.bleu(data.read_hypotheses(r.stdout), data.read_lines(reference))[0]
 
 
 def _target_lang(data_dir: str):

@@ -36,8 +36,8 @@ BIN=$WORK/data/bin
 SHAPE=(--encoder-layers "$LAYERS" --decoder-layers "$LAYERS" --encoder-embed-dim "$DIM" --decoder-embed-dim "$DIM"
        --encoder-ffn-embed-dim "$FFN" --decoder-ffn-embed-dim "$FFN"
        --encoder-attention-heads "$HEADS" --decoder-attention-heads "$HEADS" --share-decoder-input-output-embed)
-COMMON=(--task translation --optimizer adam --adam-betas '(0.9,0.98)' --lr-scheduler inverse_sqrt
-        --warmup-updates 400 --criterion label_smoothed_cross_entropy --label-smoothing 0.1
+COMMON=(--task translation --adam-betas '(0.9,0.98)' --lr-scheduler inverse_sqrt
+        --criterion label_smoothed_cross_entropy --label-smoothing 0.1
         --max-tokens 4096 --max-update "$UPDATES" --seed 1 --no-epoch-checkpoints
         --log-format simple --log-interval 100 --num-workers 0 --validate-interval-updates "$UPDATES"
         --disable-validation)
@@ -51,16 +51,20 @@ train_and_score() {  # name, then fairseq-train arguments
   fairseq-generate "$BIN" --user-dir one_layer_lottery --path "$WORK/$name/checkpoint_last.pt" --beam 5 \
     --batch-size 128 --required-batch-size-multiple 1 --max-len-a 1.2 --max-len-b 10 --remove-bpe sentencepiece > "$WORK/$name.generate.txt" 2> "$WORK/$name.generate.log" \
     || { tail -n 5 "$WORK/$name.generate.log" >&2; exit 1; }
+  if [[ $name == supermask ]]; then  # what it takes to ship it: the seed-plus-bits artifact
+    one-layer-lottery export "$WORK/$name/checkpoint_last.pt" "$WORK/$name.olt" --json > "$WORK/$name.export.json"
+  fi
   one-layer-lottery bleu "$WORK/$name.generate.txt" "$WORK/data/raw/test.$TGT" --json > "$WORK/$name.bleu.json"
   echo "{\"train_s\": $((t1 - t0)), \"generate_s\": $(( $(date +%s) - t1 ))}" > "$WORK/$name.time.json"
   echo "[$name] $(cat "$WORK/$name.bleu.json")"
 }
 
-echo "== [3/5] one-layer supermask Transformer (remaining ratio $RATIO): fairseq-train --user-dir one_layer_lottery"
+echo "== [3/5] one-layer supermask Transformer, masked random embeddings, nothing trained but masks"
+echo "         (remaining ratio $RATIO): fairseq-train --user-dir one_layer_lottery"
 train_and_score supermask --user-dir one_layer_lottery --arch one_layer_supermask_transformer_tiny \
-  --remaining-ratio "$RATIO" --lr 2e-3 --dropout 0.1
+  --optimizer masked_adam --remaining-ratio "$RATIO" --lr 4e-3 --warmup-updates 200 --dropout 0.1
 echo "== [4/5] dense fairseq Transformer, same shape, same update budget"
-train_and_score dense --arch transformer --lr 1e-3 --dropout 0.1
+train_and_score dense --arch transformer --optimizer adam --lr 1e-3 --warmup-updates 400 --dropout 0.1
 
 echo "== [5/5] summary"
 one-layer-lottery demo-report "$WORK" --seconds $(( $(date +%s) - start ))

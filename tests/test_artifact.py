@@ -5,7 +5,7 @@ import struct
 
 import pytest
 import torch
-from conftest import SM, TRAIN, build_model, hypotheses, make_dictionary, run_cli
+from conftest import MASKED, SM, TRAIN, build_model, hypotheses, make_dictionary, run_cli
 
 from one_layer_lottery import artifact
 
@@ -73,6 +73,43 @@ def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
 
 
+def test_masked_pretrained_embeddings(tiny_corpus, dense_ckpt, tmp_path):
+    """The authors' mode: the pre-trained tables masked like every other weight, scaled by sqrt(1/k)."""
+    save = tmp_path / "sm"
+    run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "3", "--save-dir", save,
+            "--pretrained-embeddings", dense_ckpt, "--pretrained-embeddings-mode", "masked")
+    ckpt = save / "checkpoint_last.pt"
+    sd = torch.load(ckpt, weights_only=True)["model"]
+    dense = torch.load(dense_ckpt, weights_only=True)["model"]
+    for side in ("encoder", "decoder"):  # frozen through training, the dense table times sqrt(1/0.5)
+        assert torch.equal(sd[f"{side}.embed_tokens.stored_weight"], dense[f"{side}.embed_tokens.weight"] * 2 ** 0.5)
+        assert f"{side}.embed_tokens.scores" in sd
+    art, back = tmp_path / "m.olt", tmp_path / "back.pt"
+    artifact.export(str(ckpt), str(art), embeddings_dtype="float32")
+    _, tensors = artifact.read(str(art))
+    assert torch.equal(tensors["tensor:encoder.embed_tokens.stored_weight"], sd["encoder.embed_tokens.stored_weight"])
+    artifact.expand(str(art), str(back))
+    assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
+
+
+def test_learned_output_scale_is_trained_and_stored(tiny_corpus, tmp_path):
+    save = tmp_path / "sm"
+    run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "3", "--save-dir", save,
+            "--learned-output-scale")
+    ckpt = save / "checkpoint_last.pt"
+    scale = torch.load(ckpt, weights_only=True)["model"]["decoder.output_scale"]
+    assert scale.numel() == 1 and scale.item() != 1.0  # it learned
+    art, back = tmp_path / "m.olt", tmp_path / "back.pt"
+    artifact.export(str(ckpt), str(art))
+    _, tensors = artifact.read(str(art))
+    assert torch.equal(tensors["tensor:decoder.output_scale"], scale)
+    artifact.expand(str(art), str(back))
+    assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
+    r = run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "1", "--save-dir", tmp_path / "m",
+                "--learned-output-scale", check=False)
+    assert r.returncode != 0 and "non-score tensors require grad (first: decoder.output_scale)" in r.stderr
+
+
 def test_size_within_two_percent_of_floor(tmp_path):
     model = build_model("one_layer_supermask_transformer_iwslt_de_en", src_words=8844, tgt_words=6628).eval()
     cfg = {"model": {"_name": "one_layer_supermask_transformer_iwslt_de_en", "remaining_ratio": 0.5}}
@@ -95,7 +132,7 @@ def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
     corrupt = tmp_path / "corrupt.olt"
     corrupt.write_bytes(raw[:8] + b"\x00garbage" + raw[16:])
     (n,) = struct.unpack("<Q", raw[:8])
-    header = raw[8:8 + n].decode().replace('\\"format_version\\": 1', '\\"format_version\\": 99')
+    header = raw[8:8 + n].decode().replace('\\"format_version\\": 2', '\\"format_version\\": 99')
     assert '99' in header
     future = tmp_path / "future.olt"
     future.write_bytes(struct.pack("<Q", len(header.encode())) + header.encode() + raw[8 + n:])

@@ -9,7 +9,9 @@ from one_layer_lottery.init import InitSpec, generate_weight
 # Pinned checksums of the frozen random weights. A change here orphans every published artifact
 # (they store the seed, not the weights): change generation only with a new artifact format version.
 PINNED_TENSOR = "63e59b29cb044aaa571d5fb4fa5dee0c73be8a5e5b02a080d0723c26da9d725c"
-PINNED_MODEL = "7ad6e1a4bee51092cfd6f4014313cd1058220993846336fbfced3206af1ef718"
+PINNED_MODEL = "a01da2e27c1e6d9cf4564124d775bde7887b4314a476037383d72d6f1b9b8f25"  # the tuned preset (default)
+# before per-role inits (format-1 artifacts) every model was drawn as the paper preset draws it now
+PINNED_MODEL_FORMAT_1 = "7ad6e1a4bee51092cfd6f4014313cd1058220993846336fbfced3206af1ef718"
 
 
 def _sha(tensors) -> str:
@@ -24,12 +26,31 @@ def test_weight_generation_is_pinned():
     assert _sha([generate_weight(1234, "encoder.layer.fc1", (16, 8), spec)]) == PINNED_TENSOR
 
 
+def _model_sha(model) -> str:
+    sd = model.state_dict()
+    return _sha(sd[k] for k in sorted(k for k in sd if not k.endswith((".scores", "version"))))
+
+
 def test_model_weights_are_pinned():
     torch.manual_seed(999)  # the global RNG must not matter
+    assert _model_sha(build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "1234")) == PINNED_MODEL
+    paper = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "1234", "--init-preset", "paper")
+    assert _model_sha(paper) == PINNED_MODEL_FORMAT_1
+
+
+def test_format_1_configs_regenerate_their_weights():
+    """An artifact written before per-role inits names no preset: it must get its old weights back."""
+    from conftest import make_dictionary
+
+    from one_layer_lottery import artifact
+
     model = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "1234")
-    sd = model.state_dict()
-    keys = sorted(k for k in sd if not k.endswith((".scores", "version")))
-    assert _sha(sd[k] for k in keys) == PINNED_MODEL
+    cfg = {k: v for k, v in vars(model.args).items() if not k.startswith(("init_", "_")) and not k.endswith(
+        ("_init", "_gain", "init_specs"))}
+    cfg.update(_name="one_layer_supermask_transformer_tiny", weight_init="kaiming_uniform", no_scale_init=False)
+    assert "init_preset" not in cfg
+    old = artifact._build(cfg, make_dictionary(40), make_dictionary(30))
+    assert _model_sha(old) == PINNED_MODEL_FORMAT_1
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])

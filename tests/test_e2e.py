@@ -102,7 +102,10 @@ def _fails_one_line(r, *needles):
 @pytest.mark.parametrize("flags, needles", [
     (["--remaining-ratio", "0"], ["remaining ratio 0.0 is outside (0, 1]"]),
     (["--remaining-ratio", "1.2"], ["1.2", "(0, 1]"]),
-    (["--weight-init", "gaussian"], ["invalid choice: 'gaussian'", "kaiming_uniform"]),
+    (["--weight-init", "gaussian"], ["--weight-init 'gaussian' is unknown; allowed: kaiming_uniform"]),
+    (["--embed-init", "zeros"], ["--embed-init 'zeros' is unknown"]),
+    (["--ffn-gain", "-1"], ["--ffn-gain -1.0 must be a positive finite number"]),
+    (["--init-preset", "best"], ["invalid choice: 'best'", "tuned"]),
     (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
     (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
     (["--pretrained-embeddings", "missing.pt"], ["'missing.pt': no such file"]),

@@ -47,6 +47,12 @@ def test_parameter_counts_match_formula(name, one_layer):
     assert len(ptrs) == len(set(ptrs))
 
 
+def test_authors_wider_wmt_shape():
+    model = build_model("one_layer_supermask_transformer_wmt_en_de_wider_authors")
+    assert model.encoder.layers[0].self_attn.num_heads == 24 == model.decoder.layers[5].encoder_attn.num_heads
+    assert model.encoder.layers[0].fc1.out_features == 6144 and model.encoder.embed_tokens.embedding_dim == 1536
+
+
 def test_one_layer_shares_storage_and_has_one_state_dict_entry():
     model = build_model("one_layer_supermask_transformer_tiny", "--encoder-layers", "3", "--decoder-layers", "3")
     enc = model.encoder.layers

@@ -95,7 +95,8 @@ def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
     r = subprocess.run(["bash", "scripts/demo.sh", tiny_corpus.raw], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for line in ("BLEU supermask:", "BLEU dense:", "BLEU ratio supermask/dense:", "mask bits:", "wall time (demo):"):
+    for line in ("BLEU supermask:", "BLEU dense:", "BLEU ratio supermask/dense:", "mask bits:", "wall time (demo):",
+                 "stored bytes supermask:", "stored bytes dense:"):
         assert line in r.stdout, r.stdout[-2000:]
     bad = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path / "nope")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=False)

@@ -22,7 +22,17 @@ from omegaconf import II, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..init import SCORE_INITS, WEIGHT_INITS, InitSpec, check_remaining_ratio, generate_weight
+from ..init import (
+    PRESETS,
+    ROLES,
+    SCORE_INITS,
+    WEIGHT_INITS,
+    InitSpec,
+    check_remaining_ratio,
+    generate_weight,
+    role_of,
+    role_specs,
+)
 from ..optim.masked_only import track_model
 from ..supermask import (
     FrozenEmbedding,
@@ -44,13 +54,18 @@ class SupermaskOptions(FairseqDataclass):
     share_layer_weights: bool = dataclasses.field(
         default=False, metadata={"help": "one-layer variant: one random layer reused at every depth, "
                                          "a different mask per depth"})
-    weight_init: ChoiceEnum(WEIGHT_INITS) = dataclasses.field(  # type: ignore[valid-type]
-        default="kaiming_uniform", metadata={"help": "distribution of the frozen random weights"})
+    init_preset: ChoiceEnum(tuple(PRESETS)) = dataclasses.field(  # type: ignore[valid-type]
+        default="tuned", metadata={"help": "init of every tensor role: tuned (measured best: xavier unscaled "
+                                           "layers, kaiming sqrt(1/k)-scaled embedding table), paper (kaiming, "
+                                           "sqrt(1/k)-scaled, everywhere), authors (the published code)"})
+    # typing.Optional, not X | None: fairseq's argparse generator only understands the former
+    weight_init: Optional[str] = dataclasses.field(  # noqa: UP045
+        default=None, metadata={"help": f"init of the layer roles (attention q/k/v and output, FFN), "
+                                        f"overriding the preset: {', '.join(WEIGHT_INITS)}"})
     no_scale_init: bool = dataclasses.field(
-        default=False, metadata={"help": "do not scale the weight std by sqrt(1/remaining_ratio)"})
+        default=False, metadata={"help": "scale no role's std by sqrt(1/remaining_ratio), whatever the preset"})
     score_init: ChoiceEnum(SCORE_INITS) = dataclasses.field(  # type: ignore[valid-type]
         default="kaiming_uniform", metadata={"help": "initialisation of the scores"})
-    # typing.Optional, not X | None: fairseq's argparse generator only understands the former
     pretrained_embeddings: Optional[str] = dataclasses.field(  # noqa: UP045
         default=None, metadata={"help": "a trained dense fairseq checkpoint: its encoder/decoder token "
                                         "embeddings are used frozen and unmasked"})
@@ -58,9 +73,28 @@ class SupermaskOptions(FairseqDataclass):
         default=II("common.seed"), metadata={"help": "seed of the frozen random weights (default: --seed)"})
     affine_layernorm: bool = dataclasses.field(
         default=False, metadata={"help": "LayerNorms with (trainable) affine parameters"})
+    learned_output_scale: bool = dataclasses.field(
+        default=False, metadata={"help": "one trained float multiplying the logits (then not masks-only: train "
+                                         "with a plain optimizer); stored in the artifact"})
+    pretrained_embeddings_mode: ChoiceEnum(("frozen", "masked")) = dataclasses.field(  # type: ignore[valid-type]
+        default="frozen", metadata={"help": "frozen: the pre-trained tables as they are; masked: masked like every "
+                                            "other weight, scaled as the embed role is (the authors' default)"})
     pretrained_embeddings_in_checkpoint: bool = dataclasses.field(
         default=False, metadata={"help": "set by the model itself: the frozen embeddings are in the "
                                          "checkpoint, so loading it does not read --pretrained-embeddings"})
+
+
+ROLE_HELP = {"qkv": "attention q/k/v projections", "attn_out": "attention output projection",
+             "ffn": "FFN (fc1, fc2)", "embed": "masked random token embedding tables",
+             "output": "untied output projection"}
+SupermaskOptions = dataclasses.make_dataclass("SupermaskOptions", [
+    field for role in ROLES for field in (
+        (f"{role}_init", Optional[str], dataclasses.field(  # noqa: UP045
+            default=None, metadata={"help": f"init of the {ROLE_HELP[role]}, overriding the preset and "
+                                            f"--weight-init: {', '.join(WEIGHT_INITS)}"})),
+        (f"{role}_gain", float, dataclasses.field(
+            default=1.0, metadata={"help": f"multiplier on the std of the {ROLE_HELP[role]}"})))],
+    bases=(SupermaskOptions,))
 
 
 # set by our architectures; left None in the dataclass so that a Hydra config naming an architecture
@@ -123,8 +157,16 @@ def validate(args: argparse.Namespace) -> None:
         check_remaining_ratio(args.remaining_ratio)
     except ValueError as e:
         raise ConfigError(f"--remaining-ratio: {e}") from None
-    if str(args.weight_init) not in WEIGHT_INITS:
-        raise ConfigError(f"--weight-init {args.weight_init!r} is unknown; allowed: {', '.join(WEIGHT_INITS)}")
+    for flag in ("weight_init", *(f"{r}_init" for r in ROLES)):
+        value = getattr(args, flag, None)
+        if value is not None and str(value) not in WEIGHT_INITS:
+            raise ConfigError(f"--{flag.replace('_', '-')} {value!r} is unknown; allowed: {', '.join(WEIGHT_INITS)}")
+    for role in ROLES:
+        gain = getattr(args, f"{role}_gain", 1.0)
+        if not (isinstance(gain, (int, float)) and 0 < gain < float("inf")):
+            raise ConfigError(f"--{role.replace('_', '-')}-gain {gain!r} must be a positive finite number")
+    if str(args.init_preset) not in PRESETS:
+        raise ConfigError(f"--init-preset {args.init_preset!r} is unknown; allowed: {', '.join(PRESETS)}")
     if str(args.score_init) not in SCORE_INITS:
         raise ConfigError(f"--score-init {args.score_init!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
     if getattr(args, "adaptive_softmax_cutoff", None):
@@ -167,6 +209,7 @@ class SupermaskTransformerModel(TransformerModel):
                 raise ConfigError("--share-all-embeddings requires a joined dictionary")
             args.share_decoder_input_output_embed = True
 
+        args.init_specs = role_specs(args)
         pretrained = (None, None)
         if args.pretrained_embeddings and args.pretrained_embeddings_in_checkpoint:
             # the checkpoint being loaded holds the tables: shapes only, values come from its state dict
@@ -183,6 +226,7 @@ class SupermaskTransformerModel(TransformerModel):
         else:
             decoder_embed = build_token_embedding(args, tgt_dict, args.decoder_embed_dim, "decoder", pretrained[1])
         tcfg = TransformerConfig.from_namespace(args)
+        tcfg.init_specs = args.init_specs
         encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
         decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
         model = cls(args, encoder, decoder)
@@ -191,14 +235,16 @@ class SupermaskTransformerModel(TransformerModel):
         return model
 
 
-def init_spec(args) -> InitSpec:
-    return InitSpec(str(args.weight_init), float(args.remaining_ratio), not args.no_scale_init)
-
-
 def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Tensor | None) -> nn.Module:
+    spec = args.init_specs["embed"]
+    if pretrained is not None and str(args.pretrained_embeddings_mode) == "masked":
+        # the authors rescale by (1 - k)^-1/2 (the same at k = 0.5); sqrt(1/k) keeps the table's variance
+        factor = spec.gain * (1 / spec.remaining_ratio if spec.scale else 1.0) ** 0.5
+        return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
+                               weight=pretrained * factor, stored=True)
     if pretrained is not None:
         return FrozenEmbedding(pretrained, dictionary.pad())
-    weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), init_spec(args))
+    weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), spec)
     weight[dictionary.pad()] = 0
     return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
                            weight=weight)
@@ -269,17 +315,17 @@ def supermask_(module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> 
     `prefix` names the weights' random streams; with a bank, weights are shared by everything
     built with the same prefix (the one-layer variant).
     """
-    spec = init_spec(cfg)
     for parent_name, parent in list(module.named_modules()):
         for attr, child in list(parent.named_children()):
             rel = f"{parent_name}.{attr}" if parent_name else attr
             if isinstance(child, nn.Linear):
                 shape = (child.out_features, child.in_features)
                 name = f"{prefix}.{rel}"
+                spec: InitSpec = cfg.init_specs[role_of(rel)]
                 if bank is None:
                     kw = {"weight": generate_weight(cfg.weight_seed, name, shape, spec)}
                 else:
-                    kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape: generate_weight(cfg.weight_seed, n, s, spec))}
+                    kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape, i=spec: generate_weight(cfg.weight_seed, n, s, i))}
                 setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
                                                    str(cfg.score_init), **kw))
             elif _is_layer_norm(child):
@@ -324,6 +370,12 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
     def __init__(self, cfg, dictionary, embed_tokens, no_encoder_attn=False):
         super().__init__(cfg, dictionary, embed_tokens, no_encoder_attn=no_encoder_attn)
         self._supermask_rest("decoder")
+        # an output temperature: lets a small random output table make confident logits
+        self.output_scale = nn.Parameter(torch.ones(())) if getattr(cfg, "learned_output_scale", False) else None
+
+    def output_layer(self, features):
+        logits = super().output_layer(features)
+        return logits if self.output_scale is None else logits * self.output_scale
 
     def build_decoder_layer(self, cfg, no_encoder_attn=False):
         return self._supermask_layer(transformer_layer.TransformerDecoderLayerBase(cfg, no_encoder_attn), "decoder")
@@ -343,7 +395,7 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
             return
         name = "decoder.output_projection"
         shape = (len(dictionary), self.output_embed_dim)
-        weight = generate_weight(cfg.weight_seed, name, shape, init_spec(cfg))
+        weight = generate_weight(cfg.weight_seed, name, shape, cfg.init_specs["output"])
         self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.remaining_ratio,
                                               str(cfg.score_init), weight=weight)
 
@@ -366,6 +418,9 @@ ARCHS = {
     "wmt_en_de_wider": (6, 1024, 4096, 16),
     "wmt_en_de_deeper": (12, 512, 2048, 8),
     "tiny": (2, 64, 128, 2),
+    # what the authors' "wider" WMT command builds: their masked_transformer_wmt_en_de_big calls a function name
+    # defined twice in their file, and the second definition (1536/6144/24 heads) is the one that runs
+    "wmt_en_de_wider_authors": (6, 1536, 6144, 24),
 }
 
 

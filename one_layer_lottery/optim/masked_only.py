@@ -25,7 +25,7 @@ def check_scores_only(model) -> None:
     if others:
         raise ConfigError(f"masked-only optimizer: {len(others)} non-score tensors require grad "
                           f"(first: {others[0]}); only supermask scores may be trained "
-                          f"(drop --affine-layernorm, or use the plain optimizer)")
+                          f"(drop --affine-layernorm / --learned-output-scale, or use the plain optimizer)")
 
 
 def _latest_model():

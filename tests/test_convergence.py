@@ -1,0 +1,76 @@
+"""benchmarks/convergence.py's machinery on a tiny budget (the real run is on Multi30k; see the README)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+SCRIPT = os.path.join(ROOT, "benchmarks", "convergence.py")
+TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
+        "--vocab", "600", "--max-tokens", "1024", "--warmup", "2"]
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tiny_corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("convergence")
+    raw = tiny_corpus.root / "raw"
+    r = _run(raw, *TINY, "--work", work, "--models", "dense,pretrained_emb", "--updates", "4", "--eval-every", "2",
+             "--extra-test", f"again={raw / 'test.src'},{raw / 'test.tgt'}")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work, r
+
+
+def test_csv_png_json_and_tensorboard(tiny_run):
+    work, r = tiny_run
+    with open(work / "convergence.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:6] == ["model", "label", "update", "wall_s", "valid_loss", "bleu"]
+    assert [(x["model"], x["update"]) for x in rows] == [("dense", "2"), ("dense", "4"), ("pretrained_emb", "2"),
+                                                          ("pretrained_emb", "4")]
+    assert all(float(x["valid_loss"]) > 0 and float(x["wall_s"]) > 0 for x in rows)
+    for png in ("convergence.png", "bytes.png"):
+        assert (work / png).read_bytes()[:4] == b"\x89PNG"
+    assert any(p.name.startswith("events.out.tfevents") for p in (work / "tb" / "dense").rglob("*"))
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["updates"] == 4 and set(result["models"]) == {"dense", "pretrained_emb"}
+    for m in result["models"].values():
+        assert {"final_bleu", "best_bleu", "ratio_final", "ratio_best", "bytes", "train_s", "bleu_again"} <= set(m)
+    # the artifact of the supermask model (mask bits + fp16 embeddings) is smaller than the dense fp16 weights
+    assert 0 < result["models"]["pretrained_emb"]["bytes"] < result["models"]["dense"]["bytes"]
+    assert "[dense] update 2: valid loss" in r.stdout  # progress while it runs
+
+
+def test_extra_test_uses_the_runs_own_vocabulary(tiny_run):
+    """The extra set here is the test split itself: scored through its own preprocessing, same BLEU."""
+    work, r = tiny_run
+    for m in json.loads(r.stdout.strip().splitlines()[-1])["models"].values():
+        assert m["bleu_again"] == m["final_bleu"]
+    assert (work / "extra" / "again" / "bin" / "dict.src.txt").read_text() == (
+        work / "data" / "bin" / "dict.src.txt").read_text()
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["--models", "dense,huge"], "unknown ['huge']; allowed: dense, random_emb", 2),
+    (["--models", "pretrained_emb"], "pretrained_emb needs dense", 2),
+    (["--extra-test", "broken"], "expected NAME=SOURCE_FILE,REFERENCE_FILE", 2),
+    (["--eval-every", "0"], "--eval-every 0 must be a positive number", 2),
+    (["--extra-test", "x=missing.de,missing.en"], "extra test file 'missing.de' does not exist", 1),
+])
+def test_bad_input(tiny_corpus, tmp_path, args, needle, code):
+    r = _run(tiny_corpus.root / "raw", *TINY, "--work", tmp_path / "w", *args)
+    assert r.returncode == code and needle in r.stderr, r.stderr
+    assert not (tmp_path / "w" / "convergence.csv").exists()
+
+
+def test_missing_data_directory(tmp_path):
+    r = _run(tmp_path / "nowhere", "--work", tmp_path / "w")
+    assert r.returncode == 1 and "data directory" in r.stderr and "does not exist" in r.stderr
