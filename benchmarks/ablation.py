@@ -5,8 +5,8 @@
 
 Every (setting, seed) is one benchmarks/convergence.py run (kept in WORK and reused when run again) of the `random_emb` model with the setting's
 fairseq-train flags added; the dense model is trained once per seed with its own settings. Runs go
---jobs at a time, each on 2/--jobs threads. Prints a table (mean ratio over seeds, with min and max) and a
-last-line JSON; writes WORK/ablation.csv.
+--jobs at a time, each on 2/--jobs threads. Prints a table (mean BLEU over seeds with min and max, the
+difference to `tuned`, the ratio to dense at the same budget) and a last-line JSON; writes WORK/ablation.csv.
 """
 
 import argparse
@@ -98,23 +98,28 @@ def main(argv=None) -> int:
             m = fut.result()
             results[job] = next(iter(m.values()))["final_bleu"]
             print(f"[ablation] {job[0]} seed {job[2]}: BLEU {results[job]:.2f}", flush=True)
+    dense = [results[("dense", "", seed)] for seed in seeds]
     rows = []
     for s in settings:
-        ratios = [results[(s, SETTINGS[s], seed)] / results[("dense", "", seed)] for seed in seeds]
         bleus = [results[(s, SETTINGS[s], seed)] for seed in seeds]
         rows.append({"setting": s, "flags": SETTINGS[s], "bleu_mean": round(statistics.mean(bleus), 2),
-                     "ratio_mean": round(statistics.mean(ratios), 3), "ratio_min": round(min(ratios), 3),
-                     "ratio_max": round(max(ratios), 3)})
-    dense = [results[("dense", "", seed)] for seed in seeds]
+                     "bleu_min": min(bleus), "bleu_max": max(bleus),
+                     "ratio_to_dense": round(statistics.mean(bleus) / statistics.mean(dense), 3)
+                     if statistics.mean(dense) > 0 else None})
+    base = next((r["bleu_mean"] for r in rows if r["setting"] == "tuned"), None)
+    for r in rows:
+        r["delta_vs_tuned"] = round(r["bleu_mean"] - base, 2) if base is not None else None
     with open(os.path.join(a.work, "ablation.csv"), "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\ndense BLEU per seed {dense}; {a.updates} updates per run")
-    print(f"{'setting':>20} {'BLEU':>6} {'ratio':>6} {'range':>13}  flags")
+    print(f"\ndense BLEU per seed {dense} ({a.updates} updates, the same budget); seeds {seeds}")
+    print(f"{'setting':>22} {'BLEU':>6} {'range':>15} {'vs tuned':>8} {'/dense':>6}  flags")
     for r in rows:
-        print(f"{r['setting']:>20} {r['bleu_mean']:>6.2f} {r['ratio_mean']:>6.3f} "
-              f"[{r['ratio_min']:.3f}, {r['ratio_max']:.3f}]  {r['flags']}")
+        delta = f"{r['delta_vs_tuned']:+.2f}" if r["delta_vs_tuned"] is not None else "-"
+        ratio = f"{r['ratio_to_dense']:.3f}" if r["ratio_to_dense"] is not None else "-"
+        print(f"{r['setting']:>22} {r['bleu_mean']:>6.2f} [{r['bleu_min']:6.2f}, {r['bleu_max']:6.2f}] {delta:>8} "
+              f"{ratio:>6}  {r['flags']}")
     print(json.dumps({"updates": a.updates, "seeds": seeds, "dense_bleu": dense, "settings": rows}))
     return 0
 

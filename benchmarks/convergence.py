@@ -9,7 +9,8 @@ Trains, with one shape and one update budget (the same for every model), stock f
   pretrained_emb  the one-layer supermask model on the dense model's embeddings, frozen (the paper's way)
   pretrained_emb_masked  the same embeddings masked like every other weight (the authors' default)
   wide            the one-layer supermask model at twice the width, masked random embeddings
-Models train --jobs at a time (each on --threads threads); those on the dense model's embeddings wait for it.
+A model already trained and scored in WORK is reused, and an interrupted one resumes from its last checkpoint
+(run the same command again). Models train --jobs at a time (each on --threads threads); those on the dense model's embeddings wait for it.
 Each run validates and saves every --eval-every updates; every saved checkpoint is then scored on the test
 split (fairseq-generate, beam 5, detokenized sacreBLEU); the last one also on every --extra-test set,
 binarized with the run's own sentencepiece models and dictionaries. Writes WORK/convergence.csv,
@@ -56,6 +57,7 @@ MODELS = {  # name: (label, width multiplier, fairseq-train arguments)
 }
 COLUMNS = ["model", "label", "update", "wall_s", "valid_loss", "bleu"]
 VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) .*\| num_updates (\d+)")
+WALL = re.compile(r"num_updates=(\d+),.* wall=(\d+)")  # fairseq's wall clock, kept across a resume
 
 
 def parse_args(argv=None):
@@ -129,7 +131,7 @@ def train(a, name: str, bin_dir: str) -> float:
     print(f"[{name}] {label}: fairseq-train {' '.join(map(str, cmd[2:]))}", flush=True)
     start = time.time()
     log_path = os.path.join(a.work, f"{name}.train.log")
-    with open(log_path, "w", encoding="utf-8", buffering=1) as log:
+    with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # a resumed run adds to its log
         proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env=env)
         for line in proc.stdout:
@@ -145,7 +147,9 @@ def score(a, name: str, start: float, prepared: str, extra_bins: dict) -> list[d
     """One CSV row per saved checkpoint: update, wall time since the run started, valid loss, test BLEU."""
     save = os.path.join(a.work, name)
     with open(os.path.join(a.work, f"{name}.train.log"), encoding="utf-8") as f:
-        losses = {int(u): float(v) for v, u in VALID.findall(f.read())}
+        text = f.read()
+    losses = {int(u): float(v) for v, u in VALID.findall(text)}
+    walls = {int(u): float(w) for u, w in WALL.findall(text)}
     ckpts = {}
     for path in glob.glob(os.path.join(save, "checkpoint_*_*.pt")):
         ckpts[int(re.search(r"_(\d+)\.pt$", path).group(1))] = path
@@ -156,7 +160,7 @@ def score(a, name: str, start: float, prepared: str, extra_bins: dict) -> list[d
     for update in sorted(ckpts):
         bleu = round(evaluate(ckpts[update], prepared), 2)
         rows.append({"model": name, "label": MODELS[name][0], "update": update,
-                     "wall_s": round(os.path.getmtime(ckpts[update]) - start, 1),
+                     "wall_s": walls.get(update, round(os.path.getmtime(ckpts[update]) - start, 1)),
                      "valid_loss": losses.get(update, ""), "bleu": bleu})
         print(f"[{name}] update {update}: valid loss {losses.get(update, '-')}, test BLEU {bleu:.2f}", flush=True)
     final = ckpts[max(ckpts)]
@@ -244,10 +248,17 @@ def run(a) -> int:
     futures = {}
 
     def one(name: str) -> list[dict]:
+        done = os.path.join(a.work, f"{name}.rows.json")
+        if os.path.exists(done):  # trained and scored by an earlier run of the same command
+            with open(done, encoding="utf-8") as f:
+                return json.load(f)
         if name.startswith("pretrained_emb"):
             futures["dense"].result()  # its embeddings come from the dense model's checkpoint
-        start = train(a, name, os.path.join(prepared, "bin"))
-        return score(a, name, start, prepared, extra_bins)
+        start = train(a, name, os.path.join(prepared, "bin"))  # resumes from checkpoint_last.pt if there is one
+        rows = score(a, name, start, prepared, extra_bins)
+        with open(done, "w", encoding="utf-8") as f:
+            json.dump(rows, f)
+        return rows
 
     # the dense model first (others wait for it), then the longest
     order = sorted(a.models, key=lambda m: (m != "dense", -MODELS[m][1]))

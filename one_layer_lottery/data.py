@@ -88,19 +88,25 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
             with open(os.path.join(work, "raw", f"{split}.{lang}"), encoding="utf-8") as f:
                 lines = f.read().splitlines()
             _write(os.path.join(work, "spm", f"{split}.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
+    _preprocess(["--source-lang", src, "--target-lang", tgt, "--trainpref", os.path.join(work, "spm", "train"),
+                 "--validpref", os.path.join(work, "spm", "valid"), "--testpref", os.path.join(work, "spm", "test"),
+                 "--destdir", os.path.join(work, "bin"), "--workers", str(workers)]
+                + (["--joined-dictionary"] if joined else []), work, out_dir, log)
+    return {s: len(p) for s, p in splits.items()}
+
+
+def _preprocess(args: list[str], work: str, out_dir: str, log=None) -> None:
+    """fairseq-preprocess into `work`, then `work` replaces `out_dir` (never half-written)."""
     beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")  # same venv, even off PATH
-    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-           "--trainpref", os.path.join(work, "spm", "train"), "--validpref", os.path.join(work, "spm", "valid"),
-           "--testpref", os.path.join(work, "spm", "test"), "--destdir", os.path.join(work, "bin"),
-           "--workers", str(workers)] + (["--joined-dictionary"] if joined else [])
-    log("[prepare] " + " ".join(os.path.basename(c) if i == 0 else c for i, c in enumerate(cmd)))
+    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", *args]
+    if log:
+        log("[prepare] fairseq-preprocess " + " ".join(args))
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-3000:])
         raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode}")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(work, out_dir)
-    return {s: len(p) for s, p in splits.items()}
 
 
 def prepare_test(prepared: str, source: str, reference: str, out_dir: str, src: str, tgt: str) -> str:
@@ -126,17 +132,9 @@ def prepare_test(prepared: str, source: str, reference: str, out_dir: str, src: 
             model = os.path.join(prepared, "spm", "spm.joined.model")
         sp = spm.SentencePieceProcessor(model_file=model)
         _write(os.path.join(work, f"test.{lang}"), [" ".join(p) for p in sp.encode(lines, out_type=str)])
-    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")
-    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", "--source-lang", src, "--target-lang", tgt,
-           "--testpref", os.path.join(work, "test"), "--destdir", os.path.join(work, "bin"),
-           "--srcdict", os.path.join(prepared, "bin", f"dict.{src}.txt"),
-           "--tgtdict", os.path.join(prepared, "bin", f"dict.{tgt}.txt"), "--workers", "1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        sys.stderr.write(r.stderr[-3000:])
-        raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode} on {source!r}")
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(work, out_dir)
+    _preprocess(["--source-lang", src, "--target-lang", tgt, "--testpref", os.path.join(work, "test"),
+                 "--destdir", os.path.join(work, "bin"), "--srcdict", os.path.join(prepared, "bin", f"dict.{src}.txt"),
+                 "--tgtdict", os.path.join(prepared, "bin", f"dict.{tgt}.txt"), "--workers", "1"], work, out_dir)
     return os.path.join(out_dir, "bin")
 
 

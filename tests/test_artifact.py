@@ -183,7 +183,8 @@ def test_shared_embedding_table_stored_once(tmp_path):
     assert model.encoder.embed_tokens is model.decoder.embed_tokens
     cfg = {"model": {"_name": "one_layer_supermask_transformer_tiny", "remaining_ratio": 0.5,
                      "share_all_embeddings": True, "pretrained_embeddings": "dense.pt",
-                     "pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed}}
+                     "pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed,
+                     "init_preset": "tuned"}}
     d = make_dictionary(40)
     artifact.export_model(model, cfg, d, d, str(tmp_path / "a.olt"), embeddings_dtype="float32")
     _, tensors = artifact.read(str(tmp_path / "a.olt"))

@@ -74,3 +74,21 @@ def test_bad_input(tiny_corpus, tmp_path, args, needle, code):
 def test_missing_data_directory(tmp_path):
     r = _run(tmp_path / "nowhere", "--work", tmp_path / "w")
     assert r.returncode == 1 and "data directory" in r.stderr and "does not exist" in r.stderr
+
+
+def test_ablation_table_on_a_tiny_budget(tiny_corpus, tmp_path):
+    script = os.path.join(ROOT, "benchmarks", "ablation.py")
+    args = [sys.executable, script, str(tiny_corpus.root / "raw"), *TINY, "--work", str(tmp_path / "abl"),
+            "--settings", "tuned,embed_gain_2", "--seeds", "1", "--updates", "2"]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    rows = {row["setting"]: row for row in result["settings"]}
+    assert rows["tuned"]["delta_vs_tuned"] == 0 and rows["embed_gain_2"]["flags"] == "--embed-gain 2"
+    assert len(result["dense_bleu"]) == 1  # a dense BLEU of 0 after 2 updates prints "-" for the ratio
+    # the run with --embed-gain 2 really trained with it
+    log = (tmp_path / "abl" / "embed_gain_2.seed1" / "random_emb.train.log").read_text()
+    assert "'embed_gain': 2.0" in log or "embed_gain=2.0" in log
+    bad = subprocess.run([sys.executable, script, str(tiny_corpus.root / "raw"), "--settings", "best"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    assert bad.returncode == 2 and "unknown ['best']; allowed: tuned, paper" in bad.stderr
