@@ -57,7 +57,7 @@ MODELS = {  # name: (label, width multiplier, fairseq-train arguments)
 }
 COLUMNS = ["model", "label", "update", "wall_s", "valid_loss", "bleu"]
 VALID = re.compile(r"valid on 'valid' subset \| loss ([\d.]+) .*\| num_updates (\d+)")
-WALL = re.compile(r"num_updates=(\d+),.* wall=(\d+)")  # fairseq's wall clock, kept across a resume
+WALL = re.compile(r"num_updates=(\d+),.* wall=(\d+)")  # fairseq's wall clock; it restarts when a run resumes
 
 
 def parse_args(argv=None):
@@ -149,7 +149,10 @@ def score(a, name: str, start: float, prepared: str, extra_bins: dict) -> list[d
     with open(os.path.join(a.work, f"{name}.train.log"), encoding="utf-8") as f:
         text = f.read()
     losses = {int(u): float(v) for v, u in VALID.findall(text)}
-    walls = {int(u): float(w) for u, w in WALL.findall(text)}
+    walls, resumed = {}, False
+    for u, w in WALL.findall(text):
+        resumed = resumed or (bool(walls) and float(w) < max(walls.values()))
+        walls[int(u)] = "" if resumed else float(w)  # after a resume the clock means nothing: left blank
     ckpts = {}
     for path in glob.glob(os.path.join(save, "checkpoint_*_*.pt")):
         ckpts[int(re.search(r"_(\d+)\.pt$", path).group(1))] = path
@@ -188,8 +191,11 @@ def stored_bytes(a, name: str) -> int:
 
 
 def plot(rows: list[dict], results: dict, work: str) -> list[str]:
+    import logging
+
     import matplotlib
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -197,7 +203,8 @@ def plot(rows: list[dict], results: dict, work: str) -> list[str]:
     for name in results:
         pts = [r for r in rows if r["model"] == name]
         for ax, x in zip(axes, ("update", "wall_s")):
-            ax.plot([r[x] for r in pts], [r["bleu"] for r in pts], marker="o", label=pts[0]["label"])
+            xy = [(r[x], r["bleu"]) for r in pts if r[x] != ""]
+            ax.plot([p[0] for p in xy], [p[1] for p in xy], marker="o", label=pts[0]["label"])
     axes[0].set_xlabel("updates")
     axes[1].set_xlabel("training wall time (s, 2 CPU cores, validation included)")
     axes[0].set_ylabel("test BLEU (detokenized sacreBLEU, beam 5)")
@@ -270,7 +277,7 @@ def run(a) -> int:
         pts = futures[name].result()
         rows += pts
         results[name] = {"final_bleu": pts[-1]["bleu"], "best_bleu": max(r["bleu"] for r in pts),
-                         "train_s": pts[-1]["wall_s"], "bytes": stored_bytes(a, name),
+                         "train_s": pts[-1]["wall_s"] or None, "bytes": stored_bytes(a, name),
                          **{k: v for k, v in pts[-1].items() if k.startswith("bleu_")}}
     dense = results.get("dense", {}).get("final_bleu")
     for r in results.values():
@@ -289,7 +296,8 @@ def run(a) -> int:
     print(f"{'model':>22} {'final BLEU':>10} {'best':>6} {'ratio':>6} {'train s':>8} {'stored bytes':>13}")
     for name, r in results.items():
         ratio = f"{r['ratio_final']:.3f}" if r["ratio_final"] is not None else "-"
-        print(f"{name:>22} {r['final_bleu']:>10.2f} {r['best_bleu']:>6.2f} {ratio:>6} {r['train_s']:>8.0f} "
+        train_s = f"{r['train_s']:.0f}" if r["train_s"] else "-"
+        print(f"{name:>22} {r['final_bleu']:>10.2f} {r['best_bleu']:>6.2f} {ratio:>6} {train_s:>8} "
               f"{r['bytes']:>13,}")
     print(json.dumps({"updates": a.updates, "seconds": int(time.time() - t0), "models": results}))
     return 0
