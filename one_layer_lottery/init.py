@@ -41,7 +41,7 @@ class InitSpec:
 
 # preset -> role -> (method, scaled by sqrt(1/k), gain)
 PRESETS: dict[str, dict[str, tuple[str, bool, float]]] = {
-    # measured best here (README, "Init scale"): quiet residual branches, a loud embedding table
+    # measured best here (README, "Inits per tensor role" and "Ablation"): quiet residual branches, a loud table
     "tuned": {"qkv": ("xavier_uniform", False, 1.0), "attn_out": ("xavier_uniform", False, 1.0),
               "ffn": ("xavier_uniform", False, 1.0), "embed": ("kaiming_uniform", True, 1.0),
               "output": ("kaiming_uniform", True, 1.0)},
@@ -97,15 +97,6 @@ def stream_seed(weight_seed: int, name: str) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def init_std(shape: Sequence[int], spec: InitSpec) -> float:
-    """The std a spec gives a weight of this shape ((out, in) or (num_embeddings, dim))."""
-    fan_out, fan_in = shape[0], shape[1]
-    factor = 1.0 / spec.remaining_ratio if spec.scale else 1.0
-    if spec.method == "xavier_uniform":
-        return spec.gain * math.sqrt(2.0 / (fan_in + fan_out) * factor)
-    return spec.gain * math.sqrt(2.0 / fan_in * factor)  # kaiming (ReLU gain sqrt(2)), fan_in, as edge-popup
-
-
 def generate_weight(weight_seed: int, name: str, shape: Sequence[int], spec: InitSpec) -> torch.Tensor:
     """The frozen fp32 weight called `name`."""
     gen = torch.Generator(device="cpu")
@@ -144,5 +135,3 @@ def init_scores_(scores: torch.Tensor, method: str, weight: torch.Tensor | None 
     if method == "kaiming_normal":
         return torch.nn.init.kaiming_normal_(scores)
     raise ValueError(f"score init {method!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
-
-

@@ -225,8 +225,7 @@ class SupermaskTransformerModel(TransformerModel):
             decoder_embed = encoder_embed
         else:
             decoder_embed = build_token_embedding(args, tgt_dict, args.decoder_embed_dim, "decoder", pretrained[1])
-        tcfg = TransformerConfig.from_namespace(args)
-        tcfg.init_specs = args.init_specs
+        tcfg = TransformerConfig.from_namespace(args)  # carries init_specs (and our other options) along
         encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
         decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
         model = cls(args, encoder, decoder)
