@@ -2,6 +2,12 @@
 
     python benchmarks/ablation.py RAW_DIR [--settings tuned,paper,...] [--seeds 1,2] [--updates 400] [--jobs 2]
         [--src de --tgt en --dim 128 ...: any benchmarks/convergence.py shape option]
+    python benchmarks/ablation.py RAW_DIR --ratios 0.1,0.3,0.5,0.7,0.9 [--variants one_layer:random,...]
+
+With --ratios, the paper's Fig. 2 instead: BLEU against the remaining ratio k for the one-layer and the
+standard (a random layer per depth) supermask model, on masked random embeddings and on the dense
+model's embeddings (frozen), every run with the default settings and k changed; writes
+WORK/ratio_sweep.csv and WORK/ratio_sweep.png (dense as a horizontal line).
 
 Every (setting, seed) is one benchmarks/convergence.py run (kept in WORK and reused when run again) of the `random_emb` model with the setting's
 fairseq-train flags added; the dense model is trained once per seed with its own settings. Runs go
@@ -13,6 +19,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,6 +46,16 @@ SETTINGS = {  # name: fairseq-train flags on top of the defaults
     "dropout_0.3": "--dropout 0.3",
     "ratio_0.3": "--remaining-ratio 0.3",
     "ratio_0.7": "--remaining-ratio 0.7",
+    # from the strong-lottery-ticket literature beyond the paper
+    "anneal_k_200": "--ratio-anneal-updates 200",  # gradual: k from 1 to 0.5 over the first 200 updates
+    "multicoat_0.25": "--multicoat-ratios 0.25",  # Okoshi et al. 2022: 2 mask bits per weight
+    "multicoat_0.3_0.15": "--multicoat-ratios 0.3,0.15",  # 3 mask bits per weight
+}
+VARIANTS = {  # Fig. 2's lines: (convergence.py model, extra flags)
+    "one_layer:random": ("random_emb", ""),
+    "standard:random": ("random_emb", "--arch supermask_transformer_tiny"),
+    "one_layer:pretrained": ("pretrained_emb", ""),
+    "standard:pretrained": ("pretrained_emb", "--arch supermask_transformer_tiny"),
 }
 
 
@@ -51,6 +68,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="threads per run (default: 2 / --jobs)")
     p.add_argument("--work", default="work/ablation")
+    p.add_argument("--ratios", help="comma-separated k in (0, 1]: the Fig. 2 sweep instead of --settings")
+    p.add_argument("--variants", default=",".join(VARIANTS), help="the --ratios sweep's lines")
     a, shape = p.parse_known_args(argv)
     settings = [s for s in a.settings.split(",") if s]
     unknown = [s for s in settings if s not in SETTINGS]
@@ -60,6 +79,18 @@ def main(argv=None) -> int:
         seeds = [int(s) for s in a.seeds.split(",")]
     except ValueError:
         p.error(f"--seeds {a.seeds!r}: expected comma-separated integers")
+    ratios, variants = [], [v for v in a.variants.split(",") if v]
+    if a.ratios is not None:
+        try:
+            ratios = [float(r) for r in a.ratios.split(",")]
+        except ValueError:
+            p.error(f"--ratios {a.ratios!r}: expected comma-separated numbers in (0, 1]")
+        bad = [r for r in ratios if not 0 < r <= 1]
+        if bad or not ratios:
+            p.error(f"--ratios {a.ratios!r}: every k must lie in (0, 1]")
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown or not variants:
+            p.error(f"--variants: unknown {unknown}; allowed: {', '.join(VARIANTS)}")
     if not os.path.isdir(a.raw_dir):
         print(f"ablation: error: data directory {a.raw_dir!r} does not exist", file=sys.stderr)
         return 1
@@ -71,6 +102,12 @@ def main(argv=None) -> int:
         if os.path.exists(done):  # a finished run is not trained again
             with open(done, encoding="utf-8") as f:
                 return json.load(f)
+        if "pretrained_emb" in models:  # the seed's dense model, trained once, lends its embeddings
+            dense = os.path.join(a.work, f"dense.seed{seed}")
+            os.makedirs(work, exist_ok=True)
+            if not os.path.exists(os.path.join(work, "dense")):
+                os.symlink(os.path.abspath(os.path.join(dense, "dense")), os.path.join(work, "dense"))
+            shutil.copy(os.path.join(dense, "dense.rows.json"), work)
         cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "convergence.py"), a.raw_dir, "--work", work,
                "--models", models, "--updates", a.updates, "--eval-every", a.updates, "--seed", seed,
                "--threads", threads, f"--extra-args={extra}", *shape]
@@ -89,19 +126,33 @@ def main(argv=None) -> int:
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "one-layer-lottery"), "prepare", a.raw_dir, data,
                         "--src", _opt(shape, "--src", "de"), "--tgt", _opt(shape, "--tgt", "en"),
                         "--vocab-size", _opt(shape, "--vocab", "6000")], check=True)
-    jobs = [("dense", "", seed) for seed in seeds] + [(s, SETTINGS[s], seed) for s in settings for seed in seeds]
+    # (run name, convergence.py models, flags, seed); the dense runs first: the pre-trained runs wait for them
+    dense_jobs = [("dense", "dense", "", seed) for seed in seeds]
+    if ratios:
+        jobs = [(f"k{k}.{v.replace(':', '.')}", VARIANTS[v][0], f"--remaining-ratio {k} {VARIANTS[v][1]}".strip(), seed)
+                for v in variants for k in ratios for seed in seeds]
+    else:
+        jobs = [(s, "random_emb", SETTINGS[s], seed) for s in settings for seed in seeds]
+    results = {}
+
+    def run_job(job):
+        name, model, flags, seed = job
+        m = convergence(os.path.join(a.work, f"{name}.seed{seed}"),
+                        "dense,pretrained_emb" if model == "pretrained_emb" else model, flags, seed)
+        results[job] = m[model]["final_bleu"]
+        print(f"[ablation] {name} seed {seed}: BLEU {results[job]:.2f}", flush=True)
+
     with ThreadPoolExecutor(a.jobs) as pool:
-        futures = {job: pool.submit(convergence, os.path.join(a.work, f"{job[0]}.seed{job[2]}"),
-                                    "dense" if job[0] == "dense" else "random_emb", job[1], job[2]) for job in jobs}
-        results = {}
-        for job, fut in futures.items():
-            m = fut.result()
-            results[job] = next(iter(m.values()))["final_bleu"]
-            print(f"[ablation] {job[0]} seed {job[2]}: BLEU {results[job]:.2f}", flush=True)
-    dense = [results[("dense", "", seed)] for seed in seeds]
+        for f in [pool.submit(run_job, j) for j in dense_jobs]:
+            f.result()
+        for f in [pool.submit(run_job, j) for j in jobs]:
+            f.result()
+    dense = [results[("dense", "dense", "", seed)] for seed in seeds]
+    if ratios:
+        return ratio_sweep(a, ratios, variants, seeds, results, dense)
     rows = []
     for s in settings:
-        bleus = [results[(s, SETTINGS[s], seed)] for seed in seeds]
+        bleus = [results[(s, "random_emb", SETTINGS[s], seed)] for seed in seeds]
         rows.append({"setting": s, "flags": SETTINGS[s], "bleu_mean": round(statistics.mean(bleus), 2),
                      "bleu_min": min(bleus), "bleu_max": max(bleus),
                      "ratio_to_dense": round(statistics.mean(bleus) / statistics.mean(dense), 3)
@@ -121,6 +172,55 @@ def main(argv=None) -> int:
         print(f"{r['setting']:>22} {r['bleu_mean']:>6.2f} [{r['bleu_min']:6.2f}, {r['bleu_max']:6.2f}] {delta:>8} "
               f"{ratio:>6}  {r['flags']}")
     print(json.dumps({"updates": a.updates, "seeds": seeds, "dense_bleu": dense, "settings": rows}))
+    return 0
+
+
+def ratio_sweep(a, ratios, variants, seeds, results, dense) -> int:
+    """The Fig. 2 table, CSV and PNG from the finished runs."""
+    rows = []
+    for v in variants:
+        for k in ratios:
+            bleus = [b for (name, _, _, seed), b in results.items() if name == f"k{k}.{v.replace(':', '.')}"]
+            rows.append({"variant": v, "remaining_ratio": k, "bleu_mean": round(statistics.mean(bleus), 2),
+                         "bleu_min": min(bleus), "bleu_max": max(bleus),
+                         "ratio_to_dense": round(statistics.mean(bleus) / statistics.mean(dense), 3)
+                         if statistics.mean(dense) > 0 else None})
+    with open(os.path.join(a.work, "ratio_sweep.csv"), "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for v in variants:
+        pts = [r for r in rows if r["variant"] == v]
+        arch, emb = v.split(":")
+        ax.errorbar([r["remaining_ratio"] for r in pts], [r["bleu_mean"] for r in pts],
+                    yerr=[[r["bleu_mean"] - r["bleu_min"] for r in pts], [r["bleu_max"] - r["bleu_mean"] for r in pts]],
+                    marker="o" if arch == "one_layer" else "s", linestyle="-" if emb == "random" else "--",
+                    capsize=3, label=f"{arch.replace('_', '-')} supermask, {emb} embeddings")
+    ax.axhline(statistics.mean(dense), color="black", linewidth=1, label="dense Transformer (trained)")
+    ax.set_xlabel("remaining ratio k (fraction of random weights kept)")
+    ax.set_ylabel("test BLEU")
+    ax.set_title(f"BLEU against k, {a.updates} updates, seeds {','.join(map(str, seeds))}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = os.path.join(a.work, "ratio_sweep.png")
+    fig.savefig(png, dpi=120)
+    print(f"\ndense BLEU per seed {dense} ({a.updates} updates, the same budget); seeds {seeds} -> {png}")
+    print(f"{'variant':>22} {'k':>5} {'BLEU':>6} {'range':>15} {'/dense':>6}")
+    for r in rows:
+        ratio = f"{r['ratio_to_dense']:.3f}" if r["ratio_to_dense"] is not None else "-"
+        print(f"{r['variant']:>22} {r['remaining_ratio']:>5} {r['bleu_mean']:>6.2f} "
+              f"[{r['bleu_min']:6.2f}, {r['bleu_max']:6.2f}] {ratio:>6}")
+    print(json.dumps({"updates": a.updates, "seeds": seeds, "dense_bleu": dense, "ratios": rows}))
     return 0
 
 

@@ -20,8 +20,9 @@ from .errors import ConfigError
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
-FORMAT_VERSION = 2  # 2: per-role inits (the config names its init preset); 1 is read as before
-READS = (1, 2)
+FORMAT_VERSION = 3  # 3: multicoated masks (written only by such models; others still write 2)
+# 2: per-role inits (the config names its init preset); 1 is read as before
+READS = (1, 2, 3)
 _META_KEY = "one_layer_lottery"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -111,13 +112,17 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         raise ConfigError(f"embeddings dtype {embeddings_dtype!r} is unknown; allowed: float16, float32")
     if weights_dtype not in _WEIGHT_DTYPES:
         raise ConfigError(f"weights dtype {weights_dtype!r} is unknown; allowed: {', '.join(_WEIGHT_DTYPES)}")
-    tensors, masks, floor = {}, {}, 0
+    tensors, masks, coats, floor = {}, {}, {}, 0
     masked = {n: m for n, m in model.named_modules() if isinstance(m, SupermaskModule)}
     for name, m in masked.items():
-        mask = m.mask().flatten().numpy()
-        tensors[f"mask:{name}"] = torch.from_numpy(np.packbits(mask))
+        planes = [m.mask(), *m.coat_masks()]  # the outer mask, then each inner coat, 1 bit per weight each
+        for i, plane in enumerate(planes):
+            bits = plane.flatten().numpy()
+            tensors[f"mask:{name}" if i == 0 else f"coat{i}:{name}"] = torch.from_numpy(np.packbits(bits))
+            floor += math.ceil(bits.size / 8)
         masks[name] = list(m.scores.shape)
-        floor += math.ceil(mask.size / 8)
+        if len(planes) > 1:
+            coats[name] = len(planes) - 1
     stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
         if _is_regenerated(key) or key.endswith(".scores"):
@@ -135,8 +140,10 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     meta_core = {"cfg": cfg, "dicts": {"src": _dict_text(src_dict), "tgt": _dict_text(tgt_dict)},
                  "langs": list(langs)}
     floor += len(json.dumps(meta_core, default=str).encode())
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": masks, "stored": stored,
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION if coats else 2, "masks": masks, "stored": stored,
             "aliases": aliases, "weights_dtype": weights_dtype, **meta_core}
+    if coats:
+        meta["coats"] = coats
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
     os.close(fd)
@@ -146,7 +153,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {"bytes": os.path.getsize(out), "floor": floor, "mask_bits": sum(math.prod(s) for s in masks.values())}
+    return {"bytes": os.path.getsize(out), "floor": floor,
+            "mask_bits": sum(math.prod(s) * (1 + coats.get(n, 0)) for n, s in masks.items())}
 
 
 def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16") -> dict[str, int]:
@@ -202,10 +210,12 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
                           f"this version reads {', '.join(map(str, READS))}")
     if meta.get("weights_dtype", "float32") not in _WEIGHT_DTYPES:
         raise ConfigError(f"artifact {path!r} is corrupt: weights dtype {meta.get('weights_dtype')!r}")
+    coats = meta.get("coats", {})
     for name, shape in meta["masks"].items():
-        t = tensors.get(f"mask:{name}")
-        if t is None or t.numel() != math.ceil(math.prod(shape) / 8):
-            raise ConfigError(f"artifact {path!r} is corrupt: mask {name} is missing or has the wrong size")
+        for key in [f"mask:{name}"] + [f"coat{i}:{name}" for i in range(1, 1 + int(coats.get(name, 0)))]:
+            t = tensors.get(key)
+            if t is None or t.numel() != math.ceil(math.prod(shape) / 8):
+                raise ConfigError(f"artifact {path!r} is corrupt: mask {key} is missing or has the wrong size")
     return meta, tensors
 
 
@@ -218,9 +228,13 @@ def load_model(path: str, data: str | None = None):
     model = _build(dict(meta["cfg"]["model"]), src_dict, tgt_dict)
     sd = model.state_dict()
     for name, shape in meta["masks"].items():
-        bits = np.unpackbits(tensors[f"mask:{name}"].numpy(), count=math.prod(shape))
-        # scores equal to the mask select exactly that mask (top-k of |{0,1}|)
-        sd[f"{name}.scores"] = torch.from_numpy(bits.astype(np.float32)).view(shape)
+        n = math.prod(shape)
+        levels = np.unpackbits(tensors[f"mask:{name}"].numpy(), count=n).astype(np.float32)
+        for i in range(1, 1 + int(meta.get("coats", {}).get(name, 0))):
+            levels += np.unpackbits(tensors[f"coat{i}:{name}"].numpy(), count=n)
+        # scores equal to the mask select exactly that mask (top-k of |{0,1}|); with coats, nested masks
+        # make levels 0..C whose top-k at every coat's ratio is exactly that coat
+        sd[f"{name}.scores"] = torch.from_numpy(levels).view(shape)
     for key in meta["stored"]:
         sd[key] = tensors[f"tensor:{key}"].float()
     rounding = _WEIGHT_DTYPES[meta.get("weights_dtype", "float32")]

@@ -17,6 +17,19 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from .init import check_remaining_ratio, init_scores_
 
 
+def check_coat_ratios(coats, remaining_ratio: float) -> list[float]:
+    """Inner coats of a multicoated mask: strictly decreasing, each in (0, remaining_ratio)."""
+    out, outer = [], remaining_ratio
+    for c in coats:
+        c = float(c)
+        if not (0 < c < outer):
+            raise ValueError(f"coat ratio {c} must lie in (0, {outer}): each inner coat keeps fewer weights "
+                             f"than the coat around it (the outermost is the remaining ratio {remaining_ratio})")
+        out.append(c)
+        outer = c
+    return out
+
+
 def n_pruned(numel: int, remaining_ratio: float) -> int:
     """How many entries a mask drops: the published rule int((1 - k) * n)."""
     return int((1 - remaining_ratio) * numel)
@@ -134,13 +147,20 @@ def _count_step(optimizer, args, kwargs) -> None:
 register_optimizer_step_post_hook(_count_step)
 
 
+def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
+    """W * M for a boolean mask, or for a multicoated one (how many nested coats keep each entry)."""
+    if mask.dtype == torch.bool:
+        return torch.where(mask, weight, weight.new_zeros(()))
+    return weight * mask.to(weight.dtype)
+
+
 class _MaskedWeight(torch.autograd.Function):
     """W * M forward; straight-through backward: TopK is the identity, so dL/d|S| = dL/dW_eff * W."""
 
     @staticmethod
     def forward(ctx, scores: Tensor, weight: Tensor, mask: Tensor) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(scores, weight)
-        return torch.where(mask, weight, weight.new_zeros(()))
+        return _apply_mask(weight, mask)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
@@ -163,9 +183,13 @@ class SupermaskModule(nn.Module):
     """Common part of masked modules: frozen weight (own or shared), scores, cached mask."""
 
     def __init__(self, shape: tuple[int, int], remaining_ratio: float, score_init: str,
-                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False):
+                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False,
+                 coat_ratios: tuple[float, ...] = ()):
         super().__init__()
         self.remaining_ratio = check_remaining_ratio(remaining_ratio)
+        # multicoated supermask (Okoshi et al. 2022): inner top-k coats of the same scores, each adding W once more
+        self.coat_ratios = tuple(check_coat_ratios(coat_ratios, remaining_ratio))
+        self._annealed: float | None = None  # k while training under --ratio-anneal-updates (see set_ratio)
         if (weight is None) == (shared is None):
             raise ValueError("give exactly one of weight and shared")
         w = weight if weight is not None else getattr(*shared)
@@ -188,30 +212,56 @@ class SupermaskModule(nn.Module):
 
     def _mask_key(self) -> tuple:
         s = self.scores
-        return (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0])
+        return (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0], self.ratios())
+
+    def set_ratio(self, k: float) -> None:
+        """Keep k of the weights while training (annealing); evaluation and inference keep remaining_ratio."""
+        self._annealed = None if k == self.remaining_ratio else float(check_remaining_ratio(k))
+
+    def ratios(self) -> tuple[float, tuple[float, ...]]:
+        """(k, inner coats' ratios) the mask uses now; inner coats shrink in proportion while annealing."""
+        a = self._annealed
+        if a is None or not self.training:
+            return self.remaining_ratio, self.coat_ratios
+        return a, tuple(c * a / self.remaining_ratio for c in self.coat_ratios)
 
     def mask(self) -> Tensor:
-        """The current boolean mask, selected again only after the scores changed."""
+        """The current boolean mask (the outer coat), selected again only after the scores changed."""
         key = self._mask_key()
         if self._mask_cache is None or self._mask_cache[0] != key:
             group = self._group
-            if group is not None and self.scores.device.type != "cpu" and all(
+            k = self.ratios()[0]
+            if group is not None and k == self.remaining_ratio and self.scores.device.type != "cpu" and all(
                     m.scores.device == self.scores.device for m in group):
                 for m, mask in zip(group, select_group_masks(list(group))):
                     m._mask_cache = (m._mask_key(), mask)
             else:
-                self._mask_cache = (key, topk_mask(self.scores, self.remaining_ratio))
+                self._mask_cache = (key, topk_mask(self.scores, k))
         return self._mask_cache[1]
+
+    def coat_masks(self) -> list[Tensor]:
+        """The inner coats' boolean masks (nested in the outer one); empty for a plain supermask."""
+        return [topk_mask(self.scores, k) for k in self.ratios()[1]]
+
+    def levels(self) -> Tensor:
+        """The mask the weight is multiplied by: boolean, or for multicoated masks 0, 1, ..., coats + 1."""
+        mask = self.mask()
+        if not self.coat_ratios:
+            return mask
+        level = mask.to(torch.uint8)
+        for inner in self.coat_masks():
+            level += inner
+        return level
 
     def masked_weight(self) -> Tensor:
         w = self.get_frozen_weight()
         if torch.is_grad_enabled() and self.scores.requires_grad:
-            return _MaskedWeight.apply(self.scores, w, self.mask())
+            return _MaskedWeight.apply(self.scores, w, self.levels())
         # inference: materialise W * M once, reuse it until scores, weights or mode change
         key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device,
-               _OPTIMIZER_STEPS[0])
+               _OPTIMIZER_STEPS[0], self.ratios())
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, torch.where(self.mask(), w, w.new_zeros(())))
+            self._cache = (key, _apply_mask(w, self.levels()))
         return self._cache[1]
 
     def train(self, mode: bool = True):
@@ -246,8 +296,9 @@ class MaskedLinear(SupermaskModule):
 
     def __init__(self, in_features: int, out_features: int, remaining_ratio: float,
                  score_init: str = "kaiming_uniform", weight: Tensor | None = None,
-                 shared: tuple[WeightBank, str] | None = None):
-        super().__init__((out_features, in_features), remaining_ratio, score_init, weight, shared)
+                 shared: tuple[WeightBank, str] | None = None, coat_ratios: tuple[float, ...] = ()):
+        super().__init__((out_features, in_features), remaining_ratio, score_init, weight, shared,
+                         coat_ratios=coat_ratios)
         self.in_features, self.out_features = in_features, out_features
 
     @property
@@ -265,8 +316,10 @@ class MaskedEmbedding(SupermaskModule):
     """A token embedding whose table is W * M (padding row of W is zero)."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, remaining_ratio: float,
-                 score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False):
-        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight, stored=stored)
+                 score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False,
+                 coat_ratios: tuple[float, ...] = ()):
+        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight, stored=stored,
+                         coat_ratios=coat_ratios)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @property

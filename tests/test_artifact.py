@@ -1,5 +1,7 @@
 import json
+import math
 import os
+import re
 import shutil
 import struct
 
@@ -8,6 +10,7 @@ import torch
 from conftest import MASKED, SM, TRAIN, build_model, hypotheses, make_dictionary, run_cli
 
 from one_layer_lottery import artifact
+from one_layer_lottery.errors import ConfigError
 
 
 def _fails_one_line(r, out, *needles):
@@ -52,7 +55,7 @@ def test_python_api_translates(trained, tmp_path):
     out = hub.translate(src)
     assert isinstance(out, str)
     model, _, _, meta = artifact.load_model(str(art))
-    assert not model.training and meta["format_version"] == artifact.FORMAT_VERSION
+    assert not model.training and meta["format_version"] == 2 and "coats" not in meta  # plain masks: still 2
 
 
 def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_path):
@@ -206,3 +209,37 @@ def test_example_translates_from_an_artifact(trained, tiny_corpus):
                        timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("hypothesis:") == 2 and "-> artifact" in r.stdout
+
+
+def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
+    """Multicoated masks trained with k annealed: the log shows k, the artifact stores every coat exactly."""
+    save = tmp_path / "sm"
+    r = run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "6", "--save-dir", save,
+                "--multicoat-ratios", "0.25,0.1", "--ratio-anneal-updates", "4", "--log-interval", "1")
+    inner = "\n".join(line for line in (r.stdout + r.stderr).splitlines() if "train_inner" in line)
+    ks = [float(x) for x in re.findall(r"remaining_ratio=([\d.]+)", inner)]
+    assert ks[:2] == [1.0, pytest.approx(0.5 + 0.5 * 0.75 ** 3, abs=1e-4)] and ks[-1] == 0.5, ks
+    ckpt = save / "checkpoint_last.pt"
+    art, back = tmp_path / "m.olt", tmp_path / "back.pt"
+    rep = artifact.export(str(ckpt), str(art))
+    meta, tensors = artifact.read(str(art))
+    assert meta["format_version"] == 3 and set(meta["coats"].values()) == {2}
+    assert rep["mask_bits"] == 3 * sum(math.prod(s) for s in meta["masks"].values())
+    sd = torch.load(ckpt, weights_only=True)["model"]
+    from one_layer_lottery.supermask import topk_mask
+
+    model, _, _, _ = artifact.load_model(str(art))
+    for name, m in model.named_modules():
+        if hasattr(m, "coat_masks"):
+            for k, plane in zip((0.5, 0.25, 0.1), [m.mask(), *m.coat_masks()]):
+                assert torch.equal(plane, topk_mask(sd[f"{name}.scores"], k)), name
+    artifact.expand(str(art), str(back))
+    assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
+    # a coat missing from the file is corruption, in one line
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad.olt"
+    tensors.pop(next(k for k in tensors if k.startswith("coat2:")))
+    save_file(tensors, str(bad), metadata={"one_layer_lottery": json.dumps(meta)})
+    with pytest.raises(ConfigError, match="coat2:.* is missing"):
+        artifact.read(str(bad))

@@ -107,6 +107,9 @@ def _fails_one_line(r, *needles):
     (["--ffn-gain", "-1"], ["--ffn-gain -1.0 must be a positive finite number"]),
     (["--init-preset", "best"], ["invalid choice: 'best'", "tuned"]),
     (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
+    (["--multicoat-ratios", "0.25,0.3"], ["--multicoat-ratios '0.25,0.3'", "coat ratio 0.3 must lie in (0, 0.25)"]),
+    (["--multicoat-ratios", "half"], ["--multicoat-ratios 'half'"]),
+    (["--ratio-anneal-updates", "-5"], ["--ratio-anneal-updates -5 must be a non-negative integer"]),
     (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
     (["--pretrained-embeddings", "missing.pt"], ["'missing.pt': no such file"]),
 ])

@@ -98,3 +98,50 @@ def test_mask_selected_once_per_update_not_per_micro_batch(monkeypatch):
     lin(torch.randn(2, 8)).sum().backward()
     assert len(calls) == 2
     assert torch.equal(lin.mask(), real(lin.scores, 0.5)) and not torch.equal(before, lin.mask())
+
+
+def test_multicoated_levels_are_nested_top_k_counts():
+    torch.manual_seed(0)
+    w = torch.randn(40, 50)
+    m = MaskedLinear(50, 40, 0.5, weight=w, coat_ratios=(0.3, 0.1))
+    level = m.levels()
+    n = w.numel()
+    # each coat keeps exactly its count, and coats are nested: level >= c is coat c
+    for c, k in enumerate((0.5, 0.3, 0.1), start=1):
+        assert int((level >= c).sum()) == n - n_pruned(n, k)
+        assert torch.equal(level >= c, topk_mask(m.scores, k))
+    assert torch.equal(m.weight, w * level)
+    # straight-through: the gradient reaches the scores where the level is zero too
+    m(torch.randn(3, 50)).sum().backward()
+    assert m.scores.grad is not None and bool((m.scores.grad[level == 0] != 0).any())
+
+
+@pytest.mark.parametrize("coats", [(0.5,), (0.6,), (0.3, 0.3), (0.2, 0.3), (0.0,)])
+def test_bad_coat_ratios(coats):
+    with pytest.raises(ValueError, match="coat ratio"):
+        MaskedLinear(8, 8, 0.5, weight=torch.randn(8, 8), coat_ratios=coats)
+
+
+def test_annealed_ratio_schedule_and_exact_counts():
+    from conftest import build_model
+
+    from one_layer_lottery.models.supermask_transformer import annealed_ratio
+    from one_layer_lottery.supermask import SupermaskModule
+
+    assert annealed_ratio(0.5, 100, 0) == 1.0
+    assert annealed_ratio(0.5, 100, 50) == pytest.approx(0.5 + 0.5 * 0.5 ** 3)
+    assert annealed_ratio(0.5, 100, 100) == annealed_ratio(0.5, 100, 10_000) == annealed_ratio(0.5, 0, 0) == 0.5
+    model = build_model("one_layer_supermask_transformer_tiny", "--remaining-ratio", "0.3",
+                        "--ratio-anneal-updates", "20", "--multicoat-ratios", "0.1")
+    mods = [m for m in model.modules() if isinstance(m, SupermaskModule)]
+    for t in (0, 7, 20, 25):
+        model.set_num_updates(t)
+        k = annealed_ratio(0.3, 20, t)
+        for m in mods:
+            n = m.scores.numel()
+            assert int(m.mask().sum()) == n - n_pruned(n, k)
+            assert int(m.coat_masks()[0].sum()) == n - n_pruned(n, 0.1 * k / 0.3)
+    model.set_num_updates(5)
+    model.eval()  # evaluation and inference mask at the target ratio, mid-anneal too
+    assert all(int(m.mask().sum()) == m.scores.numel() - n_pruned(m.scores.numel(), 0.3) for m in mods)
+    assert all(m.remaining_ratio == 0.3 and m.coat_ratios == (0.1,) for m in mods)

@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.dataclass.utils import gen_parser_from_dataclass
+from fairseq.logging import metrics
 from fairseq.models import ARCH_CONFIG_REGISTRY, register_model, register_model_architecture
 from fairseq.models.transformer import TransformerConfig, TransformerDecoderBase, TransformerEncoderBase
 from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
@@ -38,8 +39,10 @@ from ..supermask import (
     FrozenEmbedding,
     MaskedEmbedding,
     MaskedLinear,
+    SupermaskModule,
     TiedOutputProjection,
     WeightBank,
+    check_coat_ratios,
     group_masks_,
     use_supermask_attention_,
 )
@@ -79,6 +82,13 @@ class SupermaskOptions(FairseqDataclass):
     pretrained_embeddings_mode: ChoiceEnum(("frozen", "masked")) = dataclasses.field(  # type: ignore[valid-type]
         default="frozen", metadata={"help": "frozen: the pre-trained tables as they are; masked: masked like every "
                                             "other weight, scaled as the embed role is (the authors' default)"})
+    multicoat_ratios: Optional[str] = dataclasses.field(  # noqa: UP045
+        default=None, metadata={"help": "multicoated supermask (Okoshi et al. 2022): comma-separated remaining "
+                                        "ratios of inner coats, decreasing, below --remaining-ratio; a weight "
+                                        "counts once per coat that keeps it (1 + coats mask bits per weight)"})
+    ratio_anneal_updates: int = dataclasses.field(
+        default=0, metadata={"help": "anneal k from 1 to --remaining-ratio over this many updates (the cubic "
+                                     "gradual schedule of Zhu & Gupta 2017); 0: k fixed from the start"})
     pretrained_embeddings_in_checkpoint: bool = dataclasses.field(
         default=False, metadata={"help": "set by the model itself: the frozen embeddings are in the "
                                          "checkpoint, so loading it does not read --pretrained-embeddings"})
@@ -169,10 +179,34 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError(f"--init-preset {args.init_preset!r} is unknown; allowed: {', '.join(PRESETS)}")
     if str(args.score_init) not in SCORE_INITS:
         raise ConfigError(f"--score-init {args.score_init!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
+    coat_ratios(args)
+    n = getattr(args, "ratio_anneal_updates", 0)
+    if not (isinstance(n, int) and n >= 0):
+        raise ConfigError(f"--ratio-anneal-updates {n!r} must be a non-negative integer")
     if getattr(args, "adaptive_softmax_cutoff", None):
         raise ConfigError("--adaptive-softmax-cutoff is not supported by supermask models")
     if getattr(args, "checkpoint_activations", False):
         raise ConfigError("--checkpoint-activations is not supported by supermask models")
+
+
+def coat_ratios(args) -> tuple[float, ...]:
+    """--multicoat-ratios as numbers, checked; () for a plain supermask."""
+    text = getattr(args, "multicoat_ratios", None)
+    if text is None or str(text).strip() == "":
+        return ()
+    try:
+        values = [float(v) for v in str(text).split(",")]
+        return tuple(check_coat_ratios(values, float(args.remaining_ratio)))
+    except ValueError as e:
+        raise ConfigError(f"--multicoat-ratios {text!r}: {e}; give decreasing ratios below --remaining-ratio, "
+                          f"e.g. 0.25 or 0.3,0.15") from None
+
+
+def annealed_ratio(k: float, updates: int, num_updates: int) -> float:
+    """Zhu & Gupta's cubic schedule from 1 to k: k + (1 - k) (1 - t / N)^3 until N updates, then k."""
+    if updates <= 0 or num_updates >= updates:
+        return k
+    return k + (1 - k) * (1 - num_updates / updates) ** 3
 
 
 @register_model("supermask_transformer", dataclass=SupermaskTransformerConfig)
@@ -210,6 +244,7 @@ class SupermaskTransformerModel(TransformerModel):
             args.share_decoder_input_output_embed = True
 
         args.init_specs = role_specs(args)
+        args.coat_ratios = coat_ratios(args)
         pretrained = (None, None)
         if args.pretrained_embeddings and args.pretrained_embeddings_in_checkpoint:
             # the checkpoint being loaded holds the tables: shapes only, values come from its state dict
@@ -233,6 +268,17 @@ class SupermaskTransformerModel(TransformerModel):
         track_model(model)
         return model
 
+    def set_num_updates(self, num_updates):
+        """Under --ratio-anneal-updates: the k training masks use from this update on (eval keeps the target)."""
+        super().set_num_updates(num_updates)
+        updates = int(getattr(self.args, "ratio_anneal_updates", 0) or 0)
+        if updates:
+            k = annealed_ratio(float(self.args.remaining_ratio), updates, num_updates)
+            for m in self.modules():
+                if isinstance(m, SupermaskModule):
+                    m.set_ratio(annealed_ratio(m.remaining_ratio, updates, num_updates))
+            metrics.log_scalar("remaining_ratio", k, weight=0, priority=210, round=4)
+
 
 def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Tensor | None) -> nn.Module:
     spec = args.init_specs["embed"]
@@ -240,13 +286,13 @@ def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Ten
         # the authors rescale by (1 - k)^-1/2 (the same at k = 0.5); sqrt(1/k) keeps the table's variance
         factor = spec.gain * (1 / spec.remaining_ratio if spec.scale else 1.0) ** 0.5
         return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                               weight=pretrained * factor, stored=True)
+                               weight=pretrained * factor, stored=True, coat_ratios=args.coat_ratios)
     if pretrained is not None:
         return FrozenEmbedding(pretrained, dictionary.pad())
     weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), spec)
     weight[dictionary.pad()] = 0
     return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                           weight=weight)
+                           weight=weight, coat_ratios=args.coat_ratios)
 
 
 def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> tuple[Tensor, Tensor]:
@@ -326,7 +372,7 @@ def supermask_(module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> 
                 else:
                     kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape, i=spec: generate_weight(cfg.weight_seed, n, s, i))}
                 setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
-                                                   str(cfg.score_init), **kw))
+                                                   str(cfg.score_init), coat_ratios=cfg.coat_ratios, **kw))
             elif _is_layer_norm(child):
                 setattr(parent, attr, nn.LayerNorm(child.normalized_shape, eps=child.eps,
                                                    elementwise_affine=cfg.affine_layernorm))
@@ -396,7 +442,7 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
         shape = (len(dictionary), self.output_embed_dim)
         weight = generate_weight(cfg.weight_seed, name, shape, cfg.init_specs["output"])
         self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.remaining_ratio,
-                                              str(cfg.score_init), weight=weight)
+                                              str(cfg.score_init), weight=weight, coat_ratios=cfg.coat_ratios)
 
 
 # ---- architectures -------------------------------------------------------------------------
