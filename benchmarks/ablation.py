@@ -50,6 +50,7 @@ SETTINGS = {  # name: fairseq-train flags on top of the defaults
     "anneal_k_200": "--ratio-anneal-updates 200",  # gradual: k from 1 to 0.5 over the first 200 updates
     "multicoat_0.25": "--multicoat-ratios 0.25",  # Okoshi et al. 2022: 2 mask bits per weight
     "multicoat_0.3_0.15": "--multicoat-ratios 0.3,0.15",  # 3 mask bits per weight
+    "nm_2_4": "--mask-structure 2:4",  # two of every four consecutive input weights (sparse tensor cores)
 }
 VARIANTS = {  # Fig. 2's lines: (convergence.py model, extra flags)
     "one_layer:random": ("random_emb", ""),

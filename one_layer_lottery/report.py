@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .supermask import topk_mask
+from .supermask import parse_structure, select_mask
 
 _DEPTH = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
 
@@ -23,8 +23,7 @@ def masks_of(path: str):
         head = f.read(8) if os.path.isfile(path) else b""
     if os.path.isfile(path) and head[:2] != b"PK":  # torch checkpoints are zip files; artifacts are safetensors
         meta, tensors = artifact.read(path)
-        masks = {n: np.unpackbits(tensors[f"mask:{n}"].numpy(), count=math.prod(s)).astype(bool).reshape(s)
-                 for n, s in meta["masks"].items()}
+        masks = {n: artifact.mask_of(meta, tensors, n).reshape(s) for n, s in meta["masks"].items()}
         stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])
         return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
     state = artifact.load_checkpoint(path)
@@ -35,7 +34,8 @@ def masks_of(path: str):
         if k.endswith(".scores") and v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             scores[k[: -len(".scores")]] = v
-    masks = {k: topk_mask(v.float(), ratio).numpy() for k, v in scores.items()}
+    structure = parse_structure(cfg.get("mask_structure"))
+    masks = {k: select_mask(v.float(), ratio, structure).numpy() for k, v in scores.items()}
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once

@@ -89,6 +89,43 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     return keep.view_as(scores)
 
 
+def parse_structure(text) -> tuple[int, int] | None:
+    """--mask-structure: None for unstructured, (N, M) for "N:M"; ValueError names what is allowed."""
+    text = "unstructured" if text is None else str(text).strip()
+    if text == "unstructured":
+        return None
+    n, sep, m = text.partition(":")
+    try:
+        n, m = int(n), int(m)
+    except ValueError:
+        n = m = 0
+    if not sep or not 0 < n < m <= 16:
+        raise ValueError(f"{text!r} is not a mask structure; allowed: unstructured or N:M with 0 < N < M <= 16 (e.g. 2:4)")
+    return n, m
+
+
+@torch.no_grad()
+def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
+    """N:M mask: in every group of m consecutive entries along the last dimension, keep the n of largest |score|.
+
+    Ties keep the lowest-index entries (a stable sort), as the top-k rule does.
+    """
+    if scores.shape[-1] % m:
+        raise ValueError(f"last dimension {scores.shape[-1]} is not a multiple of M = {m}")
+    a = scores.detach().abs().reshape(-1, m)
+    if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
+        a = a.float()
+    keep = a.argsort(dim=1, descending=True, stable=True)[:, :n]
+    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, keep, True).view_as(scores)
+
+
+def select_mask(scores: Tensor, remaining_ratio: float, structure: tuple[int, int] | None = None) -> Tensor:
+    """The mask every masked module uses: top-k over the whole tensor, or N:M within groups."""
+    if structure is None:
+        return topk_mask(scores, remaining_ratio)
+    return nm_mask(scores, *structure)
+
+
 def _sorted_keep(a: Tensor, j: int) -> Tensor:
     """Row-wise keep-masks of a (rows, n) tensor of |scores|: drop the j smallest of each row.
 
@@ -184,9 +221,13 @@ class SupermaskModule(nn.Module):
 
     def __init__(self, shape: tuple[int, int], remaining_ratio: float, score_init: str,
                  weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False,
-                 coat_ratios: tuple[float, ...] = ()):
+                 coat_ratios: tuple[float, ...] = (), structure: tuple[int, int] | None = None):
         super().__init__()
         self.remaining_ratio = check_remaining_ratio(remaining_ratio)
+        self.structure = structure  # (N, M): an N:M mask (see nm_mask); None: top-k over the tensor
+        if structure is not None and (coat_ratios or shape[-1] % structure[1]):
+            raise ValueError(f"an N:M mask needs no coats and a last dimension divisible by M; got coats "
+                             f"{tuple(coat_ratios)} and shape {tuple(shape)} for {structure[0]}:{structure[1]}")
         # multicoated supermask (Okoshi et al. 2022): inner top-k coats of the same scores, each adding W once more
         self.coat_ratios = tuple(check_coat_ratios(coat_ratios, remaining_ratio))
         self._annealed: float | None = None  # k while training under --ratio-anneal-updates (see set_ratio)
@@ -231,12 +272,12 @@ class SupermaskModule(nn.Module):
         if self._mask_cache is None or self._mask_cache[0] != key:
             group = self._group
             k = self.ratios()[0]
-            if group is not None and k == self.remaining_ratio and self.scores.device.type != "cpu" and all(
-                    m.scores.device == self.scores.device for m in group):
+            if (group is not None and k == self.remaining_ratio and self.structure is None
+                    and self.scores.device.type != "cpu" and all(m.scores.device == self.scores.device for m in group)):
                 for m, mask in zip(group, select_group_masks(list(group))):
                     m._mask_cache = (m._mask_key(), mask)
             else:
-                self._mask_cache = (key, topk_mask(self.scores, k))
+                self._mask_cache = (key, select_mask(self.scores, k, self.structure))
         return self._mask_cache[1]
 
     def coat_masks(self) -> list[Tensor]:
@@ -296,9 +337,10 @@ class MaskedLinear(SupermaskModule):
 
     def __init__(self, in_features: int, out_features: int, remaining_ratio: float,
                  score_init: str = "kaiming_uniform", weight: Tensor | None = None,
-                 shared: tuple[WeightBank, str] | None = None, coat_ratios: tuple[float, ...] = ()):
+                 shared: tuple[WeightBank, str] | None = None, coat_ratios: tuple[float, ...] = (),
+                 structure: tuple[int, int] | None = None):
         super().__init__((out_features, in_features), remaining_ratio, score_init, weight, shared,
-                         coat_ratios=coat_ratios)
+                         coat_ratios=coat_ratios, structure=structure)
         self.in_features, self.out_features = in_features, out_features
 
     @property
@@ -317,9 +359,9 @@ class MaskedEmbedding(SupermaskModule):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, remaining_ratio: float,
                  score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False,
-                 coat_ratios: tuple[float, ...] = ()):
+                 coat_ratios: tuple[float, ...] = (), structure: tuple[int, int] | None = None):
         super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight, stored=stored,
-                         coat_ratios=coat_ratios)
+                         coat_ratios=coat_ratios, structure=structure)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @property

@@ -145,3 +145,58 @@ def test_annealed_ratio_schedule_and_exact_counts():
     model.eval()  # evaluation and inference mask at the target ratio, mid-anneal too
     assert all(int(m.mask().sum()) == m.scores.numel() - n_pruned(m.scores.numel(), 0.3) for m in mods)
     assert all(m.remaining_ratio == 0.3 and m.coat_ratios == (0.1,) for m in mods)
+
+
+def _nm_reference(scores, n, m):
+    """Brute force: per group, the n entries of largest |score|, ties to the lowest index."""
+    out = torch.zeros(scores.numel(), dtype=torch.bool)
+    flat = scores.abs().flatten().tolist()
+    for g in range(0, len(flat), m):
+        ranked = sorted(range(m), key=lambda i: (-flat[g + i], i))[:n]
+        for i in ranked:
+            out[g + i] = True
+    return out.view_as(scores)
+
+
+@pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (2, 8), (3, 4)])
+def test_nm_mask_matches_brute_force(n, m):
+    from one_layer_lottery.supermask import nm_mask, select_mask
+
+    g = torch.Generator().manual_seed(n * 10 + m)
+    s = torch.randn(12, 4 * m, generator=g)
+    s[0, :m] = 0.5  # a group of ties: the lowest indices win
+    s[1, : 2 * m] = torch.tensor([1.0, -1.0] * m)
+    mask = nm_mask(s, n, m)
+    assert torch.equal(mask, _nm_reference(s, n, m))
+    assert bool((mask.view(-1, m).sum(1) == n).all())
+    assert mask[0, :n].all() and not mask[0, n:m].any()
+    assert torch.equal(select_mask(s, n / m, (n, m)), mask) and torch.equal(select_mask(s, 0.5), topk_mask(s, 0.5))
+
+
+def test_nm_masked_module_and_bad_structures():
+    from one_layer_lottery.supermask import parse_structure
+
+    w = torch.randn(8, 16)
+    lin = MaskedLinear(16, 8, 0.5, weight=w, structure=(2, 4))
+    assert bool((lin.mask().view(-1, 4).sum(1) == 2).all()) and torch.equal(lin.weight, w * lin.mask())
+    assert parse_structure("unstructured") is None and parse_structure("2:4") == (2, 4)
+    for bad in ("2:2", "0:4", "4:2", "2-4", "a:b", "2:32"):
+        with pytest.raises(ValueError, match="allowed: unstructured or N:M"):
+            parse_structure(bad)
+    with pytest.raises(ValueError, match="divisible by M"):
+        MaskedLinear(6, 8, 0.5, weight=torch.randn(8, 6), structure=(2, 4))
+
+
+@pytest.mark.parametrize("n, m, bits", [(2, 4, 2 / 3), (1, 4, 0.5), (2, 8, 1.0), (1, 2, 0.5)])
+def test_nm_packing_round_trip(n, m, bits):
+    from one_layer_lottery.artifact import nm_bits_per_weight, pack_nm, unpack_nm
+    from one_layer_lottery.supermask import nm_mask
+
+    assert nm_bits_per_weight(n, m) == pytest.approx(bits)
+    for rows in (1, 3, 7):  # group counts that do and do not fill the last byte
+        mask = nm_mask(torch.randn(rows, 2 * m), n, m).flatten().numpy()
+        packed = pack_nm(mask, n, m)
+        assert packed.size * 8 <= mask.size * bits + 8
+        assert (unpack_nm(packed, mask.size, n, m) == mask).all()
+    with pytest.raises(ValueError, match=f"not {n}:{m}"):
+        pack_nm(torch.ones(2 * m, dtype=torch.bool).numpy(), n, m)

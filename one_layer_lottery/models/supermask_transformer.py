@@ -44,6 +44,7 @@ from ..supermask import (
     WeightBank,
     check_coat_ratios,
     group_masks_,
+    parse_structure,
     use_supermask_attention_,
 )
 
@@ -86,6 +87,10 @@ class SupermaskOptions(FairseqDataclass):
         default=None, metadata={"help": "multicoated supermask (Okoshi et al. 2022): comma-separated remaining "
                                         "ratios of inner coats, decreasing, below --remaining-ratio; a weight "
                                         "counts once per coat that keeps it (1 + coats mask bits per weight)"})
+    mask_structure: str = dataclasses.field(
+        default="unstructured", metadata={"help": "unstructured (top-k over each tensor) or N:M (in every group of M "
+                                                  "consecutive weights along the input dimension keep N, e.g. 2:4 "
+                                                  "for sparse tensor cores; --remaining-ratio must be N/M)"})
     ratio_anneal_updates: int = dataclasses.field(
         default=0, metadata={"help": "anneal k from 1 to --remaining-ratio over this many updates (the cubic "
                                      "gradual schedule of Zhu & Gupta 2017); 0: k fixed from the start"})
@@ -183,10 +188,33 @@ def validate(args: argparse.Namespace) -> None:
     n = getattr(args, "ratio_anneal_updates", 0)
     if not (isinstance(n, int) and n >= 0):
         raise ConfigError(f"--ratio-anneal-updates {n!r} must be a non-negative integer")
+    structure = mask_structure(args)
+    if structure is not None:
+        nn_, m = structure
+        text = f"--mask-structure {nn_}:{m}"
+        if abs(float(args.remaining_ratio) - nn_ / m) > 1e-9:
+            raise ConfigError(f"--remaining-ratio {args.remaining_ratio} must equal N/M = {nn_ / m:g} for {text}")
+        if coat_ratios(args) or n:
+            raise ConfigError(f"{text} keeps exactly N of every M weights: it takes neither --multicoat-ratios "
+                              f"nor --ratio-anneal-updates")
+        for side in ("encoder", "decoder"):
+            for dim in ("embed_dim", "ffn_embed_dim"):
+                value = getattr(args, f"{side}_{dim}", None)
+                if value is not None and int(value) % m:
+                    raise ConfigError(f"--{side}-{dim.replace('_', '-')} {value} is not a multiple of M = {m} "
+                                      f"({text} groups M consecutive input weights)")
     if getattr(args, "adaptive_softmax_cutoff", None):
         raise ConfigError("--adaptive-softmax-cutoff is not supported by supermask models")
     if getattr(args, "checkpoint_activations", False):
         raise ConfigError("--checkpoint-activations is not supported by supermask models")
+
+
+def mask_structure(args) -> tuple[int, int] | None:
+    """--mask-structure as (N, M), or None for unstructured; checked."""
+    try:
+        return parse_structure(getattr(args, "mask_structure", None))
+    except ValueError as e:
+        raise ConfigError(f"--mask-structure {e}") from None
 
 
 def coat_ratios(args) -> tuple[float, ...]:
@@ -245,6 +273,7 @@ class SupermaskTransformerModel(TransformerModel):
 
         args.init_specs = role_specs(args)
         args.coat_ratios = coat_ratios(args)
+        args.structure = mask_structure(args)
         pretrained = (None, None)
         if args.pretrained_embeddings and args.pretrained_embeddings_in_checkpoint:
             # the checkpoint being loaded holds the tables: shapes only, values come from its state dict
@@ -286,13 +315,14 @@ def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Ten
         # the authors rescale by (1 - k)^-1/2 (the same at k = 0.5); sqrt(1/k) keeps the table's variance
         factor = spec.gain * (1 / spec.remaining_ratio if spec.scale else 1.0) ** 0.5
         return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                               weight=pretrained * factor, stored=True, coat_ratios=args.coat_ratios)
+                               weight=pretrained * factor, stored=True, coat_ratios=args.coat_ratios,
+                               structure=args.structure)
     if pretrained is not None:
         return FrozenEmbedding(pretrained, dictionary.pad())
     weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), spec)
     weight[dictionary.pad()] = 0
     return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                           weight=weight, coat_ratios=args.coat_ratios)
+                           weight=weight, coat_ratios=args.coat_ratios, structure=args.structure)
 
 
 def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> tuple[Tensor, Tensor]:
@@ -372,7 +402,8 @@ def supermask_(module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> 
                 else:
                     kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape, i=spec: generate_weight(cfg.weight_seed, n, s, i))}
                 setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
-                                                   str(cfg.score_init), coat_ratios=cfg.coat_ratios, **kw))
+                                                   str(cfg.score_init), coat_ratios=cfg.coat_ratios,
+                                                   structure=cfg.structure, **kw))
             elif _is_layer_norm(child):
                 setattr(parent, attr, nn.LayerNorm(child.normalized_shape, eps=child.eps,
                                                    elementwise_affine=cfg.affine_layernorm))
@@ -442,7 +473,8 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
         shape = (len(dictionary), self.output_embed_dim)
         weight = generate_weight(cfg.weight_seed, name, shape, cfg.init_specs["output"])
         self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.remaining_ratio,
-                                              str(cfg.score_init), weight=weight, coat_ratios=cfg.coat_ratios)
+                                              str(cfg.score_init), weight=weight, coat_ratios=cfg.coat_ratios,
+                                              structure=cfg.structure)
 
 
 # ---- architectures -------------------------------------------------------------------------
