@@ -206,7 +206,7 @@ def ratio_sweep(a, ratios, variants, seeds, results, dense) -> int:
                     yerr=[[r["bleu_mean"] - r["bleu_min"] for r in pts], [r["bleu_max"] - r["bleu_mean"] for r in pts]],
                     marker="o" if arch == "one_layer" else "s", linestyle="-" if emb == "random" else "--",
                     capsize=3, label=f"{arch.replace('_', '-')} supermask, {emb} embeddings")
-    ax.axhline(statistics.mean(dense), color="black", linewidth=1, label="dense Transformer (trained)")
+    ax.axhline(statistics.mean(dense), color="black", linewidth=1, label=f"dense Transformer, trained {a.updates} updates")
     ax.set_xlabel("remaining ratio k (fraction of random weights kept)")
     ax.set_ylabel("test BLEU")
     ax.set_title(f"BLEU against k, {a.updates} updates, seeds {','.join(map(str, seeds))}")

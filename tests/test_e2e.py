@@ -107,13 +107,7 @@ def _fails_one_line(r, *needles):
     (["--ffn-gain", "-1"], ["--ffn-gain -1.0 must be a positive finite number"]),
     (["--init-preset", "best"], ["invalid choice: 'best'", "tuned"]),
     (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
-    (["--multicoat-ratios", "0.25,0.3"], ["--multicoat-ratios '0.25,0.3'", "coat ratio 0.3 must lie in (0, 0.25)"]),
-    (["--multicoat-ratios", "half"], ["--multicoat-ratios 'half'"]),
-    (["--ratio-anneal-updates", "-5"], ["--ratio-anneal-updates -5 must be a non-negative integer"]),
     (["--mask-structure", "2:4", "--remaining-ratio", "0.3"], ["--remaining-ratio 0.3 must equal N/M = 0.5"]),
-    (["--mask-structure", "4:2"], ["--mask-structure '4:2' is not a mask structure; allowed: unstructured or N:M"]),
-    (["--mask-structure", "2:4", "--multicoat-ratios", "0.25"], ["takes neither --multicoat-ratios"]),
-    (["--mask-structure", "1:3", "--remaining-ratio", "0.3333333333333333"], ["is not a multiple of M = 3"]),
     (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
     (["--pretrained-embeddings", "missing.pt"], ["'missing.pt': no such file"]),
 ])

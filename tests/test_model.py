@@ -134,3 +134,18 @@ def test_bad_options_raise_config_error(flags, message):
     with pytest.raises(ConfigError) as e:
         build_model("supermask_transformer_tiny", *flags)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--multicoat-ratios", "0.25,0.3"], "--multicoat-ratios '0.25,0.3': coat ratio 0.3 must lie in (0, 0.25)"),
+    (["--multicoat-ratios", "half"], "--multicoat-ratios 'half'"),
+    (["--ratio-anneal-updates", "-5"], "--ratio-anneal-updates -5 must be a non-negative integer"),
+    (["--mask-structure", "4:2"], "--mask-structure '4:2' is not a mask structure; allowed: unstructured or N:M"),
+    (["--mask-structure", "2:4", "--multicoat-ratios", "0.25"], "takes neither --multicoat-ratios"),
+    (["--mask-structure", "2:4", "--ratio-anneal-updates", "10"], "nor --ratio-anneal-updates"),
+    (["--mask-structure", "1:3", "--remaining-ratio", "0.3333333333333333"], "is not a multiple of M = 3"),
+])
+def test_bad_mask_options_name_the_value(flags, needle):
+    with pytest.raises(ConfigError) as e:
+        build_model("one_layer_supermask_transformer_tiny", *flags)
+    assert needle in str(e.value) and "\n" not in str(e.value)
