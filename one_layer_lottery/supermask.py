@@ -30,6 +30,18 @@ def check_coat_ratios(coats, remaining_ratio: float) -> list[float]:
     return out
 
 
+def coat_gain(remaining_ratio: float, coats: tuple[float, ...]) -> float:
+    """The constant g that gives W * g * level the variance of a plain k-mask's W * M.
+
+    A fraction k_c - k_(c+1) of the entries has level c + 1 (k_0 = k, k_(C+1) = 0), so
+    E[level^2] = sum (k_c - k_(c+1)) (c + 1)^2 against k for a plain mask. Without it every inner coat
+    makes the branches louder, and in this post-LayerNorm model a louder branch drowns the residual.
+    """
+    ks = (remaining_ratio, *coats, 0.0)
+    second_moment = sum((ks[c] - ks[c + 1]) * (c + 1) ** 2 for c in range(len(ks) - 1))
+    return (remaining_ratio / second_moment) ** 0.5
+
+
 def n_pruned(numel: int, remaining_ratio: float) -> int:
     """How many entries a mask drops: the published rule int((1 - k) * n)."""
     return int((1 - remaining_ratio) * numel)
@@ -285,14 +297,14 @@ class SupermaskModule(nn.Module):
         return [topk_mask(self.scores, k) for k in self.ratios()[1]]
 
     def levels(self) -> Tensor:
-        """The mask the weight is multiplied by: boolean, or for multicoated masks 0, 1, ..., coats + 1."""
+        """The mask the weight is multiplied by: boolean, or for multicoated masks g * (0, 1, ..., coats + 1)."""
         mask = self.mask()
         if not self.coat_ratios:
             return mask
-        level = mask.to(torch.uint8)
+        level = mask.float()
         for inner in self.coat_masks():
             level += inner
-        return level
+        return level * coat_gain(*self.ratios())
 
     def masked_weight(self) -> Tensor:
         w = self.get_frozen_weight()

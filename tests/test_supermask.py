@@ -104,13 +104,14 @@ def test_multicoated_levels_are_nested_top_k_counts():
     torch.manual_seed(0)
     w = torch.randn(40, 50)
     m = MaskedLinear(50, 40, 0.5, weight=w, coat_ratios=(0.3, 0.1))
-    level = m.levels()
+    level = m.mask().long() + sum(c.long() for c in m.coat_masks())
     n = w.numel()
     # each coat keeps exactly its count, and coats are nested: level >= c is coat c
     for c, k in enumerate((0.5, 0.3, 0.1), start=1):
         assert int((level >= c).sum()) == n - n_pruned(n, k)
         assert torch.equal(level >= c, topk_mask(m.scores, k))
-    assert torch.equal(m.weight, w * level)
+    g = (0.5 / (0.2 * 1 + 0.2 * 4 + 0.1 * 9)) ** 0.5  # variance of a plain 0.5-mask: E[level^2] g^2 = 0.5
+    assert torch.allclose(m.weight, w * level.float() * g)
     # straight-through: the gradient reaches the scores where the level is zero too
     m(torch.randn(3, 50)).sum().backward()
     assert m.scores.grad is not None and bool((m.scores.grad[level == 0] != 0).any())
