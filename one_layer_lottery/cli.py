@@ -72,14 +72,16 @@ def _demo_report(a) -> None:
     st = state_dict_stats(state["model"])
     dense_params = sum(t.numel() for k, t in dstate["model"].items() if t.is_floating_point() and "version" not in k)
     ratio = sm["bleu"] / dense["bleu"] if dense["bleu"] > 0 else float("nan")
+    bits = load("supermask", "export")["mask_bits"]  # what the artifact stores: every coat's plane counts
     rows = [
         ("arch", cfg["_name"]),
         ("remaining ratio", cfg["remaining_ratio"]),
+        ("inner mask coats", cfg.get("multicoat_ratios") or "none (a plain 1-bit mask)"),
         ("layers (enc/dec)", (f"{cfg['encoder_layers']}/{cfg['decoder_layers']}, weights shared across depth: "
                               f"{cfg['share_layer_weights']}")),
         ("trainable (scores)", f"{st['scores']:,}"),
         ("frozen random (unique)", f"{st['frozen_random']:,}"),
-        ("mask bits", f"{st['mask_bits']:,} ({st['mask_bits'] / 8 / 2**20:.2f} MiB packed)"),
+        ("mask bits", f"{bits:,} ({bits / 8 / 2**20:.2f} MiB packed)"),
         ("dense params, same shape", f"{dense_params:,}"),
         ("stored bytes supermask", f"{load('supermask', 'export')['bytes']:,} (seed-plus-bits artifact)"),
         ("stored bytes dense", f"{2 * dense_params:,} (fp16 weights)"),

@@ -14,6 +14,7 @@ WORK=${WORK:-work/demo}
 UPDATES=${UPDATES:-800}
 DIM=${DIM:-128}; FFN=${FFN:-256}; LAYERS=${LAYERS:-3}; HEADS=${HEADS:-4}
 RATIO=${RATIO:-0.5}
+COATS=${COATS:-0.25}  # multicoated mask: inner coat ratio(s), 2 mask bits per weight; COATS= for a plain 1-bit mask
 start=$(date +%s)
 mkdir -p "$WORK"
 
@@ -60,9 +61,10 @@ train_and_score() {  # name, then fairseq-train arguments
 }
 
 echo "== [3/5] one-layer supermask Transformer, masked random embeddings, nothing trained but masks"
-echo "         (remaining ratio $RATIO): fairseq-train --user-dir one_layer_lottery"
+echo "         (remaining ratio $RATIO, inner coats ${COATS:-none}): fairseq-train --user-dir one_layer_lottery"
 train_and_score supermask --user-dir one_layer_lottery --arch one_layer_supermask_transformer_tiny \
-  --optimizer masked_adam --remaining-ratio "$RATIO" --lr 4e-3 --warmup-updates 200 --dropout 0.1
+  --optimizer masked_adam --remaining-ratio "$RATIO" --lr 4e-3 --warmup-updates 200 --dropout 0.1 \
+  ${COATS:+--multicoat-ratios "$COATS"}
 echo "== [4/5] dense fairseq Transformer, same shape, same update budget"
 train_and_score dense --arch transformer --optimizer adam --lr 1e-3 --warmup-updates 400 --dropout 0.1
 
