@@ -255,6 +255,7 @@ class SupermaskModule(nn.Module):
         self._shared = shared
         self._cache: tuple[tuple, Tensor] | None = None
         self._mask_cache: tuple[tuple, Tensor] | None = None
+        self._levels_cache: tuple[tuple, Tensor] | None = None  # multicoated masks only, same key
         self._group: tuple[SupermaskModule, ...] | None = None  # see group_masks_
 
     def get_frozen_weight(self) -> Tensor:
@@ -301,10 +302,13 @@ class SupermaskModule(nn.Module):
         mask = self.mask()
         if not self.coat_ratios:
             return mask
-        level = mask.float()
-        for inner in self.coat_masks():
-            level += inner
-        return level * coat_gain(*self.ratios())
+        key = self._mask_key()  # like the outer mask: selected once per update, not once per forward
+        if self._levels_cache is None or self._levels_cache[0] != key:
+            level = mask.float()
+            for inner in self.coat_masks():
+                level += inner
+            self._levels_cache = (key, level * coat_gain(*self.ratios()))
+        return self._levels_cache[1]
 
     def masked_weight(self) -> Tensor:
         w = self.get_frozen_weight()
@@ -321,17 +325,17 @@ class SupermaskModule(nn.Module):
         # scores may be edited through .data (no version bump) outside an optimizer step: forget the
         # caches when training starts; eval() keeps them (fairseq's generator calls it on every batch)
         if mode:
-            self._cache = self._mask_cache = None
+            self._cache = self._mask_cache = self._levels_cache = None
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._cache = self._mask_cache = None
+        self._cache = self._mask_cache = self._levels_cache = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def _apply(self, fn, *args, **kwargs):
         # scores stay fp32 through .half() / .to(bfloat16) (fairseq's --fp16/--bf16, fairseq-generate
         # --fp16): rounded scores would tie and select another mask than the one trained
-        self._cache = self._mask_cache = None
+        self._cache = self._mask_cache = self._levels_cache = None
         before = self.scores.data
         out = super()._apply(fn, *args, **kwargs)
         if self.scores.dtype != before.dtype:
