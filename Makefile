@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0 cython numpy setuptools wheel
 	$(PY) -m pip install -q --no-build-isolation fairseq-fixed==0.12.3.1
-	$(PY) -m pip install -q sentencepiece sacrebleu safetensors matplotlib tensorboardX pytest
+	$(PY) -m pip install -q sentencepiece sacrebleu safetensors matplotlib tensorboardX pytest pytest-xdist
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
@@ -23,7 +23,7 @@ demo: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH scripts/demo.sh $(DATA)
 
 test: $(STAMP)
-	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider tests
+	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile tests
 
 clean:
 	rm -rf work

@@ -10,4 +10,6 @@ allow_fairseq_checkpoints()
 atomic_checkpoint_copies()
 bf16_without_tpu()
 
-from . import models, optim  # noqa: F401  (registers the models, architectures and optimizers)
+from . import models, optim, pruning  # noqa: F401  (registers the models, architectures and optimizers)
+
+pruning.install()

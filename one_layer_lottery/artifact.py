@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tempfile
 
 import numpy as np
@@ -88,9 +89,28 @@ def _is_regenerated(key: str) -> bool:
     return key.endswith((".frozen_weight", ".version")) or ".shared_layer_weights." in key
 
 
-def _build(model_cfg: dict, src_dict, tgt_dict):
+FAMILIES = ("supermask_transformer", "supermask_roberta")
+
+
+def family(model_cfg: dict) -> str:
+    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+
+    return ARCH_MODEL_NAME_REGISTRY.get(model_cfg.get("_name") or model_cfg.get("arch"))
+
+
+def _build(model_cfg: dict, src_dict, tgt_dict, heads: dict | None = None):
+    """The model of a config: a translation model (source, target dictionaries) or a RoBERTa classifier (input,
+    label dictionaries; `heads` {name: [classes, inner dim]})."""
+    from .models.supermask_roberta import SupermaskRobertaModel
     from .models.supermask_transformer import SupermaskTransformerModel
 
+    if family(model_cfg) == "supermask_roberta":
+        task = argparse.Namespace(source_dictionary=src_dict, label_dictionary=tgt_dict,
+                                  max_positions=lambda: model_cfg.get("max_positions", 512))
+        model = SupermaskRobertaModel.build_model(argparse.Namespace(**model_cfg), task)
+        for name, (classes, inner) in (heads or {}).items():
+            model.register_classification_head(name, num_classes=classes, inner_dim=inner)
+        return model
     task = argparse.Namespace(source_dictionary=src_dict, target_dictionary=tgt_dict)
     if "init_preset" not in model_cfg:
         # written before per-role inits: one --weight-init for every tensor, scaled unless --no-scale-init
@@ -99,16 +119,30 @@ def _build(model_cfg: dict, src_dict, tgt_dict):
     return SupermaskTransformerModel.build_model(argparse.Namespace(**model_cfg), task)
 
 
-def _check_supermask_cfg(cfg: dict, where: str) -> dict:
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
+def heads_of(model) -> dict:
+    """{name: [classes, inner dim]} of a classifier's heads ({} for translation models)."""
+    return {n: [h.out_proj.out_features, h.dense.out_features]
+            for n, h in getattr(model, "classification_heads", {}).items()}
 
+
+def _heads_in_state(sd: dict) -> dict:
+    out = {}
+    for k, v in sd.items():
+        m = re.match(r"^classification_heads\.([^.]+)\.(dense|out_proj)\.(?:weight|scores)$", k)
+        if m:
+            out.setdefault(m[1], [0, 0])[0 if m[2] == "out_proj" else 1] = v.shape[0]
+    return out
+
+
+def _check_supermask_cfg(cfg: dict, where: str) -> dict:
     model_cfg = (cfg or {}).get("model") if isinstance(cfg, dict) else None
     if isinstance(model_cfg, argparse.Namespace):  # fairseq's legacy models pickle their args
         model_cfg = vars(model_cfg)
     name = model_cfg.get("_name") or model_cfg.get("arch") if isinstance(model_cfg, dict) else None
-    if ARCH_MODEL_NAME_REGISTRY.get(name) != "supermask_transformer":
+    if not isinstance(model_cfg, dict) or family(model_cfg) not in FAMILIES:
         raise ConfigError(f"{where} is not a supermask model (architecture {name!r}); "
-                          f"export takes checkpoints of the supermask_transformer architectures")
+                          f"export takes checkpoints of the supermask_transformer and supermask_roberta "
+                          f"architectures")
     return dict(model_cfg)
 
 
@@ -124,6 +158,7 @@ def load_checkpoint(path: str) -> dict:
 
 
 def load_dictionaries(cfg: dict, data: str | None):
+    """(source or input dictionary, target or label dictionary, their names) as the checkpoint's task loads them."""
     from fairseq.data import Dictionary
     from fairseq.data.data_utils import infer_language_pair
 
@@ -132,6 +167,14 @@ def load_dictionaries(cfg: dict, data: str | None):
     if not data or not os.path.isdir(data):
         raise ConfigError(f"the dictionaries are not in the checkpoint and data directory {data!r} does not exist; "
                           f"pass --data DATA_BIN")
+    if task.get("_name") == "sentence_prediction":
+        from fairseq.tasks.sentence_prediction import SentencePredictionTask
+
+        paths = [os.path.join(data, sub, "dict.txt") for sub in ("input0", "label")]
+        for p in paths:
+            if not os.path.isfile(p):
+                raise ConfigError(f"dictionary {p!r} does not exist")
+        return SentencePredictionTask.load_dictionary(paths[0]), Dictionary.load(paths[1]), ("input0", "label")
     src, tgt = task.get("source_lang"), task.get("target_lang")
     if not src or not tgt:
         src, tgt = infer_language_pair(data)
@@ -182,6 +225,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         seen[t.data_ptr()] = key
         owner = model.get_submodule(key.rsplit(".", 1)[0])
         pretrained = isinstance(owner, FrozenEmbedding) or key.endswith(".stored_weight")
+        if key.endswith("embed_positions.weight") and not t.requires_grad:  # RoBERTa's frozen positions: kept exact
+            pretrained = False
         dtype = getattr(torch, embeddings_dtype) if pretrained else torch.float32
         tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
         stored[key] = str(dtype).replace("torch.", "")
@@ -191,6 +236,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     floor += len(json.dumps(meta_core, default=str).encode())
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION if coats or nm else 2, "masks": masks,
             "stored": stored, "aliases": aliases, "weights_dtype": weights_dtype, **meta_core}
+    if heads_of(model):
+        meta["heads"] = heads_of(model)
     if coats:
         meta["coats"] = coats
     if nm:
@@ -212,7 +259,7 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     state = load_checkpoint(checkpoint)
     model_cfg = _check_supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
     src_dict, tgt_dict, langs = load_dictionaries(state["cfg"], data)
-    model = _build(model_cfg, src_dict, tgt_dict)
+    model = _build(model_cfg, src_dict, tgt_dict, _heads_in_state(state["model"]))
     fresh = model.state_dict()
     sd = state["model"]
     if set(sd) != set(fresh):
@@ -235,8 +282,9 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
         raise ConfigError(f"checkpoint {checkpoint!r}: {key} does not regenerate from weight seed "
                           f"{model_cfg.get('weight_seed')}; it cannot be stored as a seed")
     model.load_state_dict(sd)
-    cfg = {k: v for k, v in state["cfg"].items() if k in ("model", "task", "common", "generation", "bpe",
-                                                          "tokenizer", "criterion")}
+    cfg = {k: vars(v) if isinstance(v, argparse.Namespace) else v  # legacy models (RoBERTa) keep a Namespace
+           for k, v in state["cfg"].items() if k in ("model", "task", "common", "generation", "bpe", "tokenizer",
+                                                     "criterion")}
     return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype,
                         str(weights_dtype).replace("torch.", ""))
 
@@ -282,7 +330,7 @@ def load_model(path: str, data: str | None = None):
     src_dict, tgt_dict = _dict_from_text(meta["dicts"]["src"]), _dict_from_text(meta["dicts"]["tgt"])
     if data is not None:
         check_dictionaries(meta, src_dict, tgt_dict, data)
-    model = _build(dict(meta["cfg"]["model"]), src_dict, tgt_dict)
+    model = _build(dict(meta["cfg"]["model"]), src_dict, tgt_dict, meta.get("heads"))
     sd = model.state_dict()
     for name, shape in meta["masks"].items():
         n = math.prod(shape)
@@ -308,12 +356,16 @@ def load_model(path: str, data: str | None = None):
 def check_dictionaries(meta: dict, src_dict, tgt_dict, data: str) -> None:
     langs = meta.get("langs") or ["src", "tgt"]
     for lang, ours in zip(langs, (src_dict, tgt_dict)):
-        p = os.path.join(data, f"dict.{lang}.txt")
+        classifier = lang in ("input0", "label")  # sentence_prediction's layout: DATA/input0/dict.txt
+        p = os.path.join(data, lang, "dict.txt") if classifier else os.path.join(data, f"dict.{lang}.txt")
         if not os.path.isfile(p):
             raise ConfigError(f"dictionary {p!r} does not exist")
         with open(p, encoding="utf-8") as f:
             theirs = f.read()
-        if theirs != _dict_text(ours):
+        text = _dict_text(ours)
+        if lang == "input0":  # the task adds <mask> when it loads the file
+            text = text.removesuffix("<mask> 1\n")
+        if theirs != text:
             raise ConfigError(f"{p!r} differs from the artifact's {lang} dictionary; "
                               f"the data directory must be the one the model was trained on")
 

@@ -23,6 +23,13 @@ def _prepare(a) -> None:
     print(f"[prepare] done: {a.out_dir}/bin")
 
 
+def _prepare_glue(a) -> None:
+    from .glue import prepare_glue
+
+    prepare_glue(a.task, a.raw_dir, a.out_dir, gpt2_bpe=a.gpt2_bpe, dictionary=a.dict, vocab_size=a.vocab_size)
+    print(f"[prepare-glue] done: {a.out_dir} (input0{', input1' if a.task != 'SST-2' else ''}, label)")
+
+
 def _bleu(a) -> None:
     from . import data
 
@@ -98,12 +105,12 @@ def _demo_report(a) -> None:
 
 def _export(a) -> None:
     from . import artifact
-    from .report import dense_param_count
+    from .report import dense_param_count, vocab_sizes
 
     r = artifact.export(a.checkpoint, a.out, data=a.data, embeddings_dtype=a.embeddings_dtype)
     meta, _ = artifact.read(a.out)
     cfg = meta["cfg"]["model"]
-    dense = 4 * dense_param_count(cfg, *(len(artifact._dict_from_text(meta["dicts"][s])) for s in ("src", "tgt")))
+    dense = 4 * dense_param_count(cfg, *vocab_sizes({}, cfg, meta))
     r.update(dense_fp32_bytes=dense, ratio_to_floor=round(r["bytes"] / r["floor"], 4),
              ratio_to_dense=round(r["bytes"] / dense, 4))
     if a.json:
@@ -119,7 +126,10 @@ def _expand(a) -> None:
     from . import artifact
 
     artifact.expand(a.artifact, a.out, data=a.data)
-    print(f"wrote {a.out} (fairseq checkpoint; translate with fairseq-generate --user-dir one_layer_lottery)")
+    meta, _ = artifact.read(a.artifact)
+    use = ("classify with one-layer-lottery classify" if meta.get("heads")
+           else "translate with fairseq-generate --user-dir one_layer_lottery")
+    print(f"wrote {a.out} (fairseq checkpoint; {use})")
 
 
 def _inspect(a) -> None:
@@ -152,6 +162,42 @@ def _average(a) -> None:
     print(f"averaged {len(states)} checkpoints -> {a.out}")
 
 
+def _ticket(a) -> None:
+    from .pruning import write_ticket
+
+    r = write_ticket(a.dense_dir, a.out, a.sparsity, a.rewind_update, sign_only=a.sign_only, final=a.final)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        how = "signs at the rewind point, one magnitude per tensor" if r["sign_only"] else "rewind-point values"
+        print(f"wrote {a.out}: sparsity {r['sparsity']}, {r['kept']:,} of {r['total']:,} weights kept in "
+              f"{r['tensors']} tensors ({how}, update {r['rewind_update']})")
+
+
+def _analyze(a) -> None:
+    from . import analysis
+
+    labels = a.labels.split(",") if a.labels else None
+    r = analysis.compare(a.reference, a.models, a.data, labels=labels, subset=a.subset, sentences=a.sentences)
+    if a.png:
+        analysis.plot(r, a.png)
+        r["png"] = a.png
+    print(json.dumps(r) if a.json else analysis.format_table(r))
+
+
+def _classify(a) -> None:
+    from .classify import predict, scores
+
+    pred, gold = predict(a.checkpoint, a.data, split=a.split, head=a.head)
+    r = {"checkpoint": a.checkpoint, "split": a.split, **scores(pred, gold, positive=a.positive)}
+    if a.predictions:
+        with open(a.predictions, "w", encoding="utf-8") as f:
+            f.writelines(p + "\n" for p in pred)
+    print(json.dumps(r) if a.json else (f"{a.split}: accuracy {r['accuracy']:.2f} %, F1 ({a.positive}) {r['f1']:.2f}, "
+                                        f"{r['examples']} examples; majority class {r['majority_label']!r} "
+                                        f"{r['majority_accuracy']:.2f} %"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="one-layer-lottery", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -170,6 +216,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-words", type=int, default=250, help="drop training pairs longer than this")
     s.add_argument("--joined", action="store_true", help="one sentencepiece model and dictionary for both sides")
     s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("prepare-glue", help="a GLUE task's TSV files -> BPE -> fairseq sentence_prediction data")
+    s.add_argument("task", help="SST-2, MRPC, RTE, QQP or MNLI")
+    s.add_argument("raw_dir", help="the task's folder of train.tsv and dev.tsv (optionally .gz)")
+    s.add_argument("out_dir")
+    s.add_argument("--gpt2-bpe", metavar="DIR", help="fairseq's GPT-2 BPE (DIR/encoder.json, DIR/vocab.bpe), as RoBERTa "
+                                                     "uses; default: a sentencepiece model learned on the task")
+    s.add_argument("--dict", help="RoBERTa's dict.txt (with --gpt2-bpe), so that its embeddings fit")
+    s.add_argument("--vocab-size", type=int, default=8000, help="of the sentencepiece model")
+    s.set_defaults(func=_prepare_glue)
 
     s = sub.add_parser("bleu", help="detokenized sacreBLEU of fairseq-generate output against a reference file")
     s.add_argument("generate_output")
@@ -208,6 +264,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("checkpoints", nargs="+")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_average)
+
+    s = sub.add_parser("ticket", help="a stabilized lottery ticket of a dense run: its final magnitude mask over "
+                                      "the weights saved at an early update (Brix et al. 2020)")
+    s.add_argument("dense_dir", help="the dense run's save directory (checkpoint_last.pt, weights_update{N}.pt)")
+    s.add_argument("out", help="the ticket, a fairseq checkpoint to retrain with --restore-file")
+    s.add_argument("--sparsity", type=float, required=True, help="fraction of each weight tensor pruned, in [0, 1)")
+    s.add_argument("--rewind-update", type=int, default=0, help="the saved update to rewind to (0: the init)")
+    s.add_argument("--sign-only", action="store_true",
+                   help="keep the rewind point's signs with one magnitude per tensor (its standard deviation)")
+    s.add_argument("--final", help="the converged checkpoint whose magnitudes choose the mask "
+                                   "(default: DENSE_DIR/checkpoint_last.pt)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_ticket)
+
+    s = sub.add_parser("analyze", help="sparse vs dense, layer by layer: kept fractions, CKA of states, attention "
+                                       "agreement (Movva & Zhao 2020)")
+    s.add_argument("reference", help="the dense model's checkpoint")
+    s.add_argument("models", nargs="+", help="checkpoints to compare with it (pruned, lottery ticket, supermask)")
+    s.add_argument("--data", required=True, help="the binarized data directory the models were trained on")
+    s.add_argument("--subset", default="valid", help="held-out split to run (teacher-forced)")
+    s.add_argument("--sentences", type=int, default=500)
+    s.add_argument("--labels", help="comma-separated names of the models (default: their directories)")
+    s.add_argument("--png", help="write the three panels here")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_analyze)
+
+    s = sub.add_parser("classify", help="a sentence classifier's accuracy (and F1) on a labelled split, through "
+                                        "stock fairseq loading")
+    s.add_argument("checkpoint")
+    s.add_argument("data", help="the sentence_prediction data directory (input0, [input1,] label)")
+    s.add_argument("--split", default="valid")
+    s.add_argument("--head", default="sentence_classification_head")
+    s.add_argument("--positive", default="1", help="the label F1 is computed for")
+    s.add_argument("--predictions", help="write the predicted labels here, one a line")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_classify)
 
     s = sub.add_parser("demo-report", help="the demo's closing summary (reads the demo's work directory)")
     s.add_argument("work")

@@ -95,9 +95,9 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
     return {s: len(p) for s, p in splits.items()}
 
 
-def _preprocess(args: list[str], work: str, out_dir: str, log=None) -> None:
-    """fairseq-preprocess into `work`, then `work` replaces `out_dir` (never half-written)."""
-    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")  # same venv, even off PATH
+def run_preprocess(args: list[str], log=None) -> None:
+    """fairseq-preprocess of this virtual environment (even off PATH)."""
+    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")
     cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", *args]
     if log:
         log("[prepare] fairseq-preprocess " + " ".join(args))
@@ -105,6 +105,15 @@ def _preprocess(args: list[str], work: str, out_dir: str, log=None) -> None:
     if r.returncode != 0:
         sys.stderr.write(r.stderr[-3000:])
         raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode}")
+
+
+def _preprocess(args: list[str], work: str, out_dir: str, log=None) -> None:
+    """fairseq-preprocess into `work`, then `work` replaces `out_dir` (never half-written)."""
+    run_preprocess(args, log)
+    publish(work, out_dir)
+
+
+def publish(work: str, out_dir: str) -> None:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(work, out_dir)
 

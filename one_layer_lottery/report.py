@@ -12,7 +12,7 @@ import torch
 from .errors import ConfigError
 from .supermask import parse_structure, select_mask
 
-_DEPTH = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)$")
+_DEPTH = re.compile(r"^(.*(?:encoder|decoder))\.layers\.(\d+)\.(.+)$")  # encoder., encoder.sentence_encoder.
 
 
 def masks_of(path: str):
@@ -39,17 +39,17 @@ def masks_of(path: str):
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once
-    return masks, cfg, stored, None, None
+    stored += sum(v.numel() * 4 for k, v in state["model"].items()  # a trained classification head, fp32
+                  if k.startswith("classification_heads.") and k.endswith((".weight", ".bias")))
+    rows = next((v.shape[0] for k, v in state["model"].items() if ".embed_tokens." in k and v.dim() == 2), None)
+    return masks, cfg, stored, None, {"heads": artifact._heads_in_state(state["model"]), "input_rows": rows}
 
 
 def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
-    """Parameters of fairseq's dense Transformer of the same shape (biases and LayerNorms included)."""
-    from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
-
+    """Parameters of fairseq's dense model of the same shape (biases and LayerNorms included): the Transformer,
+    or for a classifier RoBERTa's encoder with its classification heads (n_tgt labels; no masked-LM head)."""
+    from .artifact import family
     from .models.supermask_transformer import SHAPE_FIELDS
-
-    args = argparse.Namespace(**{k: v for k, v in cfg.items() if k in SHAPE_FIELDS or k.startswith("share_")})
-    base_architecture(args)
 
     def dictionary(n):
         from fairseq.data import Dictionary
@@ -59,6 +59,15 @@ def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
             d.add_symbol(f"w{i}")
         return d
 
+    if family(cfg) == "supermask_roberta":  # counted: building RoBERTa re-initialises every weight (slow)
+        layers, d, f = (int(cfg.get(k) or 0) for k in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim"))
+        positions = int(cfg.get("max_positions") or 512) + 2  # learned, past the padding index
+        per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
+        return n_src * d + positions * d + 2 * d + layers * per_layer + (d * d + d) + (d * n_tgt + n_tgt)
+    from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
+
+    args = argparse.Namespace(**{k: v for k, v in cfg.items() if k in SHAPE_FIELDS or k.startswith("share_")})
+    base_architecture(args)
     task = argparse.Namespace(source_dictionary=dictionary(n_src), target_dictionary=dictionary(n_tgt))
     if args.share_all_embeddings:
         task.target_dictionary = task.source_dictionary
@@ -97,7 +106,7 @@ def inspect(path: str, png: str | None = None) -> dict:
         key = f"{match[1]}.{match[3]}" if (shared and match) else n
         unique[key] = m.size
     bits = sum(m["bits"] for m in modules)
-    n_src, n_tgt = _vocab_sizes(masks, cfg, meta)
+    n_src, n_tgt = vocab_sizes(masks, cfg, meta)
     dense = dense_param_count(cfg, n_src, n_tgt)
     random_weights = sum(unique.values())
     overlaps = overlap(masks)
@@ -119,10 +128,16 @@ def inspect(path: str, png: str | None = None) -> dict:
     return report
 
 
-def _vocab_sizes(masks, cfg, meta):
-    if meta is not None:
-        from .artifact import _dict_from_text
+def vocab_sizes(masks, cfg, meta):
+    """(source or input vocabulary, target vocabulary or the classes of a classifier's first head)."""
+    from .artifact import _dict_from_text, family
 
+    meta = meta or {}
+    if family(cfg) == "supermask_roberta":
+        heads = list((meta.get("heads") or {}).values())
+        rows = len(_dict_from_text(meta["dicts"]["src"])) if "dicts" in meta else meta.get("input_rows")
+        return rows, heads[0][0] if heads else 2
+    if "dicts" in meta:
         return len(_dict_from_text(meta["dicts"]["src"])), len(_dict_from_text(meta["dicts"]["tgt"]))
     src = masks.get("encoder.embed_tokens")
     tgt = masks.get("decoder.embed_tokens", masks.get("decoder.output_projection"))

@@ -82,15 +82,21 @@ def _kth_smallest(a: Tensor, j: int, sample: int = 8192) -> Tensor:
 @torch.no_grad()
 def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     """Boolean mask keeping the entries of largest |score|; exactly n - n_pruned of them."""
-    n = scores.numel()
-    j = n_pruned(n, remaining_ratio)
+    return keep_largest(scores.detach().abs(), n_pruned(scores.numel(), remaining_ratio))
+
+
+@torch.no_grad()
+def keep_largest(a: Tensor, j: int) -> Tensor:
+    """Boolean mask of a tensor of magnitudes that drops exactly its j smallest entries (ties: the
+    lowest-index tied entries are kept). The one selection rule of supermasks and magnitude pruning."""
+    n = a.numel()
     if j == 0:
-        return torch.ones_like(scores, dtype=torch.bool)
-    a = scores.detach().abs().flatten()
+        return torch.ones_like(a, dtype=torch.bool)
+    shape, a = a.shape, a.flatten()
     if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
         a = a.float()
     if a.device.type != "cpu":
-        return _sorted_keep(a.unsqueeze(0), j)[0].view_as(scores)
+        return _sorted_keep(a.unsqueeze(0), j)[0].view(shape)
     # a threshold, not a sort (O(n) instead of O(n log n))
     threshold = _kth_smallest(a, j)
     keep = a > threshold
@@ -98,7 +104,7 @@ def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
     if missing:  # ties at the threshold: keep the lowest-index tied entries until the count is exact
         tie = a == threshold
         keep |= tie & (tie.cumsum(0) <= missing)
-    return keep.view_as(scores)
+    return keep.view(shape)
 
 
 def parse_structure(text) -> tuple[int, int] | None:
@@ -215,7 +221,8 @@ class _MaskedWeight(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         scores, weight = ctx.saved_tensors
         # the mask ranks |S|, so the chain rule through abs() carries sign(S), as in edge-popup
-        return grad * weight * scores.sign(), None, None
+        out = grad * weight
+        return out.mul_(scores.sign()), None, None
 
 
 class WeightBank(nn.Module):
@@ -359,12 +366,35 @@ class MaskedLinear(SupermaskModule):
                          coat_ratios=coat_ratios, structure=structure)
         self.in_features, self.out_features = in_features, out_features
 
+    _inference_weight: Tensor | None = None  # another storage of W * M for inference (semi_structured.sparsify_)
+
     @property
     def weight(self) -> Tensor:
         return self.masked_weight()
 
+    def set_inference_weight(self, weight: Tensor | None) -> None:
+        """Use `weight` (W * M in another storage, e.g. 2:4 sparse) for inference until training resumes."""
+        self._inference_weight = weight
+        self._cache = None  # the dense copy is rebuilt only if something still reads `.weight`
+
     def forward(self, x: Tensor) -> Tensor:
+        w = self._inference_weight
+        if w is not None and not self.training and not torch.is_grad_enabled():
+            return linear(x, w)
         return linear(x, self.masked_weight())
+
+    def train(self, mode: bool = True):
+        if mode:
+            self._inference_weight = None
+        return super().train(mode)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._inference_weight = None
+        return super()._apply(fn, *args, **kwargs)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._inference_weight = None
+        return super()._load_from_state_dict(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, remaining_ratio={self.remaining_ratio}"
@@ -440,6 +470,9 @@ class SupermaskMultiheadAttention(MultiheadAttention):
             return super().forward(query, key, value, key_padding_mask, incremental_state, need_weights,
                                    static_kv, attn_mask, before_softmax, need_head_weights)
         need_weights = need_weights or need_head_weights
+        if not need_weights and any(getattr(p, "_inference_weight", None) is not None
+                                    for p in (self.q_proj, self.k_proj, self.v_proj, self.out_proj)):
+            return self._projected_forward(query, key, value, key_padding_mask, attn_mask), None
         packed = key is query and value is query
         q, k, v = self.q_proj.weight, self.k_proj.weight, self.v_proj.weight
         return F.multi_head_attention_forward(
@@ -450,6 +483,27 @@ class SupermaskMultiheadAttention(MultiheadAttention):
             key_padding_mask.bool() if key_padding_mask is not None else None, need_weights, attn_mask,
             use_separate_proj_weight=not packed, q_proj_weight=q, k_proj_weight=k, v_proj_weight=v,
             average_attn_weights=not need_head_weights)
+
+
+    def _projected_forward(self, query, key, value, key_padding_mask, attn_mask):
+        """Attention through the projection modules' own forward (their inference weights, e.g. 2:4 sparse)
+        instead of the fused call, which needs dense weights. Inference only (no dropout)."""
+        tgt, bsz, dim = query.shape
+
+        def heads(x: Tensor) -> Tensor:  # (time, batch, dim) -> (batch, heads, time, head_dim)
+            return x.reshape(x.shape[0], bsz, self.num_heads, self.head_dim).permute(1, 2, 0, 3)
+
+        q, k, v = heads(self.q_proj(query)), heads(self.k_proj(key)), heads(self.v_proj(value))
+        mask = None
+        if attn_mask is not None:
+            mask = attn_mask.to(q.dtype) if attn_mask.dtype != torch.bool else torch.zeros(
+                attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(attn_mask, float("-inf"))
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+                key_padding_mask.bool(), float("-inf"))[:, None, None, :]
+            mask = pad if mask is None else mask + pad
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.permute(2, 0, 1, 3).reshape(tgt, bsz, dim))
 
 
 def use_supermask_attention_(module: nn.Module) -> None:

@@ -1,4 +1,5 @@
-"""Collect a Hydra multirun sweep: BLEU of every run's last checkpoint into a CSV, and a mean ± std plot.
+"""Collect a Hydra multirun sweep: BLEU (translation) or dev accuracy (sentence classification, the paper's
+Figs. 6-7) of every run's last checkpoint into a CSV, and a mean ± std plot.
 
     python -m one_layer_lottery.sweep SWEEP_DIR DATA_DIR --csv results.csv --png results.png [--x model.remaining_ratio]
 """
@@ -45,13 +46,23 @@ def evaluate(ckpt: str, data_dir: str, bin_dir: str | None = None, reference: st
     return data.bleu(data.read_hypotheses(r.stdout), data.read_lines(reference))[0]
 
 
+def score(ckpt: str, data_dir: str) -> tuple[str, float]:
+    """("bleu", test BLEU) of a translation checkpoint; ("accuracy", dev accuracy) of a sentence classifier
+    (a GLUE directory: DATA_DIR/input0, DATA_DIR/label)."""
+    if os.path.isdir(os.path.join(data_dir, "label")):
+        from .classify import predict, scores
+
+        return "accuracy", scores(*predict(ckpt, data_dir))["accuracy"]
+    return "bleu", evaluate(ckpt, data_dir)
+
+
 def _target_lang(data_dir: str):
     from fairseq.data.data_utils import infer_language_pair
 
     return infer_language_pair(os.path.join(data_dir, "bin"))[1]
 
 
-def plot(rows, x: str, png: str) -> None:
+def plot(rows, x: str, png: str, metric: str = "bleu") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,8 +72,8 @@ def plot(rows, x: str, png: str) -> None:
     varying = {k for k in rows[0] if len({r.get(k) for r in rows}) > 1}  # constant settings make no label
     for r in rows:
         label = ", ".join(f"{k.split('.')[-1].lstrip('_')}={v}" for k, v in sorted(r.items())
-                          if k in varying and k not in (x, "bleu", "checkpoint") and not k.endswith("seed"))
-        groups[label or "runs"][float(r[x])].append(float(r["bleu"]))
+                          if k in varying and k not in (x, metric, "checkpoint") and not k.endswith("seed"))
+        groups[label or "runs"][float(r[x])].append(float(r[metric]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, pts in sorted(groups.items()):
         xs = sorted(pts)
@@ -70,7 +81,7 @@ def plot(rows, x: str, png: str) -> None:
         stds = [statistics.pstdev(pts[v]) for v in xs]
         ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
     ax.set_xlabel(x.split(".")[-1])
-    ax.set_ylabel("BLEU (detokenized sacreBLEU)")
+    ax.set_ylabel("BLEU (detokenized sacreBLEU)" if metric == "bleu" else "dev accuracy (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -88,10 +99,11 @@ def main() -> int:
     p.add_argument("--x", default="model.remaining_ratio", help="the swept value on the plot's x axis")
     a = p.parse_args()
     try:
-        rows = []
+        rows, metric = [], "bleu"
         for overrides, ckpt in runs(a.sweep_dir):
-            rows.append({**overrides, "checkpoint": ckpt, "bleu": round(evaluate(ckpt, a.data_dir), 2)})
-            print(f"[sweep] {overrides} BLEU {rows[-1]['bleu']}", flush=True)
+            metric, value = score(ckpt, a.data_dir)
+            rows.append({**overrides, "checkpoint": ckpt, metric: round(value, 2)})
+            print(f"[sweep] {overrides} {metric} {rows[-1][metric]}", flush=True)
         if not rows:
             raise ConfigError(f"no finished runs under {a.sweep_dir!r}")
         keys = sorted({k for r in rows for k in r})
@@ -102,7 +114,7 @@ def main() -> int:
             w.writerows(rows)
         os.replace(tmp, a.csv)
         if a.png and all(a.x in r for r in rows):
-            plot(rows, a.x, a.png)
+            plot(rows, a.x, a.png, metric)
         print(f"[sweep] {len(rows)} runs -> {a.csv}" + (f", {a.png}" if a.png else ""))
     except ConfigError as e:
         print(f"one_layer_lottery.sweep: error: {e}", file=sys.stderr)

@@ -6,6 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on two cores: one thread each, subprocesses too
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.dirname(sys.executable)
 SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
@@ -52,6 +56,29 @@ def tiny_corpus(tmp_path_factory):
     corpus.generate(str(root / "raw"), seed=5, sizes={"train": 1500, "valid": 40, "test": 37})
     data.prepare(str(root / "raw"), str(root / "prep"), "src", "tgt", vocab_size=600, log=lambda *_: None)
     return SimpleNamespace(root=root, bin=str(root / "prep" / "bin"), raw=str(root / "prep" / "raw"))
+
+
+@pytest.fixture(scope="session")
+def tiny_glue(tmp_path_factory):
+    """A small synthetic sentence-pair task in GLUE's RTE layout, prepared by the project's own pipeline: the
+    label says whether the second sentence is the first one's synthetic translation."""
+    import random
+
+    from one_layer_lottery import corpus, glue
+
+    root = tmp_path_factory.mktemp("glue")
+    corpus.generate(str(root / "pairs"), seed=7, sizes={"train": 400, "valid": 60, "test": 1})
+    rng = random.Random(0)
+    for split, out in (("train", "train"), ("valid", "dev")):
+        src = (root / "pairs" / f"{split}.src").read_text(encoding="utf-8").splitlines()
+        tgt = (root / "pairs" / f"{split}.tgt").read_text(encoding="utf-8").splitlines()
+        rows = ["sentence1\tsentence2\tlabel\tidx"]
+        for i, (s, t) in enumerate(zip(src, tgt)):
+            match = rng.random() < 0.5
+            rows.append(f"{s}\t{t if match else rng.choice(tgt)}\t{int(match)}\t{i}")
+        (root / f"{out}.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    glue.prepare_glue("RTE", str(root), str(root / "prep"), vocab_size=300, log=lambda *_: None)
+    return str(root / "prep")
 
 
 TRAIN = ["--task", "translation", "--optimizer", "adam", "--lr", "1e-3", "--lr-scheduler", "inverse_sqrt",

@@ -7,16 +7,19 @@ import sys
 import pytest
 from conftest import ROOT
 
-CONFIGS = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+ALL = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
+CONFIGS = [c for c in ALL if not c.startswith("glue_")]
+GLUE_CONFIGS = [c for c in ALL if c.startswith("glue_")]
 
 
 def test_configs_are_generated_from_the_recipes(tmp_path):
     sys.path.insert(0, os.path.join(ROOT, "configs"))
     import generate
 
-    names = set(generate.all_configs())
-    assert names <= set(CONFIGS) and len(names) == 28
-    for name, cfg in generate.all_configs().items():
+    configs = {**generate.all_configs(), **generate.glue_configs()}
+    assert set(generate.all_configs()) <= set(CONFIGS) and len(generate.all_configs()) == 28
+    assert set(generate.glue_configs()) == set(GLUE_CONFIGS) and len(GLUE_CONFIGS) == 10
+    for name, cfg in configs.items():
         with open(os.path.join(ROOT, "configs", f"{name}.yaml"), encoding="utf-8") as f:
             assert f.read() == generate.render(name, cfg), f"{name}.yaml is stale: run python configs/generate.py"
 
@@ -72,3 +75,34 @@ def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
     if "wmt14" in name:
         assert cfg.common.fp16 and cfg.distributed_training.distributed_world_size == 8
         assert model.encoder.embed_tokens is model.decoder.embed_tokens or "dense" not in name
+
+
+@pytest.mark.parametrize("name", GLUE_CONFIGS)
+def test_glue_config_composes_and_builds(name, tiny_glue, tmp_path):
+    import torch
+    from fairseq import tasks, utils
+
+    overrides = [f"task.data={tiny_glue}", f"common.user_dir={ROOT}/one_layer_lottery", f"checkpoint.save_dir={tmp_path}"]
+    if "pretrained_emb" in name:  # tables of the right shape, as when loading a trained checkpoint
+        overrides += ["model.pretrained_embeddings=roberta.pt", "+model.pretrained_embeddings_in_checkpoint=true"]
+    cfg = _compose(name, overrides)
+    utils.import_user_module(cfg.common)
+    assert cfg.optimization.lr == [1e-05] and cfg.lr_scheduler._name == "polynomial_decay"  # Liu et al. 2019
+    assert cfg.task.num_classes == (3 if "mnli" in name else 2)
+    if "qqp" in name:
+        return  # the same models as MNLI's: composed, not built again
+    task = tasks.setup_task(cfg.task)
+    with torch.no_grad():
+        model = task.build_model(cfg.model)
+    layers, dim = (24, 1024) if "large" in name else (12, 768)
+    assert len(model.encoder.sentence_encoder.layers) == layers and model.args.encoder_embed_dim == dim
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    if "dense" in name:
+        assert cfg.optimizer._name == "adam"
+        return
+    assert cfg.optimizer._name == "masked_adam" and model.args.remaining_ratio == 0.7
+    assert {n for n in trainable if not n.endswith(".scores")} == {
+        f"classification_heads.sentence_classification_head.{m}.{w}" for m in ("dense", "out_proj")
+        for w in ("weight", "bias")}
+    assert model.args.share_layer_weights == ("one_layer" in name)
+    assert ("embed_tokens.scores" in " ".join(trainable)) == ("pretrained_emb" not in name)

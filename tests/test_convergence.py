@@ -22,6 +22,7 @@ def _run(*args):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_corpus, tmp_path_factory):
     work = tmp_path_factory.mktemp("convergence")
+    os.symlink(tiny_corpus.root / "prep", work / "data")  # the same corpus and vocabulary, prepared once
     raw = tiny_corpus.root / "raw"
     r = _run(raw, *TINY, "--work", work, "--models", "dense,pretrained_emb", "--updates", "4", "--eval-every", "2",
              "--extra-test", f"again={raw / 'test.src'},{raw / 'test.tgt'}")
@@ -78,6 +79,8 @@ def test_missing_data_directory(tmp_path):
 
 def test_ablation_table_on_a_tiny_budget(tiny_corpus, tmp_path):
     script = os.path.join(ROOT, "benchmarks", "ablation.py")
+    (tmp_path / "abl").mkdir()
+    os.symlink(tiny_corpus.root / "prep", tmp_path / "abl" / "data")
     args = [sys.executable, script, str(tiny_corpus.root / "raw"), *TINY, "--work", str(tmp_path / "abl"),
             "--settings", "tuned,embed_gain_2", "--seeds", "1", "--updates", "2"]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
@@ -98,6 +101,8 @@ def test_ratio_sweep_on_a_tiny_budget(tiny_corpus, tmp_path):
     """The Fig. 2 sweep: one run per (variant, k), the dense model trained once and lending its embeddings."""
     script = os.path.join(ROOT, "benchmarks", "ablation.py")
     work = tmp_path / "sweep"
+    work.mkdir()
+    os.symlink(tiny_corpus.root / "prep", work / "data")
     args = [sys.executable, script, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--seeds", "1",
             "--updates", "2", "--ratios", "0.9", "--variants", "one_layer:random,standard:pretrained"]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)

@@ -107,3 +107,50 @@ def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
     bad = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path / "nope")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_lottery_ticket_recipe_end_to_end(tiny_corpus, tmp_path):
+    data = os.path.join(tiny_corpus.root, "prep")
+    small = ["+model.encoder_layers=1", "+model.decoder_layers=1", "+model.encoder_embed_dim=32",
+             "+model.decoder_embed_dim=32", "+model.encoder_ffn_embed_dim=64", "+model.decoder_ffn_embed_dim=64",
+             "optimization.max_epoch=0", "optimization.max_update=4", "task.eval_bleu=false",
+             "checkpoint.best_checkpoint_metric=loss", "checkpoint.maximize_best_checkpoint_metric=false",
+             "dataset.max_tokens=1024", "common.log_interval=1"]
+    out = tmp_path / "lt"
+    r = sh("scripts/lottery-ticket.sh", "iwslt14_dense_small", os.path.join(data, "bin"), out, "--sparsity", "0.6",
+           "--rewind-update", "2", "--sign-only", *small)
+    assert (out / "dense" / "weights_update2.pt").exists()
+    assert re.search(r"\[lottery-ticket\] ticket_0.6: detokenized sacreBLEU: BLEU", r.stdout)
+    import torch
+
+    from one_layer_lottery.pruning import is_prunable
+
+    ticket = torch.load(out / "ticket_0.6.pt", weights_only=True)
+    assert ticket["lottery_ticket"]["sign_only"] and ticket["lottery_ticket"]["rewind_update"] == 2
+    retrained = torch.load(out / "ticket_0.6" / "checkpoint_last.pt", weights_only=True)["model"]
+    for k, v in retrained.items():
+        if is_prunable(k, v):
+            assert torch.equal(v.eq(0), ticket["model"][k].eq(0)), k  # retrained under the ticket's mask
+            assert int(v.eq(0).sum()) == int(0.6 * v.numel()), k
+    for bad, needle in ((["--sparsity", "1.2", "--rewind-update", "2"], "'1.2' is outside [0, 1)"),
+                        (["--sparsity", "0.5", "--rewind-update", "x"], "--rewind-update 'x'"),
+                        (["--sparsity", "0.5", "--rewind-update", "1", "--beam", "4"], "unknown option --beam")):
+        r = sh("scripts/lottery-ticket.sh", "iwslt14_dense_small", os.path.join(data, "bin"), tmp_path / "bad", *bad,
+               check=False)
+        assert r.returncode == 1 and needle in r.stderr and not (tmp_path / "bad").exists()
+
+
+def test_glue_sweep_collects_accuracy_one_layer_vs_standard(tiny_glue, tmp_path):
+    sweep = tmp_path / "sweep"
+    sh("scripts/sweep.sh", "glue_qqp_one_layer_base_random_emb", tiny_glue, sweep, "model.remaining_ratio=0.3,0.7",
+       "model._name=one_layer_supermask_roberta_tiny,supermask_roberta_tiny", "common.fp16=false",
+       "optimization.max_update=2", "optimization.max_epoch=1", "lr_scheduler.total_num_update=2",
+       "lr_scheduler.warmup_updates=1", "dataset.batch_size=16", "dataset.num_workers=0", "+model.max_positions=128",
+       "task.max_positions=128")
+    with open(sweep / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["model._name"], r["model.remaining_ratio"]) for r in rows) == [
+        ("one_layer_supermask_roberta_tiny", "0.3"), ("one_layer_supermask_roberta_tiny", "0.7"),
+        ("supermask_roberta_tiny", "0.3"), ("supermask_roberta_tiny", "0.7")]
+    assert all(0 <= float(r["accuracy"]) <= 100 for r in rows) and "bleu" not in rows[0]
+    assert (sweep / "results.png").read_bytes()[:4] == b"\x89PNG"

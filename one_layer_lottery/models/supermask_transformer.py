@@ -258,13 +258,7 @@ class SupermaskTransformerModel(TransformerModel):
         for name in SHAPE_FIELDS:
             _record(cfg, name, getattr(args, name))
         validate(args)
-        if args.weight_seed is None or str(args.weight_seed).startswith("${"):
-            args.weight_seed = getattr(args, "seed", 1)
-        try:
-            args.weight_seed = int(args.weight_seed)
-        except ValueError:
-            raise ConfigError(f"--weight-seed {args.weight_seed!r} is not an integer") from None
-        _record(cfg, "weight_seed", args.weight_seed)
+        resolve_weight_seed(args, cfg)
         src_dict, tgt_dict = task.source_dictionary, task.target_dictionary
         if args.share_all_embeddings:
             if src_dict != tgt_dict:
@@ -298,15 +292,30 @@ class SupermaskTransformerModel(TransformerModel):
         return model
 
     def set_num_updates(self, num_updates):
-        """Under --ratio-anneal-updates: the k training masks use from this update on (eval keeps the target)."""
         super().set_num_updates(num_updates)
-        updates = int(getattr(self.args, "ratio_anneal_updates", 0) or 0)
-        if updates:
-            k = annealed_ratio(float(self.args.remaining_ratio), updates, num_updates)
-            for m in self.modules():
-                if isinstance(m, SupermaskModule):
-                    m.set_ratio(annealed_ratio(m.remaining_ratio, updates, num_updates))
-            metrics.log_scalar("remaining_ratio", k, weight=0, priority=210, round=4)
+        annealed_set_num_updates(self, self.args, num_updates)
+
+
+def annealed_set_num_updates(model: nn.Module, args, num_updates: int) -> None:
+    """Under --ratio-anneal-updates: the k training masks use from this update on (eval keeps the target)."""
+    updates = int(getattr(args, "ratio_anneal_updates", 0) or 0)
+    if updates:
+        k = annealed_ratio(float(args.remaining_ratio), updates, num_updates)
+        for m in model.modules():
+            if isinstance(m, SupermaskModule):
+                m.set_ratio(annealed_ratio(m.remaining_ratio, updates, num_updates))
+        metrics.log_scalar("remaining_ratio", k, weight=0, priority=210, round=4)
+
+
+def resolve_weight_seed(args, cfg) -> None:
+    """--weight-seed, defaulting to --seed, as an integer; recorded in the config checkpoints save."""
+    if args.weight_seed is None or str(args.weight_seed).startswith("${"):
+        args.weight_seed = getattr(args, "seed", 1)
+    try:
+        args.weight_seed = int(args.weight_seed)
+    except ValueError:
+        raise ConfigError(f"--weight-seed {args.weight_seed!r} is not an integer") from None
+    _record(cfg, "weight_seed", args.weight_seed)
 
 
 def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Tensor | None) -> nn.Module:
@@ -325,16 +334,23 @@ def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Ten
                            weight=weight, coat_ratios=args.coat_ratios, structure=args.structure)
 
 
-def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> tuple[Tensor, Tensor]:
-    """Encoder and decoder token embeddings of a trained dense fairseq checkpoint, checked against ours."""
+def read_pretrained(path: str) -> dict:
+    """The fairseq checkpoint --pretrained-embeddings names, or one clear line."""
     if not os.path.isfile(path):
         raise ConfigError(f"--pretrained-embeddings {path!r}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model = state["model"]
+        state["model"]
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
         raise ConfigError(f"--pretrained-embeddings {path!r} is not a readable fairseq checkpoint "
                           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+    return state
+
+
+def load_pretrained_embeddings(path: str, src_dict, tgt_dict, enc_dim: int, dec_dim: int) -> tuple[Tensor, Tensor]:
+    """Encoder and decoder token embeddings of a trained dense fairseq checkpoint, checked against ours."""
+    state = read_pretrained(path)
+    model = state["model"]
     out = []
     for side, dictionary, dim in (("encoder", src_dict, enc_dim), ("decoder", tgt_dict, dec_dim)):
         key = f"{side}.embed_tokens.weight"
@@ -501,22 +517,23 @@ ARCHS = {
 }
 
 
-def _register_archs() -> None:
-    for suffix, (layers, dim, ffn, heads) in ARCHS.items():
+def register_shaped_archs(model: str, stem: str, shapes: dict, sides: tuple[str, ...], base) -> None:
+    """`{stem}_{suffix}` (a random layer per depth) and `one_layer_{stem}_{suffix}` for every shape
+    (layers, embed dim, ffn dim, heads); flags the user gave win over the shape."""
+    for suffix, (layers, dim, ffn, heads) in shapes.items():
         for one_layer in (False, True):
-            name = f"{'one_layer_' if one_layer else ''}supermask_transformer_{suffix}"
-
-            def arch(args, layers=layers, dim=dim, ffn=ffn, heads=heads, one_layer=one_layer):
-                for side in ("encoder", "decoder"):
-                    setattr(args, f"{side}_embed_dim", getattr(args, f"{side}_embed_dim", dim))
-                    setattr(args, f"{side}_ffn_embed_dim", getattr(args, f"{side}_ffn_embed_dim", ffn))
-                    setattr(args, f"{side}_attention_heads", getattr(args, f"{side}_attention_heads", heads))
-                    setattr(args, f"{side}_layers", getattr(args, f"{side}_layers", layers))
+            def arch(args, values=(("layers", layers), ("embed_dim", dim), ("ffn_embed_dim", ffn),
+                                   ("attention_heads", heads)), one_layer=one_layer):
+                for side in sides:
+                    for key, value in values:
+                        if getattr(args, f"{side}_{key}", None) is None:
+                            setattr(args, f"{side}_{key}", value)
                 if one_layer:
                     args.share_layer_weights = True
-                base_supermask_architecture(args)
+                base(args)
 
-            register_model_architecture("supermask_transformer", name)(arch)
+            register_model_architecture(model, f"{'one_layer_' if one_layer else ''}{stem}_{suffix}")(arch)
 
 
-_register_archs()
+register_shaped_archs("supermask_transformer", "supermask_transformer", ARCHS, ("encoder", "decoder"),
+                      base_supermask_architecture)

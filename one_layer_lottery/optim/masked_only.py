@@ -21,7 +21,9 @@ def track_model(model) -> None:
 
 def check_scores_only(model) -> None:
     """Refuse, in one line, a model where anything but scores would be trained."""
-    others = [n for n, p in model.named_parameters() if p.requires_grad and not n.endswith(".scores")]
+    allowed = tuple(getattr(model, "trained_besides_scores", tuple)())  # e.g. a RoBERTa model's trained head
+    others = [n for n, p in model.named_parameters()
+              if p.requires_grad and not n.endswith(".scores") and not n.startswith(allowed or ("\0",))]
     if others:
         raise ConfigError(f"masked-only optimizer: {len(others)} non-score tensors require grad "
                           f"(first: {others[0]}); only supermask scores may be trained "

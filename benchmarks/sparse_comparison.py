@@ -1,0 +1,267 @@
+"""Random-weight supermasks beside trained-weight pruning, at the same fractions of weights kept.
+
+    python benchmarks/sparse_comparison.py RAW_DIR [--kept 0.5,0.3,0.1] [--updates 500] [--rewind-update 50]
+        [--methods one_layer,standard,magnitude,ticket[,ticket_sign]] [--jobs 2] [--work work/sparse]
+        [--dim 128 --ffn 256 --layers 3 ...: benchmarks/convergence.py's shape options]
+
+Trains with one shape and one update budget (stock fairseq-train runs, benchmarks/convergence.py's helpers):
+  dense        fairseq's dense Transformer, saving its weights at updates 0 and --rewind-update
+  one_layer    the one-layer supermask model (masked random embeddings) at k = the kept fraction
+  standard     the standard supermask model (a random layer per depth) at the same k
+  magnitude    the dense Transformer with gradual magnitude pruning (--prune-to 1-k, a cubic ramp from
+               updates/5 to 3*updates/5), every tensor at that sparsity
+  magnitude_global  the same with one threshold over all tensors (--prune-scope global)
+  ticket       stabilized lottery ticket (Brix et al. 2020): the dense model's final magnitude mask over its
+               weights at --rewind-update, retrained for the same budget with the mask fixed
+  ticket_sign  the same with the rewind point's signs and one magnitude per tensor
+Scores every final checkpoint on the test split (fairseq-generate, beam 5, detokenized sacreBLEU) and counts the
+bytes to store it the same way for every method: a 1-bit position mask per maskable weight plus fp16 values
+of what must be stored (a pruned model's kept weights, biases and LayerNorms; nothing for a supermask's
+random weights, which regenerate from a seed). Then `one-layer-lottery analyze` compares each sparse model
+with the dense one, layer by layer, on the validation split. Writes WORK/sparse.csv, WORK/sparse.png (BLEU
+against the fraction kept and against bytes; dense as a line), WORK/analysis.json and WORK/analysis.png,
+prints a table and a last-line JSON. Finished runs are reused when the command is run again.
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import convergence
+
+from one_layer_lottery import data
+from one_layer_lottery.errors import ConfigError
+
+DENSE_ARGS = convergence.MODELS["dense"][2]
+SUPERMASK_ARGS = convergence.MODELS["random_emb"][2]
+METHODS = {
+    "one_layer": "one-layer supermask (random weights)",
+    "standard": "standard supermask (random weights)",
+    "magnitude": "magnitude pruning (trained)",
+    "magnitude_global": "magnitude pruning, one global threshold (trained)",
+    "ticket": "stabilized lottery ticket (trained)",
+    "ticket_sign": "lottery ticket, rewind signs only (trained)",
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("raw_dir")
+    p.add_argument("--kept", default="0.5,0.3,0.1", help="fractions of the weights kept (k; sparsity 1 - k)")
+    p.add_argument("--methods", default="one_layer,standard,magnitude,ticket",
+                   help=f"any of {', '.join(METHODS)}")
+    p.add_argument("--rewind-update", type=int, default=50)
+    p.add_argument("--analysis-sentences", type=int, default=500)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--work", default="work/sparse")
+    # the rest: convergence.py's options (shape, budget, seed, threads)
+    a, rest = p.parse_known_args(argv)
+    if not any(r == "--updates" or r.startswith("--updates=") for r in rest):
+        rest += ["--updates", "500"]  # the comparison's own default: 13 runs in about 90 minutes on 2 cores
+    c = convergence.parse_args([a.raw_dir, "--models", "dense", "--work", a.work, *rest])
+    try:
+        a.kept_list = [float(v) for v in a.kept.split(",")]
+    except ValueError:
+        p.error(f"--kept {a.kept!r}: expected comma-separated fractions in (0, 1)")
+    if not a.kept_list or any(not 0 < k < 1 for k in a.kept_list):
+        p.error(f"--kept {a.kept!r}: every fraction kept must lie in (0, 1)")
+    a.method_list = [m for m in a.methods.split(",") if m]
+    unknown = [m for m in a.method_list if m not in METHODS]
+    if unknown or not a.method_list:
+        p.error(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
+    if not 0 <= a.rewind_update < c.updates:
+        p.error(f"--rewind-update {a.rewind_update} must lie in [0, --updates {c.updates})")
+    if a.jobs < 1:
+        p.error(f"--jobs {a.jobs} must be at least 1")
+    c.eval_every, c.extra_args, c.jobs = c.updates, "", a.jobs
+    return a, c
+
+
+def run_name(method: str, k: float) -> str:
+    return f"{method}_{k:g}"
+
+
+def flags(a, c, method: str, k: float) -> list[str]:
+    """fairseq-train arguments of one run (on top of convergence.py's shape and common arguments)."""
+    s = f"{1 - k:.6g}"
+    if method == "one_layer":
+        return [*SUPERMASK_ARGS, "--remaining-ratio", str(k)]
+    if method == "standard":
+        return [*SUPERMASK_ARGS, "--arch", "supermask_transformer_tiny", "--remaining-ratio", str(k)]
+    if method.startswith("magnitude"):
+        return [*DENSE_ARGS, "--prune-to", s, "--prune-start-update", str(c.updates // 5),
+                "--prune-end-update", str(3 * c.updates // 5)] + (["--prune-scope", "global"] if "global" in method
+                                                                   else [])
+    ticket = os.path.abspath(os.path.join(c.work, "tickets", f"{run_name(method, k)}.pt"))
+    return [*DENSE_ARGS, "--restore-file", ticket, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
+            "--reset-meters", "--prune-to", s]
+
+
+def stored_bytes(ckpt: str) -> int:
+    """Bytes under the one rule (position bits + fp16 stored values) for any checkpoint here."""
+    import torch
+
+    from one_layer_lottery.pruning import is_prunable, sparse_bytes
+
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
+    scores = {k: v for k, v in state.items() if k.endswith(".scores")}
+    if scores:  # a supermask: its masks' positions, and whatever it stores besides regenerated random weights
+        kept = {k: v for k, v in state.items() if not (k.endswith((".frozen_weight", ".version"))
+                                                        or ".shared_layer_weights." in k)}
+        return sparse_bytes(kept, {k: 0 for k in scores}) + 8  # + the weight seed
+    masked = {k: int(torch.count_nonzero(v)) for k, v in state.items() if is_prunable(k, v)}
+    return sparse_bytes(state, masked if any(n < state[k].numel() for k, n in masked.items()) else {})
+
+
+def main(argv=None) -> int:
+    a, c = parse_args(argv)
+    try:
+        return run(a, c)
+    except ConfigError as e:
+        print(f"sparse_comparison: error: {e}", file=sys.stderr)
+        return 1
+
+
+def run(a, c) -> int:
+    if not os.path.isdir(c.raw_dir):
+        raise ConfigError(f"data directory {c.raw_dir!r} does not exist")
+    t0 = time.time()
+    os.makedirs(c.work, exist_ok=True)
+    prepared = os.path.join(c.work, "data")
+    if not os.path.isdir(os.path.join(prepared, "bin")):
+        data.prepare(c.raw_dir, prepared, c.src, c.tgt, vocab_size=c.vocab)
+    bin_dir = os.path.join(prepared, "bin")
+    convergence.MODELS["dense"] = ("dense Transformer", 1, [*DENSE_ARGS, "--save-weights-at-updates",
+                                                            f"0,{a.rewind_update}"])
+    for method in a.method_list:
+        for k in a.kept_list:
+            convergence.MODELS[run_name(method, k)] = (f"{METHODS[method]}, k={k:g}", 1, flags(a, c, method, k))
+
+    def one(name: str) -> dict:
+        done = os.path.join(c.work, f"{name}.rows.json")
+        if os.path.exists(done):
+            with open(done, encoding="utf-8") as f:
+                return json.load(f)
+        if name.startswith("ticket"):
+            dense_done.result()
+            method, k = name.rsplit("_", 1)
+            ticket = os.path.join(c.work, "tickets", f"{name}.pt")
+            cmd = [os.path.join(convergence.BIN, "one-layer-lottery"), "ticket", os.path.join(c.work, "dense"),
+                   ticket, "--sparsity", f"{1 - float(k):.6g}", "--rewind-update", str(a.rewind_update), "--json"]
+            if method == "ticket_sign":
+                cmd.append("--sign-only")
+            r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if r.returncode != 0:
+                raise ConfigError(f"ticket {name}: {r.stderr.strip()[-400:]}")
+            print(f"[{name}] {r.stdout.strip()}", flush=True)
+        start = convergence.train(c, name, bin_dir)
+        row = convergence.score(c, name, start, prepared, {})[-1]
+        with open(done, "w", encoding="utf-8") as f:
+            json.dump(row, f)
+        return row
+
+    names = [run_name(m, k) for m in a.method_list for k in a.kept_list]
+    with ThreadPoolExecutor(a.jobs) as pool:
+        dense_done = pool.submit(one, "dense")
+        futures = {n: pool.submit(one, n) for n in sorted(names, key=lambda n: n.startswith("ticket"))}
+        dense_row = dense_done.result()
+        rows = {n: f.result() for n, f in futures.items()}
+    dense_bleu = dense_row["bleu"]
+    results = {"dense": {"method": "dense", "kept": 1.0, "bleu": dense_bleu,
+                         "bytes": stored_bytes(os.path.join(c.work, "dense", "checkpoint_last.pt"))}}
+    for method in a.method_list:
+        for k in a.kept_list:
+            n = run_name(method, k)
+            results[n] = {"method": method, "kept": k, "bleu": rows[n]["bleu"],
+                          "ratio_to_dense": round(rows[n]["bleu"] / dense_bleu, 4) if dense_bleu else None,
+                          "bytes": stored_bytes(os.path.join(c.work, n, "checkpoint_last.pt"))}
+    write_csv(results, os.path.join(c.work, "sparse.csv"))
+    png = plot(results, a, os.path.join(c.work, "sparse.png"))
+    analysis = analyze(a, c, names, bin_dir)
+    seconds = int(time.time() - t0)
+    print(f"\n{c.raw_dir}: {c.updates} updates per run, {c.layers}+{c.layers} layers, {c.dim}/{c.ffn}, "
+          f"{seconds} s in all -> {os.path.join(c.work, 'sparse.csv')}, {png}")
+    print(f"{'method':>12} {'kept':>5} {'BLEU':>6} {'ratio':>6} {'bytes':>11}  "
+          f"{'mean CKA':>8} {'attn agreement':>14}")
+    for n, r in results.items():
+        m = analysis["models"].get(n, {}) if analysis else {}
+        cka = sum(m["cka_by_layer"].values()) / len(m["cka_by_layer"]) if m else None
+        agree = sum(m["attention_agreement"].values()) / len(m["attention_agreement"]) if m else None
+        r["mean_cka"] = round(cka, 4) if cka is not None else None
+        r["mean_attention_agreement"] = round(agree, 4) if agree is not None else None
+        ratio = f"{r['ratio_to_dense']:.3f}" if r.get("ratio_to_dense") is not None else "-"
+        print(f"{r['method']:>12} {r['kept']:>5.2f} {r['bleu']:>6.2f} {ratio:>6} {r['bytes']:>11,}  "
+              f"{r['mean_cka'] if cka is not None else '-':>8} "
+              f"{r['mean_attention_agreement'] if agree is not None else '-':>14}")
+    print(json.dumps({"updates": c.updates, "seconds": seconds, "rewind_update": a.rewind_update,
+                      "results": results}))
+    return 0
+
+
+def write_csv(results: dict, path: str) -> None:
+    keys = ["run", "method", "kept", "bleu", "ratio_to_dense", "bytes"]
+    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for n, r in results.items():
+            w.writerow({"run": n, **{k: r.get(k, "") for k in keys[1:]}})
+    os.replace(path + ".tmp", path)
+
+
+def analyze(a, c, names: list[str], bin_dir: str) -> dict | None:
+    out = os.path.join(c.work, "analysis.json")
+    cmd = [os.path.join(convergence.BIN, "one-layer-lottery"), "analyze",
+           os.path.join(c.work, "dense", "checkpoint_last.pt"),
+           *[os.path.join(c.work, n, "checkpoint_last.pt") for n in names], "--data", bin_dir,
+           "--labels", ",".join(names), "--sentences", str(a.analysis_sentences), "--json",
+           "--png", os.path.join(c.work, "analysis.png")]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"analyze failed: {r.stderr.strip()[-400:]}")
+    with open(out, "w", encoding="utf-8") as f:
+        f.write(r.stdout)
+    return json.loads(r.stdout)
+
+
+def plot(results: dict, a, png: str) -> str:
+    import logging
+
+    import matplotlib
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    dense = results["dense"]
+    for method in a.method_list:
+        pts = sorted((r["kept"], r["bleu"], r["bytes"]) for r in results.values() if r["method"] == method)
+        axes[0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=METHODS[method])
+        axes[1].plot([p[2] for p in pts], [p[1] for p in pts], marker="o", label=METHODS[method])
+    axes[0].axhline(dense["bleu"], color="k", ls="--", label=f"dense ({dense['bleu']:.1f})")
+    axes[1].axhline(dense["bleu"], color="k", ls="--")
+    axes[1].scatter([dense["bytes"]], [dense["bleu"]], color="k", marker="s")
+    axes[0].set_xlabel("fraction of weights kept (k)")
+    axes[1].set_xlabel("bytes to store (position bits + fp16 stored values)")
+    axes[1].set_xscale("log")
+    axes[0].set_ylabel("test BLEU (detokenized sacreBLEU, beam 5)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(png + ".tmp.png", png)
+    return png
+
+
+if __name__ == "__main__":
+    sys.exit(main())

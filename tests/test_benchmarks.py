@@ -1,0 +1,76 @@
+"""The machinery of the newer benchmarks on tiny budgets (their real runs and figures are in the README)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
+        "--vocab", "600", "--max-tokens", "1024", "--warmup", "2"]
+
+
+def _run(script, *args, timeout=900):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False)
+
+
+def test_sparse_comparison_table_plot_bytes_and_analysis(tiny_corpus, tmp_path):
+    work = tmp_path / "sparse"
+    work.mkdir()
+    os.symlink(tiny_corpus.root / "prep", work / "data")  # the same corpus, prepared once per session
+    r = _run("sparse_comparison.py", tiny_corpus.root / "raw", *TINY, "--work", work, "--kept", "0.5",
+             "--methods", "one_layer,magnitude,ticket", "--updates", "4", "--rewind-update", "1",
+             "--analysis-sentences", "20")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])["results"]
+    assert set(result) == {"dense", "one_layer_0.5", "magnitude_0.5", "ticket_0.5"}
+    # bytes under one rule: a supermask stores positions only, a pruned model positions + half its values
+    assert result["one_layer_0.5"]["bytes"] < result["ticket_0.5"]["bytes"] < result["dense"]["bytes"]
+    assert result["ticket_0.5"]["bytes"] == result["magnitude_0.5"]["bytes"]
+    assert all(0 <= r_["mean_cka"] <= 1 for n, r_ in result.items() if n != "dense")
+    with open(work / "sparse.csv", encoding="utf-8") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    assert (work / "sparse.png").read_bytes()[:4] == b"\x89PNG" and (work / "analysis.png").exists()
+    assert (work / "dense" / "weights_update1.pt").exists() and (work / "tickets" / "ticket_0.5.pt").exists()
+    bad = _run("sparse_comparison.py", tiny_corpus.root / "raw", "--kept", "0.5,1.2", timeout=60)
+    assert bad.returncode == 2 and "every fraction kept must lie in (0, 1)" in bad.stderr
+
+
+def test_speed_sweep_writes_paired_ratios(tmp_path):
+    r = _run("speed.py", "--sweep", "--shapes", "tiny", "--tokens", "64,128", "--rounds", "2", "--sentences", "2",
+             "--length", "3", "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert [(row["shape"], row["tokens"], row["rounds"]) for row in result["rows"]] == [("tiny", 64, 2),
+                                                                                       ("tiny", 128, 2)]
+    for row in result["rows"]:
+        s = row["step_ratio"]
+        assert s["min"] <= s["median"] <= s["max"] and row["decode_ratio"]["median"] > 0 and row["peak_mem_ratio"] > 0
+    with open(tmp_path / "speed_sweep.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {"step_ratio_median", "step_ratio_min", "step_ratio_max", "decode_ratio_median"} <= set(rows[0])
+    assert (tmp_path / "speed_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "worst step median" in r.stdout
+    bad = _run("speed.py", "--sweep", "--shapes", "tiny,huge", timeout=60)
+    assert bad.returncode == 2 and "unknown ['huge']" in bad.stderr
+
+
+def test_glue_benchmark_on_a_tiny_budget(tiny_glue, tmp_path):
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    os.symlink(os.path.dirname(tiny_glue), glue / "RTE")  # train.tsv and dev.tsv in RTE's layout
+    r = _run("glue_accuracy.py", glue, "--tasks", "RTE", "--work", tmp_path / "w", "--scale", "0.005", "--dim", "32",
+             "--ffn", "64", "--layers", "1", "--heads", "2", "--max-positions", "128", "--vocab", "300")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])["results"]["RTE"]
+    assert set(result) == {"dense", "random_emb", "pretrained_emb"}
+    for m in result.values():
+        assert m["examples"] == 60 and 0 <= m["accuracy"] <= 100 and m["majority_accuracy"] >= 50
+    assert result["dense"]["ratio_to_dense"] == 1.0
+    assert (tmp_path / "w" / "RTE" / "mlm" / "checkpoint_last.pt").exists()
+    assert "ratio to dense" in r.stdout
+    bad = _run("glue_accuracy.py", glue, "--tasks", "CoLA", timeout=60)
+    assert bad.returncode == 2 and "unknown ['CoLA']" in bad.stderr
