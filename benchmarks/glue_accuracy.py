@@ -1,7 +1,7 @@
 """GLUE dev accuracy on CPU: a dense RoBERTa-shaped classifier against the one-layer supermask RoBERTa.
 
     python benchmarks/glue_accuracy.py GLUE_DIR [--tasks SST-2,MRPC,RTE] [--work work/glue] [--jobs 2]
-        [--layers 3 --dim 128 --ffn 256 --heads 4] [--scale 1.0]
+        [--layers 3 --dim 128 --ffn 256 --heads 4] [--scale 1.0] [--layer-score-lr-scales 0.03,0.1,0.3,1]
 
 GLUE_DIR holds one folder per task in GLUE's TSV layout (e.g. ../shared/data/glue). For every task, with one
 shape and one update budget (stock fairseq commands):
@@ -10,6 +10,8 @@ shape and one update budget (stock fairseq commands):
   pretrained_emb the same on frozen embeddings obtained the paper's way as far as this machine allows: a dense
                  RoBERTa of the same shape pre-trained with fairseq's own masked_lm task on the task's training
                  text (its token and position tables; RoBERTa's would come from roberta.base/model.pt)
+--layer-score-lr-scales adds both supermask models at each of those --layer-score-lr-scale values (the layers'
+scores' learning rate relative to --lr; the architecture's default, 0.1, otherwise), named MODEL@SCALE.
 Prints dev accuracy (and F1 for MRPC), the majority-class accuracy of the dev split, the ratios to dense, and a
 last-line JSON; writes WORK/glue.csv. Finished runs are reused when the command is run again. --scale
 multiplies every update budget.
@@ -36,7 +38,6 @@ BIN = os.path.dirname(sys.executable)
 BUDGET = {"SST-2": (1500, 32, False), "MRPC": (600, 16, True), "RTE": (600, 16, False), "QQP": (3000, 32, True),
           "MNLI": (3000, 32, False)}
 MLM_UPDATES = 400
-MODELS = ("dense", "random_emb", "pretrained_emb")
 
 
 def fairseq_train(a, args: list, log: str) -> None:
@@ -70,7 +71,7 @@ def pretrain_mlm(a, task: str, data: str) -> str:
     return ckpt
 
 
-def classifier(a, task: str, data: str, model: str, embeddings: str | None) -> dict:
+def classifier(a, task: str, data: str, model: str, embeddings: str | None, lr_scale: str | None = None) -> dict:
     done = os.path.join(a.work, task, f"{model}.json")
     if os.path.exists(done):
         with open(done, encoding="utf-8") as f:
@@ -91,6 +92,7 @@ def classifier(a, task: str, data: str, model: str, embeddings: str | None) -> d
     else:
         args = ["--arch", "one_layer_supermask_roberta_base", "--optimizer", "masked_adam", "--lr", "3e-3",
                 "--remaining-ratio", "0.5"] + (["--pretrained-embeddings", embeddings] if embeddings else [])
+        args += ["--layer-score-lr-scale", lr_scale] if lr_scale else []
     save = os.path.join(a.work, task, model)
     print(f"[{task}] {model}: {updates} updates of {bsz} examples", flush=True)
     t0 = time.time()
@@ -110,9 +112,15 @@ def run_task(a, task: str, pool) -> dict:
         prepare_glue(task, os.path.join(a.glue_dir, task), data, vocab_size=a.vocab, log=print)
     futures = {"dense": pool.submit(classifier, a, task, data, "dense", None),
                "random_emb": pool.submit(classifier, a, task, data, "random_emb", None)}
+    for lr_scale in a.lr_scales:
+        futures[f"random_emb@{lr_scale}"] = pool.submit(classifier, a, task, data, f"random_emb@{lr_scale}", None,
+                                                        lr_scale)
     mlm = pretrain_mlm(a, task, data)
     futures["pretrained_emb"] = pool.submit(classifier, a, task, data, "pretrained_emb", mlm)
-    return {m: futures[m].result() for m in MODELS}
+    for lr_scale in a.lr_scales:
+        futures[f"pretrained_emb@{lr_scale}"] = pool.submit(classifier, a, task, data, f"pretrained_emb@{lr_scale}",
+                                                            mlm, lr_scale)
+    return {m: futures[m].result() for m in futures}
 
 
 def main(argv=None) -> int:
@@ -130,7 +138,17 @@ def main(argv=None) -> int:
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every update budget")
+    p.add_argument("--layer-score-lr-scales", default="", help="comma-separated --layer-score-lr-scale values: "
+                   "both supermask models again at each")
     a = p.parse_args(argv)
+    a.lr_scales = [v for v in a.layer_score_lr_scales.split(",") if v]
+    for v in a.lr_scales:
+        try:
+            ok = 0 < float(v) < float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            p.error(f"--layer-score-lr-scales: {v!r} is not a positive number")
     tasks = [t for t in a.tasks.split(",") if t]
     bad = [t for t in tasks if t not in TASKS]
     if bad or not tasks:
@@ -148,13 +166,13 @@ def main(argv=None) -> int:
         print(f"glue_accuracy: error: {e}", file=sys.stderr)
         return 1
     rows = []
-    print(f"\n{'task':>6} {'model':>15} {'dev acc':>8} {'F1':>6} {'majority':>9} {'ratio to dense':>15}")
+    print(f"\n{'task':>6} {'model':>20} {'dev acc':>8} {'F1':>6} {'majority':>9} {'ratio to dense':>15}")
     for task, res in results.items():
         dense = res["dense"]["accuracy"]
         for model, r in res.items():
             r["ratio_to_dense"] = round(r["accuracy"] / dense, 4) if dense else None
             f1 = f"{r['f1']:.2f}" if BUDGET[task][2] else "-"
-            print(f"{task:>6} {model:>15} {r['accuracy']:>8.2f} {f1:>6} {r['majority_accuracy']:>9.2f} "
+            print(f"{task:>6} {model:>20} {r['accuracy']:>8.2f} {f1:>6} {r['majority_accuracy']:>9.2f} "
                   f"{r['ratio_to_dense']:>15.3f}")
             rows.append({"task": task, "model": model, **{k: r[k] for k in ("accuracy", "f1", "majority_accuracy",
                                                                               "ratio_to_dense", "updates", "train_s")}})

@@ -108,6 +108,7 @@ def glue_config(task: str, arch: str, pretrained: bool) -> dict:
     model = {"_name": arch, "dropout": 0.1, "attention_dropout": 0.1}
     if masked:
         model["remaining_ratio"] = 0.7  # the paper's best on QQP and MNLI (Figs. 6-7)
+        model["layer_score_lr_scale"] = 1.0  # one lr (Liu et al.'s 1e-5) for every score, as the authors' code
     if pretrained:
         model["pretrained_embeddings"] = "???"  # a fairseq RoBERTa checkpoint of the same size (roberta.base/model.pt)
     return {

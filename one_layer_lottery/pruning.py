@@ -97,7 +97,7 @@ class MagnitudePruner(nn.Module):
         self.save_dir: str | None = None  # set once training starts (see attach_to_trainer)
         self._targets = tuple(prunable(model)) if sparsity > 0 else ()  # a tuple: not submodules
         self._keep: dict[str, Tensor] = {}
-        self._applied: int | None = None  # the update whose mask the weights hold
+        self._applied: float | None = None  # the sparsity the current masks were selected at
         self._update: int | None = None  # the update last pruned for (its sparsity may be 0)
         self._model = weakref.ref(model)
         for name, p in self._targets:
@@ -115,7 +115,9 @@ class MagnitudePruner(nn.Module):
         """Prune every target to the sparsity scheduled for this update; what was pruned before stays pruned."""
         self._update = num_updates
         s = self.scheduled(num_updates)
-        if s > 0 and self._applied != num_updates:
+        # once pruned, entries rank below every kept one, so the same sparsity selects the same masks again:
+        # masks are re-selected only when the schedule moves (not on every update after the ramp)
+        if s > 0 and self._applied != s:
             mags = {}
             for name, p in self._targets:
                 a = p.detach().float().abs()
@@ -129,7 +131,7 @@ class MagnitudePruner(nn.Module):
                 self._keep = {n: k.view_as(mags[n]) for n, k in zip(mags, keep)}
             else:
                 self._keep = {n: keep_largest(a, n_dropped(a.numel(), s)) for n, a in mags.items()}
-            self._applied = num_updates
+            self._applied = s
         self._zero_pruned()
 
     def _forget(self) -> None:

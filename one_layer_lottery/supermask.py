@@ -484,7 +484,6 @@ class SupermaskMultiheadAttention(MultiheadAttention):
             use_separate_proj_weight=not packed, q_proj_weight=q, k_proj_weight=k, v_proj_weight=v,
             average_attn_weights=not need_head_weights)
 
-
     def _projected_forward(self, query, key, value, key_padding_mask, attn_mask):
         """Attention through the projection modules' own forward (their inference weights, e.g. 2:4 sparse)
         instead of the fused call, which needs dense weights. Inference only (no dropout)."""

@@ -63,10 +63,12 @@ def test_glue_benchmark_on_a_tiny_budget(tiny_glue, tmp_path):
     glue.mkdir()
     os.symlink(os.path.dirname(tiny_glue), glue / "RTE")  # train.tsv and dev.tsv in RTE's layout
     r = _run("glue_accuracy.py", glue, "--tasks", "RTE", "--work", tmp_path / "w", "--scale", "0.005", "--dim", "32",
-             "--ffn", "64", "--layers", "1", "--heads", "2", "--max-positions", "128", "--vocab", "300")
+             "--ffn", "64", "--layers", "1", "--heads", "2", "--max-positions", "128", "--vocab", "300",
+             "--layer-score-lr-scales", "1")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])["results"]["RTE"]
-    assert set(result) == {"dense", "random_emb", "pretrained_emb"}
+    assert set(result) == {"dense", "random_emb", "pretrained_emb", "random_emb@1", "pretrained_emb@1"}
+    assert "layer_score_lr_scale=1.0" in (tmp_path / "w" / "RTE" / "random_emb@1.log").read_text()
     for m in result.values():
         assert m["examples"] == 60 and 0 <= m["accuracy"] <= 100 and m["majority_accuracy"] >= 50
     assert result["dense"]["ratio_to_dense"] == 1.0
@@ -74,3 +76,5 @@ def test_glue_benchmark_on_a_tiny_budget(tiny_glue, tmp_path):
     assert "ratio to dense" in r.stdout
     bad = _run("glue_accuracy.py", glue, "--tasks", "CoLA", timeout=60)
     assert bad.returncode == 2 and "unknown ['CoLA']" in bad.stderr
+    bad = _run("glue_accuracy.py", glue, "--layer-score-lr-scales", "0.1,-1", timeout=60)
+    assert bad.returncode == 2 and "--layer-score-lr-scales: '-1' is not a positive number" in bad.stderr

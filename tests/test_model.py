@@ -140,6 +140,8 @@ def test_bad_options_raise_config_error(flags, message):
     (["--multicoat-ratios", "0.25,0.3"], "--multicoat-ratios '0.25,0.3': coat ratio 0.3 must lie in (0, 0.25)"),
     (["--multicoat-ratios", "half"], "--multicoat-ratios 'half'"),
     (["--ratio-anneal-updates", "-5"], "--ratio-anneal-updates -5 must be a non-negative integer"),
+    (["--layer-score-lr-scale", "0"], "--layer-score-lr-scale 0.0 must be a positive finite number"),
+    (["--layer-score-lr-scale", "-2"], "--layer-score-lr-scale -2.0 must be a positive finite number"),
     (["--mask-structure", "4:2"], "--mask-structure '4:2' is not a mask structure; allowed: unstructured or N:M"),
     (["--mask-structure", "2:4", "--multicoat-ratios", "0.25"], "takes neither --multicoat-ratios"),
     (["--mask-structure", "2:4", "--ratio-anneal-updates", "10"], "nor --ratio-anneal-updates"),
@@ -149,3 +151,15 @@ def test_bad_mask_options_name_the_value(flags, needle):
     with pytest.raises(ConfigError) as e:
         build_model("one_layer_supermask_transformer_tiny", *flags)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_layer_score_lr_scale_scales_layer_scores_only():
+    torch.manual_seed(5)
+    plain = build_model("one_layer_supermask_transformer_tiny").state_dict()
+    torch.manual_seed(5)
+    scaled = build_model("one_layer_supermask_transformer_tiny", "--layer-score-lr-scale", "0.25").state_dict()
+    scores = [k for k in plain if k.endswith(".scores")]
+    layers = [k for k in scores if ".layers." in k]
+    assert layers and len(layers) < len(scores)  # embeddings and the output projection are not layers
+    for k in scores:
+        torch.testing.assert_close(scaled[k], plain[k] * (4 if k in layers else 1), rtol=0, atol=0)

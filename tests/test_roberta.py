@@ -61,6 +61,24 @@ def test_trains_masks_and_head_only_with_frozen_shared_weights(tiny_glue, one_la
     assert all(isinstance(m, SupermaskModule) for m in (layers[0].fc1, model.encoder.sentence_encoder.embed_tokens))
 
 
+def test_classifier_layer_scores_learn_at_a_tenth_of_the_lr_by_default(tiny_glue, one_layer):
+    """The default that lets the classifier learn (README, "Sentence classification"): the layers' scores start
+    ten times larger than --layer-score-lr-scale 1 starts them; the embedding's do not."""
+    from fairseq import checkpoint_utils
+
+    from one_layer_lottery.models.supermask_roberta import SupermaskRobertaModel
+
+    _, cfg, task = checkpoint_utils.load_model_ensemble_and_task([str(one_layer)], arg_overrides={"data": tiny_glue})
+    torch.manual_seed(0)
+    default = SupermaskRobertaModel.build_model(cfg.model, task).state_dict()
+    cfg.model.layer_score_lr_scale = 1.0  # a Namespace: RoBERTa models take fairseq's legacy arguments
+    torch.manual_seed(0)
+    plain = SupermaskRobertaModel.build_model(cfg.model, task).state_dict()
+    for k in (k for k in plain if k.endswith(".scores")):
+        factor = 10 if ".layers." in k else 1
+        torch.testing.assert_close(default[k], plain[k] * factor, rtol=1e-6, atol=0)
+
+
 def test_predicts_through_stock_loading_and_round_trips_exactly(tiny_glue, one_layer, tmp_path):
     r = json.loads(run_cli("one-layer-lottery", "classify", one_layer, tiny_glue, "--json").stdout)
     assert r["examples"] == 60 and 0 <= r["accuracy"] <= 100 and r["majority_accuracy"] >= 50

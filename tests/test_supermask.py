@@ -201,3 +201,29 @@ def test_nm_packing_round_trip(n, m, bits):
         assert (unpack_nm(packed, mask.size, n, m) == mask).all()
     with pytest.raises(ValueError, match=f"not {n}:{m}"):
         pack_nm(torch.ones(2 * m, dtype=torch.bool).numpy(), n, m)
+
+
+def test_larger_scores_train_masks_as_a_smaller_learning_rate_would():
+    """--layer-score-lr-scale s starts scores 1/s times larger instead of scaling the lr: under Adam (and SGD) the
+    two give the same masks at every step (s a power of two: the scores stay exactly s times apart)."""
+    s, lr = 0.25, 0.05
+    torch.manual_seed(0)
+    w = torch.randn(8, 6)
+    a = MaskedLinear(6, 8, 0.5, weight=w.clone())
+    b = MaskedLinear(6, 8, 0.5, weight=w.clone())
+    with torch.no_grad():
+        a.scores.copy_(b.scores / s)
+    opt_a = torch.optim.Adam(a.parameters(), lr=lr)
+    opt_b = torch.optim.Adam(b.parameters(), lr=lr * s)
+    flips = 0
+    for _ in range(40):
+        x, y = torch.randn(16, 6), torch.randn(16, 8)
+        before = a.mask().clone()
+        for lin, opt in ((a, opt_a), (b, opt_b)):
+            opt.zero_grad()
+            (lin(x) - y).pow(2).mean().backward()
+            opt.step()
+        assert torch.equal(a.mask(), b.mask())
+        torch.testing.assert_close(a.scores * s, b.scores, rtol=0, atol=0)
+        flips += int((a.mask() != before).sum())
+    assert flips > 0  # the masks did move: the comparison was not of two frozen masks

@@ -33,10 +33,12 @@ from .supermask_transformer import (
     annealed_set_num_updates,
     build_token_embedding,
     coat_ratios,
+    compare_dictionary,
     mask_structure,
     read_pretrained,
     register_shaped_archs,
     resolve_weight_seed,
+    scale_layer_scores_,
     validate,
 )
 
@@ -141,6 +143,7 @@ class SupermaskRobertaModel(RobertaModel):
         model = cls(args, SupermaskRobertaEncoder(args, dictionary))
         if args.pretrained_tables is not None:
             model.encoder.sentence_encoder.embed_positions.weight.requires_grad_(False)
+        scale_layer_scores_(model, args)
         group_masks_(model)
         track_model(model)
         return model
@@ -205,12 +208,7 @@ def _check_dictionary(path: str, state: dict, dictionary) -> None:
     data = str(task.get("data") or "").split(os.pathsep)[0]
     for candidate in (os.path.join(data, "dict.txt"), os.path.join(data, "input0", "dict.txt")):
         if data and os.path.isfile(candidate):
-            with open(candidate, encoding="utf-8") as f:
-                theirs = [line.rsplit(" ", 1)[0] for line in f if line.strip()]
-            for i, (a, b) in enumerate(zip(dictionary.symbols[dictionary.nspecial:], theirs)):
-                if a != b:
-                    raise ConfigError(f"--pretrained-embeddings {path!r}: dictionary differs from {candidate} at "
-                                      f"line {i + 1} ({a!r} vs {b!r}); the dictionaries must match")
+            compare_dictionary(path, candidate, dictionary)
             return
 
 
@@ -220,6 +218,10 @@ def base_supermask_roberta_architecture(args) -> None:
     for f in dataclasses.fields(SupermaskOptions):
         if not hasattr(args, f.name) or getattr(args, f.name) is None and f.default is not None:
             setattr(args, f.name, f.default)
+    if getattr(args, "layer_score_lr_scale", None) is None:
+        # one label a sentence gives the layers' scores noisy gradients: at the translation lr their masks
+        # churn and the classifier stays at the majority class (README, "Sentence classification")
+        args.layer_score_lr_scale = 0.1
     if getattr(args, "classification_head", None) is None:
         args.classification_head = "trained"
     if getattr(args, "encoder_learned_pos", None) is None:

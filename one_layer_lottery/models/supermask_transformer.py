@@ -94,6 +94,12 @@ class SupermaskOptions(FairseqDataclass):
     ratio_anneal_updates: int = dataclasses.field(
         default=0, metadata={"help": "anneal k from 1 to --remaining-ratio over this many updates (the cubic "
                                      "gradual schedule of Zhu & Gupta 2017); 0: k fixed from the start"})
+    layer_score_lr_scale: Optional[float] = dataclasses.field(  # noqa: UP045
+        default=None, metadata={"help": "learning rate of the Transformer layers' scores relative to --lr "
+                                        "(embedding, output and head scores keep --lr); done by starting those "
+                                        "scores 1/scale times larger, exact for Adam and SGD without weight "
+                                        "decay (a mask depends only on its scores' order). Default: 1 for "
+                                        "translation, 0.1 for RoBERTa classifiers"})
     pretrained_embeddings_in_checkpoint: bool = dataclasses.field(
         default=False, metadata={"help": "set by the model itself: the frozen embeddings are in the "
                                          "checkpoint, so loading it does not read --pretrained-embeddings"})
@@ -185,6 +191,9 @@ def validate(args: argparse.Namespace) -> None:
     if str(args.score_init) not in SCORE_INITS:
         raise ConfigError(f"--score-init {args.score_init!r} is unknown; allowed: {', '.join(SCORE_INITS)}")
     coat_ratios(args)
+    scale = getattr(args, "layer_score_lr_scale", None)
+    if scale is not None and not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        raise ConfigError(f"--layer-score-lr-scale {scale!r} must be a positive finite number")
     n = getattr(args, "ratio_anneal_updates", 0)
     if not (isinstance(n, int) and n >= 0):
         raise ConfigError(f"--ratio-anneal-updates {n!r} must be a non-negative integer")
@@ -287,6 +296,7 @@ class SupermaskTransformerModel(TransformerModel):
         encoder = SupermaskTransformerEncoder(tcfg, src_dict, encoder_embed)
         decoder = SupermaskTransformerDecoder(tcfg, tgt_dict, decoder_embed)
         model = cls(args, encoder, decoder)
+        scale_layer_scores_(model, args)
         group_masks_(model)
         track_model(model)
         return model
@@ -294,6 +304,20 @@ class SupermaskTransformerModel(TransformerModel):
     def set_num_updates(self, num_updates):
         super().set_num_updates(num_updates)
         annealed_set_num_updates(self, self.args, num_updates)
+
+
+def scale_layer_scores_(model: nn.Module, args) -> None:
+    """--layer-score-lr-scale s: the Transformer layers' scores start 1/s times larger. Adam's and SGD's steps do
+    not depend on a parameter's size, and a mask only on its scores' order, so this trains those masks exactly as
+    a learning rate s times --lr would (decoupled weight decay keeps --lr's rate), in every precision mode and
+    under DDP, with no optimizer code."""
+    s = float(getattr(args, "layer_score_lr_scale", None) or 1.0)
+    if s == 1.0:
+        return
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, SupermaskModule) and "layers" in name.split("."):
+                m.scores.div_(s)
 
 
 def annealed_set_num_updates(model: nn.Module, args, num_updates: int) -> None:
@@ -387,12 +411,16 @@ def _check_dictionary(path: str, state: dict, side: str, dictionary) -> None:
     dict_path = os.path.join(data, f"dict.{lang}.txt")
     if not os.path.isfile(dict_path):
         return
+    compare_dictionary(path, dict_path, dictionary, f"{side} ")
+
+
+def compare_dictionary(path: str, dict_path: str, dictionary, what: str = "") -> None:
+    """The dictionary file `dict_path` (a pre-trained checkpoint's) must equal ours symbol for symbol."""
     with open(dict_path, encoding="utf-8") as f:
         theirs = [line.rsplit(" ", 1)[0] for line in f if line.strip()]
-    ours = dictionary.symbols[dictionary.nspecial:]
-    for i, (a, b) in enumerate(zip(ours, theirs)):
+    for i, (a, b) in enumerate(zip(dictionary.symbols[dictionary.nspecial:], theirs)):
         if a != b:
-            raise ConfigError(f"--pretrained-embeddings {path!r}: {side} dictionary differs from {dict_path} "
+            raise ConfigError(f"--pretrained-embeddings {path!r}: {what}dictionary differs from {dict_path} "
                               f"at line {i + 1} ({a!r} vs {b!r}); the dictionaries must match")
 
 
