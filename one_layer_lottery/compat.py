@@ -1,8 +1,10 @@
 """Three fixes to stock fairseq 0.12, applied when the user-dir is imported.
 
 * torch >= 2.6 loads with weights_only=True, and fairseq's legacy model configs pickle an
-  argparse.Namespace: we add exactly that class to torch's safe-globals allow-list (safe loading
-  stays on for everything else).
+  argparse.Namespace, and its metrics state (e.g. --eval-bleu's n-gram counts, saved in every
+  checkpoint's extra_state) holds numpy arrays: we add exactly those classes to torch's safe-globals
+  allow-list (numpy arrays of plain dtypes, as torch's docs name them; safe loading stays on for
+  everything else).
 * fairseq writes the first checkpoint of a save atomically (.tmp, then rename) but *copies* it to
   the others (checkpoint_last.pt, checkpoint_best.pt) in place, so a kill during the copy leaves a
   truncated checkpoint. We make that copy atomic too.
@@ -17,10 +19,15 @@ import logging
 import os
 import shutil
 
+import numpy as np
 import torch
 
-# fairseq pickles its legacy (argparse) model configs, e.g. cfg.model of the dense `transformer`
-FAIRSEQ_SAFE_GLOBALS = [argparse.Namespace]
+_multiarray = getattr(np, "_core", None) or np.core  # numpy 2 renamed numpy.core
+# fairseq pickles its legacy (argparse) model configs, e.g. cfg.model of the dense `transformer`, and numpy
+# arrays in its metrics state (--eval-bleu's counts and totals, restored when a run resumes)
+FAIRSEQ_SAFE_GLOBALS = [argparse.Namespace, np.ndarray, np.dtype, _multiarray.multiarray._reconstruct] + [
+    type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                "float16", "float32", "float64")]
 
 
 def allow_fairseq_checkpoints() -> None:

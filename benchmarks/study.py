@@ -1,0 +1,566 @@
+"""The converged study: every model trained to convergence, tuned and selected on validation, several seeds.
+
+    python benchmarks/study.py RAW_DIR [--parts tune,core,width] [--work work/study] [--jobs 2] [--threads 1]
+    python benchmarks/study.py RAW_DIR --status        # where every run stands, with an ETA; launches nothing
+    python benchmarks/study.py RAW_DIR --report        # the tables from what has finished (partial rows marked)
+
+The protocol (one for every run): fairseq-train validates every --eval-every updates with fairseq's own BLEU
+validation (--eval-bleu, beam 5, sentencepiece removed, detokenized sacreBLEU on the `val` split), keeps the best
+checkpoint by validation BLEU and stops after --patience validations without a better one, or at --cap updates.
+The test split is scored once, with fairseq-generate and the same generation settings, on the checkpoint chosen on
+validation; its hypotheses are kept for the paired bootstrap.
+
+Parts:
+  tune   successive halving per family on seed 1: --grid settings train to --stages' first budget, the best half
+         (by validation BLEU) to the next, the winner to convergence
+  core   the tuned dense model, the one-layer masks-only model and the one-layer model on the same seed's converged
+         dense embeddings (frozen; and masked, the authors' default, on 2 seeds); 3 seeds
+  width  masks-only with a multicoated mask, masks-only at twice the width, dense at half and twice the width, the
+         standard supermask (a random layer per depth); 2 seeds
+Everything lives under WORK/runs/<run>/: an interrupted command continues where it stopped (a run resumes from its
+last checkpoint), finished runs are reused. Runs train --jobs at a time on --threads threads each.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from one_layer_lottery import data  # noqa: E402
+from one_layer_lottery.errors import ConfigError  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+GENERATION = {"beam": 5, "max_len_a": 1.2, "max_len_b": 10}
+VALID = re.compile(r"valid on 'valid' subset \|.*\| bleu ([\d.]+) \|.*\| num_updates (\d+)")
+EARLY_STOP = "early stop since valid performance hasn't improved"
+
+# family: (fairseq-train arguments every setting shares, the tuning grid: setting name -> its arguments)
+FAMILIES = {
+    "dense": (["--arch", "transformer", "--optimizer", "adam", "--warmup-updates", "400", "--weight-decay", "0.0001"],
+              {f"lr{lr}-d{d}": ["--lr", lr, "--dropout", d]
+               for d in ("0.1", "0.3") for lr in ("5e-4", "1e-3", "2e-3")}),
+    "mask": (["--arch", "one_layer_supermask_transformer_tiny", "--optimizer", "masked_adam", "--warmup-updates",
+              "200"],
+             {f"lr{lr}-d{d}-c{c}": ["--lr", lr, "--dropout", d, "--clip-norm", c]
+              for lr, d, c in (("4e-3", "0.1", "0"), ("4e-3", "0.1", "0.5"), ("4e-3", "0", "0.5"),
+                               ("8e-3", "0.1", "0.5"), ("8e-3", "0", "0.5"), ("2e-3", "0", "0.5"))}),
+}
+# row: (label, family whose tuned setting it takes, width multiplier, extra arguments, seeds, part)
+ROWS = {
+    "dense": ("dense Transformer, tuned", "dense", 1, [], (1, 2, 3), "core"),
+    "masks_only": ("one-layer supermask, masked random embeddings (1 mask bit a weight)", "mask", 1, [], (1, 2, 3),
+                   "core"),
+    "pretrained_frozen": ("one-layer supermask on the same seed's dense embeddings, frozen", "mask", 1,
+                          ["--pretrained-embeddings", "{dense}"], (1, 2, 3), "core"),
+    "pretrained_masked": ("one-layer supermask on the same seed's dense embeddings, masked (authors' default)",
+                          "mask", 1, ["--pretrained-embeddings", "{dense}", "--pretrained-embeddings-mode", "masked"],
+                          (1, 2), "core"),
+    "coats": ("one-layer masks-only, multicoated mask (inner coat 0.25: 2 mask bits a weight)", "mask", 1,
+              ["--multicoat-ratios", "0.25"], (1, 2), "width"),
+    "masks_only_wide": ("one-layer masks-only at twice the width", "mask", 2, [], (1, 2), "width"),
+    "standard": ("standard supermask (a random layer per depth), masks-only", "mask", 1,
+                 ["--arch", "supermask_transformer_tiny"], (1, 2), "width"),
+    "dense_half": ("dense Transformer at half the width", "dense", 0.5, [], (1, 2), "width"),
+    "dense_wide": ("dense Transformer at twice the width", "dense", 2, [], (1, 2), "width"),
+}
+PARTS = ("tune", "core", "width")
+
+
+@dataclasses.dataclass
+class Run:
+    """One fairseq-train run and the budget asked of it now."""
+
+    name: str
+    args: list
+    max_update: int
+    patience: int
+    priority: tuple
+    seed: int = 1
+    width: float = 1
+    needs: tuple = ()  # runs that must be converged first (their checkpoints are read)
+
+    @property
+    def dir(self) -> str:
+        return os.path.join(WORK, "runs", self.name)
+
+
+WORK = "work/study"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("raw_dir", help="raw parallel text (train/val/test*.{de,en}[.gz]), e.g. ../shared/data/multi30k")
+    p.add_argument("--src", default="de")
+    p.add_argument("--tgt", default="en")
+    p.add_argument("--work", default="work/study")
+    p.add_argument("--parts", default="tune,core", help=f"comma-separated, of: {', '.join(PARTS)}")
+    p.add_argument("--stages", default="1500:3,4000:1",
+                   help="successive halving: BUDGET:KEPT,... (validation BLEU at BUDGET updates keeps the best KEPT "
+                        "settings of a family); the last kept setting trains on to convergence")
+    p.add_argument("--grid", default="", help="only these settings of each family's grid (comma-separated names; "
+                                              "default: all)")
+    p.add_argument("--eval-every", type=int, default=500, help="updates between validations (and saves)")
+    p.add_argument("--patience", type=int, default=4, help="validations without a better BLEU before a run stops")
+    p.add_argument("--cap", type=int, default=20000, help="the most updates any run trains")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--ffn", type=int, default=256)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=6000)
+    p.add_argument("--max-tokens", type=int, default=4096)
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--status", action="store_true", help="print where every run stands and exit")
+    p.add_argument("--report", action="store_true", help="write the tables from finished runs and exit")
+    a = p.parse_args(argv)
+    a.parts = [x for x in a.parts.split(",") if x]
+    bad = [x for x in a.parts if x not in PARTS]
+    if bad or not a.parts:
+        p.error(f"--parts {','.join(a.parts)!r}: unknown {bad}; allowed: {', '.join(PARTS)}")
+    try:
+        a.stages = [(int(b), int(k)) for b, k in (s.split(":") for s in a.stages.split(","))]
+    except ValueError:
+        p.error(f"--stages {a.stages!r}: expected BUDGET:KEPT,... e.g. 1500:3,4000:1")
+    if any(b < 1 or k < 1 for b, k in a.stages) or a.stages[-1][1] != 1 or \
+            [b for b, _ in a.stages] != sorted({b for b, _ in a.stages}):
+        p.error(f"--stages {a.stages}: budgets increasing and positive, kept counts positive, the last one 1")
+    names = {n for _, grid in FAMILIES.values() for n in grid}
+    a.grid = [x for x in a.grid.split(",") if x]
+    if [x for x in a.grid if x not in names]:
+        p.error(f"--grid: unknown {[x for x in a.grid if x not in names]}; allowed: {', '.join(sorted(names))}")
+    for v, name in ((a.jobs, "--jobs"), (a.threads, "--threads"), (a.eval_every, "--eval-every"),
+                    (a.patience, "--patience"), (a.cap, "--cap")):
+        if v < 1:
+            p.error(f"{name} {v} must be at least 1")
+    return a
+
+
+# ---------------------------------------------------------------- reading a run's state from its files
+
+def validations(run: Run) -> list[tuple[int, float]]:
+    """(update, validation BLEU) of every validation the run's log holds, in order."""
+    log = os.path.join(run.dir, "train.log")
+    if not os.path.exists(log):
+        return []
+    with open(log, encoding="utf-8") as f:
+        seen = {int(u): float(b) for b, u in VALID.findall(f.read())}
+    return sorted(seen.items())
+
+
+def best(vals: list[tuple[int, float]], upto: int | None = None) -> tuple[int, float] | None:
+    """The best validation (the earliest of equals, as fairseq's checkpoint_best keeps it) up to an update."""
+    vals = [v for v in vals if upto is None or v[0] <= upto]
+    return max(vals, key=lambda v: (v[1], -v[0])) if vals else None
+
+
+def stopped(vals: list[tuple[int, float]], patience: int) -> bool:
+    """Whether patience ran out: `patience` validations after the best, none better."""
+    b = best(vals)
+    return b is not None and sum(1 for u, _ in vals if u > b[0]) >= patience
+
+
+def trained(run: Run) -> int:
+    vals = validations(run)
+    return vals[-1][0] if vals else 0
+
+
+def saved(run: Run) -> bool:
+    """Whether the checkpoint of the run's last validation has been written."""
+    with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
+        lines = f.read().strip().splitlines()
+    return bool(lines) and f"@ {trained(run)} updates" in lines[-1] and "Saved checkpoint" in lines[-1]
+
+
+def complete(run: Run) -> bool:
+    vals = validations(run)
+    return bool(vals) and (vals[-1][0] >= run.max_update or stopped(vals, run.patience))
+
+
+def converged(run: Run, a) -> bool:
+    vals = validations(run)
+    return bool(vals) and (vals[-1][0] >= a.cap or stopped(vals, a.patience))
+
+
+# ---------------------------------------------------------------- the plan
+
+def shape(a, width: float) -> list:
+    dim, ffn = int(a.dim * width), int(a.ffn * width)
+    return ["--encoder-layers", a.layers, "--decoder-layers", a.layers, "--encoder-embed-dim", dim,
+            "--decoder-embed-dim", dim, "--encoder-ffn-embed-dim", ffn, "--decoder-ffn-embed-dim", ffn,
+            "--encoder-attention-heads", a.heads, "--decoder-attention-heads", a.heads,
+            "--share-decoder-input-output-embed"]
+
+
+def setting_args(family: str, setting: str) -> list:
+    base, grid = FAMILIES[family]
+    return [*base, *grid[setting]]
+
+
+def grid(a, family: str) -> list[str]:
+    return [s for s in FAMILIES[family][1] if not a.grid or s in a.grid]
+
+
+def tuning(a, family: str) -> tuple[list[Run], str | None]:
+    """The family's tuning runs at the budgets they have earned so far, and its winner once it is known."""
+    alive = grid(a, family)
+    runs = {s: Run(f"{family}-{s}-s1", setting_args(family, s), 0, a.patience, (0, 0)) for s in alive}
+    for i, (budget, kept) in enumerate(a.stages):
+        for s in alive:
+            runs[s].max_update, runs[s].priority = budget, (0, i)
+        if not all(complete(runs[s]) for s in alive):
+            return list(runs.values()), None
+        ranked = sorted(alive, key=lambda s: -best(validations(runs[s]), budget)[1])
+        alive = ranked[:kept]
+    winner = alive[0]
+    runs[winner].max_update, runs[winner].priority = a.cap, (0, len(a.stages))
+    return list(runs.values()), winner
+
+
+def plan(a) -> tuple[list[Run], dict]:
+    """Every run the asked parts need now (later ones appear as earlier ones finish) and the families' winners."""
+    runs, winners = [], {}
+    for family in FAMILIES:
+        fam_runs, winners[family] = tuning(a, family)
+        runs += fam_runs
+    for part_no, part in enumerate(PARTS[1:], 1):
+        if part not in a.parts:
+            continue
+        for row, (_, family, width, extra, seeds, row_part) in ROWS.items():
+            if row_part != part or winners[family] is None:
+                continue
+            for seed in seeds:
+                name = f"{row}-s{seed}"
+                needs = ()
+                if width == 1 and not extra:  # the tuned setting itself: seed 1 is the tuning run
+                    name = f"{family}-{winners[family]}-s{seed}"
+                args = setting_args(family, winners[family]) + extra
+                if any("{dense}" in x for x in extra):
+                    if winners["dense"] is None:
+                        continue
+                    dense = f"dense-{winners['dense']}-s{seed}"
+                    args = [x.replace("{dense}", os.path.join(WORK, "runs", dense, "checkpoint_best.pt"))
+                            for x in args]
+                    needs = (dense,)
+                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, (part_no, seed), seed, width,
+                                needs))
+    unique = {}
+    for r in runs:
+        unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
+    return list(unique.values()), winners
+
+
+# ---------------------------------------------------------------- training and scoring
+
+def command(a, run: Run, bin_dir: str) -> list[str]:
+    remaining = a.patience - sum(1 for u, _ in validations(run) if u > (best(validations(run)) or (0,))[0])
+    cmd = [os.path.join(BIN, "fairseq-train"), bin_dir, *run.args, *shape(a, run.width),
+           "--task", "translation", "--adam-betas", "(0.9,0.98)", "--lr-scheduler", "inverse_sqrt",
+           "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+           "--max-tokens", a.max_tokens, "--max-update", run.max_update,
+           "--eval-bleu", "--eval-bleu-args", json.dumps(GENERATION), "--eval-bleu-remove-bpe", "sentencepiece",
+           "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
+           "--patience", max(remaining, 1), "--save-interval-updates", a.eval_every,
+           "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--save-interval", "1000000",
+           "--validate-interval", "1000000", "--log-format", "simple", "--log-interval", "100",
+           "--num-workers", "0", "--user-dir", os.path.join(ROOT, "one_layer_lottery"), "--save-dir", run.dir]
+    if "--seed" not in run.args:
+        cmd += ["--seed", run.seed]
+    return [str(c) for c in cmd]
+
+
+def launch(a, run: Run, bin_dir: str) -> subprocess.Popen:
+    os.makedirs(run.dir, exist_ok=True)
+    cmd = command(a, run, bin_dir)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+    log = open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8")  # a resumed run adds to its log
+    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fairseq-train {' '.join(cmd[1:])}\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+    proc.log, proc.run, proc.start, proc.first = log, run, time.time(), trained(run)
+    return proc
+
+
+def account(a, proc) -> None:
+    """Adds a finished launch's wall time (and threads) to the run's compute record."""
+    proc.log.close()
+    with open(os.path.join(proc.run.dir, "compute.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"start": round(proc.start), "seconds": round(time.time() - proc.start, 1),
+                            "threads": a.threads, "updates_from": proc.first, "updates_to": trained(proc.run),
+                            "exit": proc.returncode}) + "\n")
+
+
+def cpu_hours(run_dir: str) -> float:
+    path = os.path.join(run_dir, "compute.jsonl")
+    if not os.path.exists(path):
+        return 0.0
+    with open(path, encoding="utf-8") as f:
+        return sum(r["seconds"] * r["threads"] for r in map(json.loads, f)) / 3600
+
+
+def generate(ckpt: str, bin_dir: str, threads: int) -> list[str]:
+    """Detokenized hypotheses of the test split (fairseq-generate with the validation's generation settings)."""
+    cmd = [os.path.join(BIN, "fairseq-generate"), bin_dir, "--user-dir", os.path.join(ROOT, "one_layer_lottery"),
+           "--path", ckpt, "--beam", GENERATION["beam"], "--max-len-a", GENERATION["max_len_a"], "--max-len-b",
+           GENERATION["max_len_b"], "--batch-size", "128", "--required-batch-size-multiple", "1",
+           "--remove-bpe", "sentencepiece", "--gen-subset", "test"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"fairseq-generate failed on {ckpt}: {r.stderr.strip().splitlines()[-1:]}")
+    return data.read_hypotheses(r.stdout)
+
+
+def score(a, run: Run, prepared: str) -> dict:
+    """Test BLEU of the checkpoint chosen on validation, scored once; hypotheses kept for the bootstrap."""
+    vals = validations(run)
+    chosen = best(vals)
+    hyps = generate(os.path.join(run.dir, "checkpoint_best.pt"), os.path.join(prepared, "bin"), a.threads)
+    refs = data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}"))
+    bleu, signature = data.bleu(hyps, refs)
+    write_atomic(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
+    result = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
+              "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
+              "cpu_hours": round(cpu_hours(run.dir), 2), "signature": signature}
+    write_atomic(os.path.join(run.dir, "result.json"), json.dumps(result, indent=1))
+    return result
+
+
+def write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def result(run_name: str) -> dict | None:
+    path = os.path.join(WORK, "runs", run_name, "result.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+# ---------------------------------------------------------------- progress
+
+def seconds_per_update(run: Run) -> float | None:
+    path = os.path.join(run.dir, "compute.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if r["updates_to"] > r["updates_from"]]
+    done = sum(r["updates_to"] - r["updates_from"] for r in rows)
+    return sum(r["seconds"] for r in rows) / done if done else None
+
+
+def status(a, runs: list[Run], active: dict) -> str:
+    """One line per run (updates, best validation BLEU, state) and the ETA of what is planned now."""
+    rates = [s for s in map(seconds_per_update, runs) if s]
+    rate = statistics.median(rates) if rates else 1.8
+    lines, left = [], 0
+    for r in sorted(runs, key=lambda r: (r.priority, r.name)):
+        vals = validations(r)
+        b = best(vals)
+        state = ("running" if r.name in active else "scored" if result(r.name) and r.max_update == a.cap
+                 else "done" if complete(r) else "waiting")
+        target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
+        if state in ("running", "waiting"):
+            guess = r.max_update if r.max_update < a.cap else max(trained(r) + a.patience * a.eval_every, 6000)
+            left += max(guess - trained(r), 0) * (r.width ** 1.5)
+        lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
+                     f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}")
+    eta = left * rate / a.jobs
+    lines.append(f"  {len(runs)} runs planned so far; about {left:,.0f} updates left at {rate:.2f} s each, "
+                 f"{a.jobs} at a time: ETA {eta / 3600:.1f} h (later stages add runs)")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- the tables
+
+def bootstrap_ratio(model: list[list[str]], dense: list[list[str]], refs: list[str], samples: int = 1000,
+                    seed: int = 12345) -> tuple[float, float]:
+    """95 % paired bootstrap interval of mean-over-seeds BLEU(model) / mean-over-seeds BLEU(dense).
+
+    sacreBLEU's paired bootstrap resampling: the same resampled test sentences for every system, each system's
+    corpus BLEU recomputed from its per-sentence statistics; seeds are averaged inside every sample.
+    """
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    metric = BLEU()
+    stats = [[np.array(metric._extract_corpus_statistics(h, [refs])) for h in hyps] for hyps in (model, dense)]
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(samples):
+        idx = rng.integers(0, len(refs), len(refs))
+        means = [statistics.mean(metric._compute_score_from_stats(list(st[idx].sum(0))).score for st in side)
+                 for side in stats]
+        ratios.append(means[0] / means[1] if means[1] else float("nan"))
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def read_hyps(run_name: str) -> list[str]:
+    with open(os.path.join(WORK, "runs", run_name, "test.hyp"), encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+def tuning_table(a, lines: list[str]) -> dict:
+    winners = {}
+    for family in FAMILIES:
+        runs, winners[family] = tuning(a, family)
+        budgets = [b for b, _ in a.stages]
+        lines += [f"\n### Tuning: {family} (seed 1, validation BLEU; successive halving at "
+                  f"{', '.join(f'{b:,}' for b in budgets)} updates)\n",
+                  "| setting | " + " | ".join(f"best by {b:,}" for b in budgets) + " | converged (update) | "
+                  "CPU h |", "|---" * (len(budgets) + 3) + "|"]
+        total = 0.0
+        for r in runs:
+            vals = validations(r)
+            cells = []
+            for b in budgets:
+                x = best(vals, b) if vals and vals[-1][0] >= b or (vals and stopped(vals, a.patience)) else None
+                cells.append(f"{x[1]:.2f}" if x else "-")
+            res = result(r.name)
+            conv = f"{res['valid_bleu']:.2f} ({res['best_update']:,})" if res else (
+                "running" if r.max_update == a.cap else "-")
+            hours = cpu_hours(r.dir)
+            total += hours
+            mark = " **winner**" if r.name.endswith(f"{winners[family]}-s1") else ""
+            lines.append(f"| `{r.name[len(family) + 1:-3]}`{mark} | " + " | ".join(cells) +
+                         f" | {conv} | {hours:.1f} |")
+        lines.append(f"\nSettings: `{' '.join(FAMILIES[family][0])}` plus the row's flags. Tuning compute: "
+                     f"{total:.1f} CPU hours. Winner: {winners[family] or 'not yet known'}.")
+    return winners
+
+
+def report(a) -> str:
+    """The tuning tables, the results table (partial rows marked) and a JSON of the same, under WORK."""
+    lines = [f"# Converged study ({time.strftime('%Y-%m-%d')}; `python benchmarks/study.py {a.raw_dir} "
+             f"--parts {','.join(a.parts)}`)"]
+    winners = tuning_table(a, lines)
+    refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
+    runs = {r.name: r for r in plan(a)[0]}
+    rows = {}
+    for row, (label, family, width, extra, seeds, part) in ROWS.items():
+        if winners[family] is None:
+            continue
+        names = [n for n in runs if n.startswith(f"{row}-s") or (width == 1 and not extra and
+                 n.startswith(f"{family}-{winners[family]}-s"))]
+        done = [n for n in names if result(n)]
+        if not done:
+            continue
+        res = [result(n) for n in done]
+        bleus = [r["test_bleu"] for r in res]
+        rows[row] = {"label": label, "part": part, "seeds_done": len(done), "seeds_planned": len(seeds),
+                     "test_bleu": bleus, "mean": round(statistics.mean(bleus), 2),
+                     "spread": [min(bleus), max(bleus)], "valid_bleu": [r["valid_bleu"] for r in res],
+                     "best_update": [r["best_update"] for r in res], "updates": [r["updates"] for r in res],
+                     "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2), "runs": done}
+    dense = rows.get("dense")
+    for row, r in rows.items():
+        if dense and dense["mean"] > 0 and row != "dense":
+            r["ratio"] = round(r["mean"] / dense["mean"], 3)
+            r["interval"] = [round(x, 3) for x in bootstrap_ratio(
+                [read_hyps(n) for n in r["runs"]], [read_hyps(n) for n in dense["runs"]], refs)]
+    lines += ["\n### Results (test_2016_flickr, checkpoint chosen on validation BLEU)\n",
+              "| model | seeds | test BLEU per seed | mean [spread] | ratio to dense [95 % paired bootstrap] | "
+              "best update / trained | CPU h |", "|---|---|---|---|---|---|---|"]
+    for row, r in rows.items():
+        partial = "" if r["seeds_done"] == r["seeds_planned"] else " (partial)"
+        ratio = (f"{r['ratio']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "ratio" in r
+                 else "1.000" if row == "dense" else "-")
+        reuse = " + dense's" if row.startswith("pretrained") else ""
+        lines.append(f"| {r['label']} | {r['seeds_done']}/{r['seeds_planned']}{partial} | "
+                     f"{' / '.join(f'{b:.2f}' for b in r['test_bleu'])} | {r['mean']:.2f} "
+                     f"[{r['spread'][0]:.2f}, {r['spread'][1]:.2f}] | {ratio} | "
+                     f"{' / '.join(f'{b:,}' for b in r['best_update'])} of {' / '.join(f'{u:,}' for u in r['updates'])}"
+                     f" | {r['cpu_hours']:.1f}{reuse} |")
+    text = "\n".join(lines) + "\n"
+    write_atomic(os.path.join(a.work, "report.md"), text)
+    write_atomic(os.path.join(a.work, "report.json"), json.dumps({"winners": winners, "rows": rows}, indent=1))
+    return text
+
+
+# ---------------------------------------------------------------- the loop
+
+def main(argv=None) -> int:
+    global WORK
+    a = parse_args(argv)
+    WORK = a.work
+    try:
+        if a.report:
+            print(report(a))
+            return 0
+        return loop(a)
+    except ConfigError as e:
+        print(f"study: error: {e}", file=sys.stderr)
+        return 1
+
+
+def loop(a) -> int:
+    if not os.path.isdir(a.raw_dir):
+        raise ConfigError(f"data directory {a.raw_dir!r} does not exist")
+    os.makedirs(a.work, exist_ok=True)
+    prepared = os.path.join(a.work, "data")
+    if not a.status and not os.path.isdir(os.path.join(prepared, "bin")):
+        data.prepare(a.raw_dir, prepared, a.src, a.tgt, vocab_size=a.vocab)
+    bin_dir = os.path.join(prepared, "bin")
+    active, last_status, failures = {}, 0.0, {}
+    while True:
+        runs, winners = plan(a)
+        if a.status:
+            print(status(a, runs, {}))
+            print("  winners so far: " + ", ".join(f"{f}: {w or 'not yet'}" for f, w in winners.items()))
+            return 0
+        for name, proc in list(active.items()):
+            if proc.poll() is None:
+                if stopped(validations(proc.run), a.patience) and saved(proc.run):
+                    # patience counted over the whole log: fairseq's own count restarts when a run resumes
+                    proc.terminate()
+                    proc.wait()
+                    proc.returncode = 0
+                else:
+                    continue
+            account(a, proc)
+            del active[name]
+            if proc.returncode != 0:
+                failures[name] = failures.get(name, 0) + 1
+                print(f"[study] {name}: fairseq-train exited {proc.returncode} (see {proc.run.dir}/train.log)",
+                      flush=True)
+                if failures[name] >= 2:
+                    raise ConfigError(f"run {name} failed twice; see {proc.run.dir}/train.log")
+        by_name = {r.name: r for r in runs}
+        for r in runs:  # score what has converged, once
+            if r.name not in active and r.max_update == a.cap and converged(r, a) and result(r.name) is None:
+                res = score(a, r, prepared)
+                print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
+                      f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
+        ready = [r for r in runs if r.name not in active and not complete(r)
+                 and all(by_name.get(n) and converged(by_name[n], a) for n in r.needs)]
+        for r in sorted(ready, key=lambda r: (r.priority, r.name))[:max(a.jobs - len(active), 0)]:
+            print(f"[study] {r.name}: training from update {trained(r)} to "
+                  f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
+            active[r.name] = launch(a, r, bin_dir)
+        if not active:
+            break
+        if time.time() - last_status > 1800:
+            print(time.strftime("[study] %Y-%m-%d %H:%M status\n") + status(a, runs, active), flush=True)
+            last_status = time.time()
+        time.sleep(5)
+    runs, winners = plan(a)
+    print(status(a, runs, {}))
+    print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
+          ", ".join(f"{f}: {w}" for f, w in winners.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
