@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import speed
 
 from one_layer_lottery import semi_structured as ss
+from one_layer_lottery.masks import NM
 
 
 def cuda_ms(fn, repeats: int = 20) -> float:
@@ -74,7 +75,7 @@ def weight_bytes(model) -> tuple[int, int]:
 
     dense = now = 0
     for m in model.modules():
-        if isinstance(m, MaskedLinear) and m.structure == (2, 4):
+        if isinstance(m, MaskedLinear) and m.rule == NM(n=2, m=4):
             dense += m.scores.numel() * 2
             w = m._inference_weight
             if w is None:

@@ -90,10 +90,10 @@ def build(variant: str, shape: str):
 
 def sort_mask(scores, k):
     """The published rule: a full sort of |scores|."""
-    from one_layer_lottery import supermask
+    from one_layer_lottery import masks
 
     a = scores.detach().abs().flatten()
-    j = supermask.n_pruned(a.numel(), k)
+    j = masks.n_pruned(a.numel(), k)
     out = torch.ones_like(a, dtype=torch.bool)
     out[a.sort().indices[:j]] = False
     return out.view_as(scores)
@@ -102,15 +102,15 @@ def sort_mask(scores, k):
 @contextlib.contextmanager
 def selection(variant: str):
     """While a `sort` variant runs, masks are selected by the published rule."""
-    from one_layer_lottery import supermask
+    from one_layer_lottery import masks
 
-    real = supermask.topk_mask
+    real = masks.topk_mask
     if variant == "sort":
-        supermask.topk_mask = sort_mask
+        masks.topk_mask = sort_mask
     try:
         yield
     finally:
-        supermask.topk_mask = real
+        masks.topk_mask = real
 
 
 def batch(task, tokens: int, seed: int = 0, device: str = "cpu"):
@@ -217,10 +217,11 @@ def interleaved_run(variants: list[str], shape: str, tokens_list: list[int], rou
 
 def mask_time_share(step, device: str) -> float:
     """Fraction of one training step spent selecting masks (timed around every selection)."""
-    from one_layer_lottery import supermask
+    from one_layer_lottery import masks, supermask
 
     spent = [0.0]
-    originals = {name: getattr(supermask, name) for name in ("topk_mask", "select_group_masks")}
+    originals = {(module, name): getattr(module, name)
+                 for module, name in ((masks, "topk_mask"), (supermask, "select_group_masks"))}
 
     def timed_selection(fn):
         def run(*args):
@@ -232,13 +233,13 @@ def mask_time_share(step, device: str) -> float:
             return result
         return run
 
-    for name, fn in originals.items():
-        setattr(supermask, name, timed_selection(fn))
+    for (module, name), fn in originals.items():
+        setattr(module, name, timed_selection(fn))
     try:
         total = timed(step, device)
     finally:
-        for name, fn in originals.items():
-            setattr(supermask, name, fn)
+        for (module, name), fn in originals.items():
+            setattr(module, name, fn)
     return spent[0] / total
 
 

@@ -34,8 +34,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from one_layer_lottery import data  # noqa: E402
-from one_layer_lottery.errors import ConfigError  # noqa: E402
+from one_layer_lottery import data
+from one_layer_lottery.errors import ConfigError
 
 BIN = os.path.dirname(sys.executable)
 GENERATION = {"beam": 5, "max_len_a": 1.2, "max_len_b": 10}
@@ -280,7 +280,7 @@ def launch(a, run: Run, bin_dir: str) -> subprocess.Popen:
     os.makedirs(run.dir, exist_ok=True)
     cmd = command(a, run, bin_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
-    log = open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8")  # a resumed run adds to its log
+    log = open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8")  # noqa: SIM115 (closed in account)
     log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fairseq-train {' '.join(cmd[1:])}\n")
     log.flush()
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -417,8 +417,8 @@ def tuning_table(a, lines: list[str]) -> dict:
     for family in FAMILIES:
         runs, winners[family] = tuning(a, family)
         budgets = [b for b, _ in a.stages]
-        lines += [f"\n### Tuning: {family} (seed 1, validation BLEU; successive halving at "
-                  f"{', '.join(f'{b:,}' for b in budgets)} updates)\n",
+        lines += [(f"\n### Tuning: {family} (seed 1, validation BLEU; successive halving at "
+                   f"{', '.join(f'{b:,}' for b in budgets)} updates)\n"),
                   "| setting | " + " | ".join(f"best by {b:,}" for b in budgets) + " | converged (update) | "
                   "CPU h |", "|---" * (len(budgets) + 3) + "|"]
         total = 0.0
@@ -443,8 +443,8 @@ def tuning_table(a, lines: list[str]) -> dict:
 
 def report(a) -> str:
     """The tuning tables, the results table (partial rows marked) and a JSON of the same, under WORK."""
-    lines = [f"# Converged study ({time.strftime('%Y-%m-%d')}; `python benchmarks/study.py {a.raw_dir} "
-             f"--parts {','.join(a.parts)}`)"]
+    lines = [(f"# Converged study ({time.strftime('%Y-%m-%d')}; `python benchmarks/study.py {a.raw_dir} "
+              f"--parts {','.join(a.parts)}`)")]
     winners = tuning_table(a, lines)
     refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
     runs = {r.name: r for r in plan(a)[0]}
@@ -471,8 +471,8 @@ def report(a) -> str:
             r["interval"] = [round(x, 3) for x in bootstrap_ratio(
                 [read_hyps(n) for n in r["runs"]], [read_hyps(n) for n in dense["runs"]], refs)]
     lines += ["\n### Results (test_2016_flickr, checkpoint chosen on validation BLEU)\n",
-              "| model | seeds | test BLEU per seed | mean [spread] | ratio to dense [95 % paired bootstrap] | "
-              "best update / trained | CPU h |", "|---|---|---|---|---|---|---|"]
+              ("| model | seeds | test BLEU per seed | mean [spread] | ratio to dense [95 % paired bootstrap] | "
+               "best update / trained | CPU h |"), "|---|---|---|---|---|---|---|"]
     for row, r in rows.items():
         partial = "" if r["seeds_done"] == r["seeds_planned"] else " (partial)"
         ratio = (f"{r['ratio']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "ratio" in r

@@ -8,7 +8,6 @@ not stored; they are regenerated from the seed and checked at export time.
 """
 
 import argparse
-import itertools
 import json
 import math
 import os
@@ -18,6 +17,7 @@ import tempfile
 import numpy as np
 import torch
 
+from . import masks
 from .errors import ConfigError
 from .supermask import FrozenEmbedding, SupermaskModule
 
@@ -43,46 +43,9 @@ def _dict_from_text(text: str):
     return d
 
 
-def _nm_codec(n: int, m: int) -> tuple[np.ndarray, int, int]:
-    """(pattern index of every m-bit group code, -1 where not an N:M pattern; patterns; groups per byte)."""
-    patterns = list(itertools.combinations(range(m), n))
-    lut = np.full(1 << m, -1, dtype=np.int64)
-    for i, p in enumerate(patterns):
-        lut[sum(1 << j for j in p)] = i
-    per_byte = max(g for g in range(1, 9) if len(patterns) ** g <= 256)
-    return lut, len(patterns), per_byte
-
-
-def nm_bits_per_weight(n: int, m: int) -> float:
-    """What an N:M mask costs packed as pattern indices (2:4: 6 patterns, 3 groups a byte, 2/3 bit a weight)."""
-    return 8 / (_nm_codec(n, m)[2] * m)
-
-
-def pack_nm(mask: np.ndarray, n: int, m: int) -> np.ndarray:
-    """An N:M boolean mask as base-C digits (C patterns per group) packed into bytes."""
-    lut, c, per_byte = _nm_codec(n, m)
-    idx = lut[mask.reshape(-1, m).astype(np.int64) @ (1 << np.arange(m))]
-    if (idx < 0).any():
-        raise ValueError(f"the mask is not {n}:{m}")
-    idx = np.concatenate([idx, np.zeros(-len(idx) % per_byte, dtype=np.int64)]).reshape(-1, per_byte)
-    return (idx @ (c ** np.arange(per_byte))).astype(np.uint8)
-
-
-def unpack_nm(data: np.ndarray, numel: int, n: int, m: int) -> np.ndarray:
-    lut, c, per_byte = _nm_codec(n, m)
-    codes = np.flatnonzero(lut >= 0)[np.argsort(lut[lut >= 0])]  # pattern index -> group bits
-    idx = (data.astype(np.int64)[:, None] // (c ** np.arange(per_byte))) % c
-    bits = (codes[idx.reshape(-1)[: numel // m]][:, None] >> np.arange(m)) & 1
-    return bits.reshape(-1).astype(bool)
-
-
 def mask_of(meta: dict, tensors: dict, name: str) -> np.ndarray:
     """The (outer) boolean mask of one module, flat, as the artifact stores it."""
-    numel = math.prod(meta["masks"][name])
-    if name in meta.get("nm", {}):
-        n, m = meta["nm"][name]
-        return unpack_nm(tensors[f"nm:{name}"].numpy(), numel, n, m)
-    return np.unpackbits(tensors[f"mask:{name}"].numpy(), count=numel).astype(bool)
+    return masks.outer_mask(meta, tensors, name, math.prod(meta["masks"][name]))
 
 
 def _is_regenerated(key: str) -> bool:
@@ -185,6 +148,19 @@ def load_dictionaries(cfg: dict, data: str | None):
     return Dictionary.load(paths[0]), Dictionary.load(paths[1]), (src, tgt)
 
 
+def _pack_masks(model) -> tuple[dict, dict, dict]:
+    """(packed mask tensors, {module: shape}, the rules' metadata entries, e.g. {"coats": {module: 2}})."""
+    tensors, shapes, packing = {}, {}, {}
+    for name, m in model.named_modules():
+        if isinstance(m, SupermaskModule):
+            shapes[name] = list(m.scores.shape)
+            packed, entries = m.rule.pack(name, m.scores, m.mask())
+            tensors.update(packed)
+            for key, value in entries.items():
+                packing.setdefault(key, {}).update(value)
+    return tensors, shapes, packing
+
+
 def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "tgt"),
                  embeddings_dtype: str = "float16", weights_dtype: str = "float32") -> dict[str, int]:
     """Write the artifact of a built supermask model; returns its size and the floor.
@@ -198,23 +174,10 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         raise ConfigError(f"embeddings dtype {embeddings_dtype!r} is unknown; allowed: float16, float32")
     if weights_dtype not in _WEIGHT_DTYPES:
         raise ConfigError(f"weights dtype {weights_dtype!r} is unknown; allowed: {', '.join(_WEIGHT_DTYPES)}")
-    tensors, masks, coats, nm, floor, mask_bits = {}, {}, {}, {}, 0, 0
-    masked = {n: m for n, m in model.named_modules() if isinstance(m, SupermaskModule)}
-    for name, m in masked.items():
-        masks[name] = list(m.scores.shape)
-        if m.structure is not None and nm_bits_per_weight(*m.structure) < 1:  # pattern indices beat a bitmap
-            packed = pack_nm(m.mask().flatten().numpy(), *m.structure)
-            tensors[f"nm:{name}"] = torch.from_numpy(packed)
-            nm[name] = list(m.structure)
-            floor, mask_bits = floor + packed.size, mask_bits + 8 * packed.size
-            continue
-        planes = [m.mask(), *m.coat_masks()]  # the outer mask, then each inner coat, 1 bit per weight each
-        for i, plane in enumerate(planes):
-            bits = plane.flatten().numpy()
-            tensors[f"mask:{name}" if i == 0 else f"coat{i}:{name}"] = torch.from_numpy(np.packbits(bits))
-            floor, mask_bits = floor + math.ceil(bits.size / 8), mask_bits + bits.size
-        if len(planes) > 1:
-            coats[name] = len(planes) - 1
+    tensors, shapes, packing = _pack_masks(model)
+    mask_bits = sum(math.prod(shapes[k.split(":", 1)[1]]) if k.startswith(("mask:", "coat")) else 8 * t.numel()
+                    for k, t in tensors.items())
+    floor = sum(t.numel() for t in tensors.values())
     stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
         if _is_regenerated(key) or key.endswith(".scores"):
@@ -234,14 +197,10 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     meta_core = {"cfg": cfg, "dicts": {"src": _dict_text(src_dict), "tgt": _dict_text(tgt_dict)},
                  "langs": list(langs)}
     floor += len(json.dumps(meta_core, default=str).encode())
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION if coats or nm else 2, "masks": masks,
-            "stored": stored, "aliases": aliases, "weights_dtype": weights_dtype, **meta_core}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION if packing else 2, "masks": shapes,
+            "stored": stored, "aliases": aliases, "weights_dtype": weights_dtype, **meta_core, **packing}
     if heads_of(model):
         meta["heads"] = heads_of(model)
-    if coats:
-        meta["coats"] = coats
-    if nm:
-        meta["nm"] = nm
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
     os.close(fd)
@@ -308,16 +267,8 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
                           f"this version reads {', '.join(map(str, READS))}")
     if meta.get("weights_dtype", "float32") not in _WEIGHT_DTYPES:
         raise ConfigError(f"artifact {path!r} is corrupt: weights dtype {meta.get('weights_dtype')!r}")
-    coats, nm = meta.get("coats", {}), meta.get("nm", {})
     for name, shape in meta["masks"].items():
-        if name in nm:
-            n, m = nm[name]
-            per_byte = _nm_codec(n, m)[2]
-            sizes = {f"nm:{name}": math.ceil(math.prod(shape) // m / per_byte)}
-        else:
-            sizes = {key: math.ceil(math.prod(shape) / 8) for key in
-                     [f"mask:{name}"] + [f"coat{i}:{name}" for i in range(1, 1 + int(coats.get(name, 0)))]}
-        for key, size in sizes.items():
+        for key, size in masks.packed_sizes(meta, name, math.prod(shape)).items():
             t = tensors.get(key)
             if t is None or t.numel() != size:
                 raise ConfigError(f"artifact {path!r} is corrupt: mask {key} is missing or has the wrong size")
@@ -334,9 +285,7 @@ def load_model(path: str, data: str | None = None):
     sd = model.state_dict()
     for name, shape in meta["masks"].items():
         n = math.prod(shape)
-        levels = mask_of(meta, tensors, name).astype(np.float32)
-        for i in range(1, 1 + int(meta.get("coats", {}).get(name, 0))):
-            levels += np.unpackbits(tensors[f"coat{i}:{name}"].numpy(), count=n)
+        levels = masks.unpack_levels(meta, tensors, name, n)
         # scores equal to the mask select exactly that mask (top-k of |{0,1}|); with coats, nested masks
         # make levels 0..C whose top-k at every coat's ratio is exactly that coat
         sd[f"{name}.scores"] = torch.from_numpy(levels).view(shape)

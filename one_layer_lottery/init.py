@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .masks import check_remaining_ratio
+
 WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "signed_constant")
 SCORE_INITS = ("kaiming_uniform", "kaiming_normal", "magnitude")
 ROLES = ("qkv", "attn_out", "ffn", "embed", "output")
@@ -54,12 +56,6 @@ PRESETS: dict[str, dict[str, tuple[str, bool, float]]] = {
                 "ffn": ("kaiming_uniform", False, 1.0), "embed": ("kaiming_uniform", False, 1.0),
                 "output": ("kaiming_uniform", False, 1 / math.sqrt(2))},
 }
-
-
-def check_remaining_ratio(k: float) -> float:
-    if not (isinstance(k, (int, float)) and 0.0 < k <= 1.0):
-        raise ValueError(f"remaining ratio {k!r} is outside (0, 1]: it is the fraction of weights kept")
-    return float(k)
 
 
 def role_specs(cfg) -> dict[str, InitSpec]:

@@ -6,7 +6,7 @@ Importing the user-dir adds these flags to fairseq's `transformer` model (every 
 * `--prune-to S`: gradual magnitude pruning (Zhu & Gupta 2017). The sparsity of every weight matrix and token
   embedding table ramps from 0 at `--prune-start-update` to S at `--prune-end-update` with the cubic schedule
   `S (1 - (1 - p)^3)`, p the fraction of the ramp done; each tensor keeps its own largest |W| with the exact-count
-  rule of our supermasks (`supermask.keep_largest`: drop exactly int(s * n), ties keep the lowest index);
+  rule of our supermasks (`masks.keep_largest`: drop exactly int(s * n), ties keep the lowest index);
   `--prune-scope global` instead ranks all of them together (one threshold), so each layer finds its own sparsity.
   Pruned weights are zeros in the weights themselves, so a checkpoint is an ordinary dense fairseq checkpoint
   that stock `fairseq-generate` loads; what once was pruned stays pruned. A start equal to the end prunes to S
@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .errors import ConfigError
-from .supermask import keep_largest
+from .masks import keep_largest
 
 SCOPES = ("tensor", "global")
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .errors import ConfigError
-from .supermask import parse_structure, select_mask
+from .models.supermask_transformer import mask_rule
 
 _DEPTH = re.compile(r"^(.*(?:encoder|decoder))\.layers\.(\d+)\.(.+)$")  # encoder., encoder.sentence_encoder.
 
@@ -28,14 +28,13 @@ def masks_of(path: str):
         return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
     state = artifact.load_checkpoint(path)
     cfg = artifact._check_supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
-    ratio = float(cfg["remaining_ratio"])
     scores, seen = {}, set()
     for k, v in state["model"].items():  # a module shared under two names (--share-all-embeddings) counts once
         if k.endswith(".scores") and v.data_ptr() not in seen:
             seen.add(v.data_ptr())
             scores[k[: -len(".scores")]] = v
-    structure = parse_structure(cfg.get("mask_structure"))
-    masks = {k: select_mask(v.float(), ratio, structure).numpy() for k, v in scores.items()}
+    rule = mask_rule(argparse.Namespace(**cfg))
+    masks = {k: rule.select(v.float()).numpy() for k, v in scores.items()}
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once

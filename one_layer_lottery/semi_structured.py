@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .masks import NM
 from .supermask import MaskedLinear, supermask_modules
 
 HALF = (torch.float16, torch.bfloat16)
@@ -66,7 +67,7 @@ def convert(weight: Tensor) -> Tensor:
 
 def why_dense(module, shape: tuple[int, int], dtype: torch.dtype, device_type: str, kind: str | None) -> str | None:
     """Why this module must keep dense storage, or None when a sparse weight is possible."""
-    if not isinstance(module, MaskedLinear) or module.structure != (2, 4):
+    if not isinstance(module, MaskedLinear) or module.rule != NM(n=2, m=4):
         return "not a 2:4 masked linear"
     if device_type != "cuda":
         return f"sparse tensor cores need a CUDA device (this one is {device_type})"

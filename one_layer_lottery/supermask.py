@@ -1,7 +1,8 @@
-"""Supermask selection and the masked modules that use it.
+"""The masked modules: a frozen random weight, learned scores and one mask rule (masks.py).
 
 A masked module holds a frozen random weight `W` (a buffer, never a parameter)
-and a learnable `scores` tensor. Its effective weight is `W * TopK(|scores|)`.
+and a learnable `scores` tensor. Its effective weight is `W * M`, M the mask its rule selects from the
+scores (for the paper's rule, `TopK(|scores|)`).
 In the one-layer variant several masked modules read the same `W` from a
 `WeightBank` owned by the encoder or decoder: one storage, one state-dict entry.
 """
@@ -14,37 +15,8 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from .init import check_remaining_ratio, init_scores_
-
-
-def check_coat_ratios(coats, remaining_ratio: float) -> list[float]:
-    """Inner coats of a multicoated mask: strictly decreasing, each in (0, remaining_ratio)."""
-    out, outer = [], remaining_ratio
-    for c in coats:
-        c = float(c)
-        if not (0 < c < outer):
-            raise ValueError(f"coat ratio {c} must lie in (0, {outer}): each inner coat keeps fewer weights "
-                             f"than the coat around it (the outermost is the remaining ratio {remaining_ratio})")
-        out.append(c)
-        outer = c
-    return out
-
-
-def coat_gain(remaining_ratio: float, coats: tuple[float, ...]) -> float:
-    """The constant g that gives W * g * level the variance of a plain k-mask's W * M.
-
-    A fraction k_c - k_(c+1) of the entries has level c + 1 (k_0 = k, k_(C+1) = 0), so
-    E[level^2] = sum (k_c - k_(c+1)) (c + 1)^2 against k for a plain mask. Without it every inner coat
-    makes the branches louder, and in this post-LayerNorm model a louder branch drowns the residual.
-    """
-    ks = (remaining_ratio, *coats, 0.0)
-    second_moment = sum((ks[c] - ks[c + 1]) * (c + 1) ** 2 for c in range(len(ks) - 1))
-    return (remaining_ratio / second_moment) ** 0.5
-
-
-def n_pruned(numel: int, remaining_ratio: float) -> int:
-    """How many entries a mask drops: the published rule int((1 - k) * n)."""
-    return int((1 - remaining_ratio) * numel)
+from .init import init_scores_
+from .masks import TopK, check_remaining_ratio, n_pruned, sorted_keep
 
 
 def linear(x: Tensor, weight: Tensor) -> Tensor:
@@ -57,104 +29,6 @@ def linear(x: Tensor, weight: Tensor) -> Tensor:
     return F.linear(x.reshape(-1, x.shape[-1]), weight).view(*x.shape[:-1], weight.shape[0])
 
 
-def _kth_smallest(a: Tensor, j: int, sample: int = 8192) -> Tensor:
-    """The j-th smallest entry of a 1-d tensor (1-based), exactly, without sorting it.
-
-    A strided sample brackets the answer; only the entries inside the bracket go through
-    kthvalue. Falls back to kthvalue on everything when the bracket misses (rare).
-    """
-    n = a.numel()
-    if n <= 4 * sample:
-        return a.kthvalue(j).values
-    s = a[:: n // sample].sort().values
-    m, q = s.numel(), j / n
-    margin = 4.0 * (q * (1 - q) / m) ** 0.5 + 2.0 / m
-    lo = s[max(0, int((q - margin) * m) - 1)]
-    hi = s[min(m - 1, int((q + margin) * m))]
-    below = int(torch.count_nonzero(a < lo))
-    inside = a[(a >= lo) & (a <= hi)]
-    r = j - below
-    if 1 <= r <= inside.numel():
-        return inside.kthvalue(r).values
-    return a.kthvalue(j).values
-
-
-@torch.no_grad()
-def topk_mask(scores: Tensor, remaining_ratio: float) -> Tensor:
-    """Boolean mask keeping the entries of largest |score|; exactly n - n_pruned of them."""
-    return keep_largest(scores.detach().abs(), n_pruned(scores.numel(), remaining_ratio))
-
-
-@torch.no_grad()
-def keep_largest(a: Tensor, j: int) -> Tensor:
-    """Boolean mask of a tensor of magnitudes that drops exactly its j smallest entries (ties: the
-    lowest-index tied entries are kept). The one selection rule of supermasks and magnitude pruning."""
-    n = a.numel()
-    if j == 0:
-        return torch.ones_like(a, dtype=torch.bool)
-    shape, a = a.shape, a.flatten()
-    if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
-        a = a.float()
-    if a.device.type != "cpu":
-        return _sorted_keep(a.unsqueeze(0), j)[0].view(shape)
-    # a threshold, not a sort (O(n) instead of O(n log n))
-    threshold = _kth_smallest(a, j)
-    keep = a > threshold
-    missing = (n - j) - int(torch.count_nonzero(keep))
-    if missing:  # ties at the threshold: keep the lowest-index tied entries until the count is exact
-        tie = a == threshold
-        keep |= tie & (tie.cumsum(0) <= missing)
-    return keep.view(shape)
-
-
-def parse_structure(text) -> tuple[int, int] | None:
-    """--mask-structure: None for unstructured, (N, M) for "N:M"; ValueError names what is allowed."""
-    text = "unstructured" if text is None else str(text).strip()
-    if text == "unstructured":
-        return None
-    n, sep, m = text.partition(":")
-    try:
-        n, m = int(n), int(m)
-    except ValueError:
-        n = m = 0
-    if not sep or not 0 < n < m <= 16:
-        raise ValueError(f"{text!r} is not a mask structure; allowed: unstructured or N:M with 0 < N < M <= 16 (e.g. 2:4)")
-    return n, m
-
-
-@torch.no_grad()
-def nm_mask(scores: Tensor, n: int, m: int) -> Tensor:
-    """N:M mask: in every group of m consecutive entries along the last dimension, keep the n of largest |score|.
-
-    Ties keep the lowest-index entries (a stable sort), as the top-k rule does.
-    """
-    if scores.shape[-1] % m:
-        raise ValueError(f"last dimension {scores.shape[-1]} is not a multiple of M = {m}")
-    a = scores.detach().abs().reshape(-1, m)
-    if a.dtype in (torch.float16, torch.bfloat16) and a.device.type == "cpu":
-        a = a.float()
-    keep = a.argsort(dim=1, descending=True, stable=True)[:, :n]
-    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, keep, True).view_as(scores)
-
-
-def select_mask(scores: Tensor, remaining_ratio: float, structure: tuple[int, int] | None = None) -> Tensor:
-    """The mask every masked module uses: top-k over the whole tensor, or N:M within groups."""
-    if structure is None:
-        return topk_mask(scores, remaining_ratio)
-    return nm_mask(scores, *structure)
-
-
-def _sorted_keep(a: Tensor, j: int) -> Tensor:
-    """Row-wise keep-masks of a (rows, n) tensor of |scores|: drop the j smallest of each row.
-
-    For accelerators: one stable sort, nothing that waits for the device (kthvalue on CUDA is
-    one thread block per row, 10-100x slower). Stable and descending, so ties keep the
-    lowest-index entries, exactly as the CPU rule does.
-    """
-    order = a.argsort(dim=1, descending=True, stable=True)[:, : a.shape[1] - j]
-    return torch.zeros_like(a, dtype=torch.bool).scatter_(1, order, True)
-
-
 _GROUP_NUMEL = 1 << 24  # entries sorted at once: bounds the sort's temporary memory
 
 
@@ -163,19 +37,19 @@ def select_group_masks(modules: list["SupermaskModule"]) -> list[Tensor]:
     """Masks of several same-shape, same-ratio modules in a few batched sorts (accelerators)."""
     m0 = modules[0]
     n = m0.scores.numel()
-    j = n_pruned(n, m0.remaining_ratio)
+    j = n_pruned(n, m0.rule.remaining_ratio)
     step = max(1, _GROUP_NUMEL // n)
     out = []
     for i in range(0, len(modules), step):
         chunk = modules[i:i + step]
         a = torch.stack([m.scores.detach().reshape(-1) for m in chunk]).abs_()
-        keep = _sorted_keep(a, j) if j else torch.ones_like(a, dtype=torch.bool)
+        keep = sorted_keep(a, j) if j else torch.ones_like(a, dtype=torch.bool)
         out.extend(k.view_as(m.scores) for m, k in zip(chunk, keep))
     return out
 
 
 def group_masks_(model: nn.Module) -> None:
-    """Let masked modules of one shape and ratio select their masks together on accelerators.
+    """Let masked modules of one shape and rule select their masks together on accelerators.
 
     A one-layer model has many: every depth masks the same weight shapes. On CPU each module
     keeps selecting its own (the threshold rule there is already cheaper than a sort).
@@ -183,7 +57,7 @@ def group_masks_(model: nn.Module) -> None:
     groups: dict[tuple, list[SupermaskModule]] = {}
     for m in model.modules():
         if isinstance(m, SupermaskModule):
-            groups.setdefault((tuple(m.scores.shape), m.remaining_ratio), []).append(m)
+            groups.setdefault((tuple(m.scores.shape), m.rule), []).append(m)
     for members in groups.values():
         for m in members:
             m._group = tuple(members) if len(members) > 1 else None
@@ -236,20 +110,14 @@ class WeightBank(nn.Module):
 
 
 class SupermaskModule(nn.Module):
-    """Common part of masked modules: frozen weight (own or shared), scores, cached mask."""
+    """Common part of masked modules: frozen weight (own or shared), scores, one mask rule, cached mask."""
 
-    def __init__(self, shape: tuple[int, int], remaining_ratio: float, score_init: str,
-                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False,
-                 coat_ratios: tuple[float, ...] = (), structure: tuple[int, int] | None = None):
+    def __init__(self, shape: tuple[int, int], rule: TopK | float, score_init: str,
+                 weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False):
         super().__init__()
-        self.remaining_ratio = check_remaining_ratio(remaining_ratio)
-        self.structure = structure  # (N, M): an N:M mask (see nm_mask); None: top-k over the tensor
-        if structure is not None and (coat_ratios or shape[-1] % structure[1]):
-            raise ValueError(f"an N:M mask needs no coats and a last dimension divisible by M; got coats "
-                             f"{tuple(coat_ratios)} and shape {tuple(shape)} for {structure[0]}:{structure[1]}")
-        # multicoated supermask (Okoshi et al. 2022): inner top-k coats of the same scores, each adding W once more
-        self.coat_ratios = tuple(check_coat_ratios(coat_ratios, remaining_ratio))
-        self._annealed: float | None = None  # k while training under --ratio-anneal-updates (see set_ratio)
+        self.rule = rule if isinstance(rule, TopK) else TopK(check_remaining_ratio(rule))  # a float: plain top-k
+        self.rule.check_shape(shape)
+        self._annealed: TopK | None = None  # the rule while training under --ratio-anneal-updates (see set_ratio)
         if (weight is None) == (shared is None):
             raise ValueError("give exactly one of weight and shared")
         w = weight if weight is not None else getattr(*shared)
@@ -265,6 +133,10 @@ class SupermaskModule(nn.Module):
         self._levels_cache: tuple[tuple, Tensor] | None = None  # multicoated masks only, same key
         self._group: tuple[SupermaskModule, ...] | None = None  # see group_masks_
 
+    @property
+    def remaining_ratio(self) -> float:
+        return self.rule.remaining_ratio
+
     def get_frozen_weight(self) -> Tensor:
         if self._shared is None:
             return self._buffers[self._weight_name]
@@ -273,48 +145,41 @@ class SupermaskModule(nn.Module):
 
     def _mask_key(self) -> tuple:
         s = self.scores
-        return (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0], self.ratios())
+        return (s._version, s.data_ptr(), s.dtype, _OPTIMIZER_STEPS[0], self.current_rule())
 
     def set_ratio(self, k: float) -> None:
         """Keep k of the weights while training (annealing); evaluation and inference keep remaining_ratio."""
-        self._annealed = None if k == self.remaining_ratio else float(check_remaining_ratio(k))
+        self._annealed = None if k == self.remaining_ratio else self.rule.at(check_remaining_ratio(k))
 
-    def ratios(self) -> tuple[float, tuple[float, ...]]:
-        """(k, inner coats' ratios) the mask uses now; inner coats shrink in proportion while annealing."""
-        a = self._annealed
-        if a is None or not self.training:
-            return self.remaining_ratio, self.coat_ratios
-        return a, tuple(c * a / self.remaining_ratio for c in self.coat_ratios)
+    def current_rule(self) -> TopK:
+        """The rule the mask follows now: the annealed one while training, else the module's own."""
+        return self._annealed if self._annealed is not None and self.training else self.rule
 
     def mask(self) -> Tensor:
         """The current boolean mask (the outer coat), selected again only after the scores changed."""
         key = self._mask_key()
         if self._mask_cache is None or self._mask_cache[0] != key:
-            group = self._group
-            k = self.ratios()[0]
-            if (group is not None and k == self.remaining_ratio and self.structure is None
-                    and self.scores.device.type != "cpu" and all(m.scores.device == self.scores.device for m in group)):
+            group, rule = self._group, self.current_rule()
+            if (group is not None and rule is self.rule and rule.groupable and self.scores.device.type != "cpu"
+                    and all(m.scores.device == self.scores.device for m in group)):
                 for m, mask in zip(group, select_group_masks(list(group))):
                     m._mask_cache = (m._mask_key(), mask)
             else:
-                self._mask_cache = (key, select_mask(self.scores, k, self.structure))
+                self._mask_cache = (key, rule.select(self.scores))
         return self._mask_cache[1]
 
     def coat_masks(self) -> list[Tensor]:
         """The inner coats' boolean masks (nested in the outer one); empty for a plain supermask."""
-        return [topk_mask(self.scores, k) for k in self.ratios()[1]]
+        return self.current_rule().planes(self.scores, self.mask())[1:]
 
     def levels(self) -> Tensor:
         """The mask the weight is multiplied by: boolean, or for multicoated masks g * (0, 1, ..., coats + 1)."""
-        mask = self.mask()
-        if not self.coat_ratios:
+        mask, rule = self.mask(), self.current_rule()
+        if not rule.coats:
             return mask
         key = self._mask_key()  # like the outer mask: selected once per update, not once per forward
         if self._levels_cache is None or self._levels_cache[0] != key:
-            level = mask.float()
-            for inner in self.coat_masks():
-                level += inner
-            self._levels_cache = (key, level * coat_gain(*self.ratios()))
+            self._levels_cache = (key, rule.levels(self.scores, mask))
         return self._levels_cache[1]
 
     def masked_weight(self) -> Tensor:
@@ -323,7 +188,7 @@ class SupermaskModule(nn.Module):
             return _MaskedWeight.apply(self.scores, w, self.levels())
         # inference: materialise W * M once, reuse it until scores, weights or mode change
         key = (self.scores._version, self.scores.data_ptr(), w._version, w.data_ptr(), w.dtype, w.device,
-               _OPTIMIZER_STEPS[0], self.ratios())
+               _OPTIMIZER_STEPS[0], self.current_rule())
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, _apply_mask(w, self.levels()))
         return self._cache[1]
@@ -358,12 +223,10 @@ class MaskedLinear(SupermaskModule):
 
     bias = None
 
-    def __init__(self, in_features: int, out_features: int, remaining_ratio: float,
+    def __init__(self, in_features: int, out_features: int, rule: TopK | float,
                  score_init: str = "kaiming_uniform", weight: Tensor | None = None,
-                 shared: tuple[WeightBank, str] | None = None, coat_ratios: tuple[float, ...] = (),
-                 structure: tuple[int, int] | None = None):
-        super().__init__((out_features, in_features), remaining_ratio, score_init, weight, shared,
-                         coat_ratios=coat_ratios, structure=structure)
+                 shared: tuple[WeightBank, str] | None = None):
+        super().__init__((out_features, in_features), rule, score_init, weight, shared)
         self.in_features, self.out_features = in_features, out_features
 
     _inference_weight: Tensor | None = None  # another storage of W * M for inference (semi_structured.sparsify_)
@@ -403,11 +266,9 @@ class MaskedLinear(SupermaskModule):
 class MaskedEmbedding(SupermaskModule):
     """A token embedding whose table is W * M (padding row of W is zero)."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, remaining_ratio: float,
-                 score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False,
-                 coat_ratios: tuple[float, ...] = (), structure: tuple[int, int] | None = None):
-        super().__init__((num_embeddings, embedding_dim), remaining_ratio, score_init, weight, stored=stored,
-                         coat_ratios=coat_ratios, structure=structure)
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int, rule: TopK | float,
+                 score_init: str = "kaiming_uniform", weight: Tensor | None = None, stored: bool = False):
+        super().__init__((num_embeddings, embedding_dim), rule, score_init, weight, stored=stored)
         self.num_embeddings, self.embedding_dim, self.padding_idx = num_embeddings, embedding_dim, padding_idx
 
     @property

@@ -33,7 +33,7 @@ def test_round_trip_is_byte_identical(trained, tiny_corpus, tmp_path):
     a = torch.load(trained, map_location="cpu", weights_only=True)["model"]
     b = torch.load(back, map_location="cpu", weights_only=True)["model"]
     assert set(a) == set(b)
-    from one_layer_lottery.supermask import topk_mask
+    from one_layer_lottery.masks import topk_mask
 
     for k in a:
         if k.endswith(".scores"):
@@ -226,7 +226,7 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
     assert meta["format_version"] == 3 and set(meta["coats"].values()) == {2}
     assert rep["mask_bits"] == 3 * sum(math.prod(s) for s in meta["masks"].values())
     sd = torch.load(ckpt, weights_only=True)["model"]
-    from one_layer_lottery.supermask import topk_mask
+    from one_layer_lottery.masks import topk_mask
 
     model, _, _, _ = artifact.load_model(str(art))
     for name, m in model.named_modules():
@@ -252,7 +252,7 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
             "--mask-structure", "2:4")
     ckpt = save / "checkpoint_last.pt"
     sd = torch.load(ckpt, weights_only=True)["model"]
-    from one_layer_lottery.supermask import nm_mask
+    from one_layer_lottery.masks import nm_mask
 
     for k, v in sd.items():
         if k.endswith(".scores"):

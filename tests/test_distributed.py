@@ -68,7 +68,7 @@ def test_two_processes_agree_bit_for_bit(backend, tmp_path):
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert r0["unchanged"] and r1["unchanged"]
-    from one_layer_lottery.supermask import topk_mask
+    from one_layer_lottery.masks import topk_mask
 
     scores = [k for k in r0["sd"] if k.endswith(".scores")]
     assert scores

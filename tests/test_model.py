@@ -142,7 +142,7 @@ def test_bad_options_raise_config_error(flags, message):
     (["--ratio-anneal-updates", "-5"], "--ratio-anneal-updates -5 must be a non-negative integer"),
     (["--layer-score-lr-scale", "0"], "--layer-score-lr-scale 0.0 must be a positive finite number"),
     (["--layer-score-lr-scale", "-2"], "--layer-score-lr-scale -2.0 must be a positive finite number"),
-    (["--mask-structure", "4:2"], "--mask-structure '4:2' is not a mask structure; allowed: unstructured or N:M"),
+    (["--mask-structure", "4:2"], "--mask-structure '4:2' is not a mask structure; allowed: unstructured, row or N:M"),
     (["--mask-structure", "2:4", "--multicoat-ratios", "0.25"], "takes neither --multicoat-ratios"),
     (["--mask-structure", "2:4", "--ratio-anneal-updates", "10"], "nor --ratio-anneal-updates"),
     (["--mask-structure", "1:3", "--remaining-ratio", "0.3333333333333333"], "is not a multiple of M = 3"),

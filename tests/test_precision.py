@@ -15,7 +15,8 @@ import torch
 from conftest import MASKED, SM, build_model, hypotheses, run_cli
 
 from one_layer_lottery import artifact
-from one_layer_lottery.supermask import supermask_modules, topk_mask
+from one_layer_lottery.masks import topk_mask
+from one_layer_lottery.supermask import supermask_modules
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU (CI has none); run this file on a GPU machine")

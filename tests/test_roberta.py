@@ -31,8 +31,9 @@ def one_layer(tiny_glue, tmp_path_factory):
 
 
 def test_trains_masks_and_head_only_with_frozen_shared_weights(tiny_glue, one_layer):
+    from one_layer_lottery.masks import n_pruned, topk_mask
     from one_layer_lottery.models.supermask_roberta import SupermaskRobertaModel
-    from one_layer_lottery.supermask import SupermaskModule, n_pruned, topk_mask
+    from one_layer_lottery.supermask import SupermaskModule
 
     sd = torch.load(one_layer, weights_only=True)["model"]
     frozen, scores = frozen_and_scores(sd)

@@ -6,7 +6,9 @@ import torch
 from conftest import build_model
 
 from one_layer_lottery import semi_structured as ss
-from one_layer_lottery.supermask import MaskedLinear, nm_mask, topk_mask
+from one_layer_lottery.masks import NM as NMRule
+from one_layer_lottery.masks import nm_mask, topk_mask
+from one_layer_lottery.supermask import MaskedLinear
 
 NM = ("--mask-structure", "2:4", "--remaining-ratio", "0.5")
 
@@ -22,7 +24,7 @@ def test_backend_and_reasons_for_dense_storage():
     assert ss.backend((7, 5), True) is None
     assert ss.backend((8, 0), False) == "cutlass" and ss.backend((8, 6), True) == "cusparselt"
     assert ss.backend((9, 0), False) is None and ss.backend((9, 0), True) == "cusparselt"  # Hopper: cuSPARSELt only
-    m = MaskedLinear(64, 128, 0.5, structure=(2, 4), weight=torch.randn(128, 64))
+    m = MaskedLinear(64, 128, NMRule(n=2, m=4), weight=torch.randn(128, 64))
     plain = MaskedLinear(64, 128, 0.5, weight=torch.randn(128, 64))
     assert ss.why_dense(plain, (128, 64), torch.float16, "cuda", "cusparselt") == "not a 2:4 masked linear"
     assert "need a CUDA device (this one is cpu)" in ss.why_dense(m, (128, 64), torch.float16, "cpu", None)
@@ -68,7 +70,7 @@ def test_converted_layers_take_the_sparse_path_and_give_the_same_outputs(monkeyp
     src, prev = torch.randint(4, 40, (3, 9)), torch.randint(4, 30, (3, 6))
     src[0, :3] = model.encoder.padding_idx  # left padding, as fairseq batches it
     before = _logits(model, src, prev)
-    monkeypatch.setattr(ss, "why_dense", lambda m, *a: None if getattr(m, "structure", None) == (2, 4) else "no")
+    monkeypatch.setattr(ss, "why_dense", lambda m, *a: None if getattr(m, "rule", None) == NMRule(n=2, m=4) else "no")
     used = []
 
     class Tagged(torch.Tensor):

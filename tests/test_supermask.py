@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from one_layer_lottery.init import InitSpec, generate_weight
-from one_layer_lottery.supermask import MaskedEmbedding, MaskedLinear, WeightBank, n_pruned, topk_mask
+from one_layer_lottery.masks import NM, Multicoat, TopK, make_rule, n_pruned, topk_mask
+from one_layer_lottery.supermask import MaskedEmbedding, MaskedLinear, WeightBank
 
 
 @pytest.mark.parametrize("k", [0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
@@ -58,7 +59,7 @@ def test_eval_cache_is_reused_and_invalidated():
 def test_embedding_is_masked_and_padding_zero():
     w = torch.randn(10, 4)
     w[1] = 0
-    emb = MaskedEmbedding(10, 4, padding_idx=1, remaining_ratio=0.5, weight=w)
+    emb = MaskedEmbedding(10, 4, padding_idx=1, rule=0.5, weight=w)
     out = emb(torch.tensor([[1, 2, 3]]))
     assert torch.equal(out[0, 0], torch.zeros(4))
     torch.testing.assert_close(out[0, 1:], (w * topk_mask(emb.scores, 0.5))[[2, 3]])
@@ -83,11 +84,11 @@ def test_bad_remaining_ratio(bad):
 def test_mask_selected_once_per_update_not_per_micro_batch(monkeypatch):
     from fairseq.optim.adam import Adam as FairseqAdamImpl
 
-    from one_layer_lottery import supermask
+    from one_layer_lottery import masks
 
     calls = []
-    real = supermask.topk_mask
-    monkeypatch.setattr(supermask, "topk_mask", lambda s, k: calls.append(1) or real(s, k))
+    real = masks.topk_mask
+    monkeypatch.setattr(masks, "topk_mask", lambda s, k: calls.append(1) or real(s, k))
     lin = MaskedLinear(8, 8, 0.5, weight=torch.randn(8, 8)).train()
     opt = FairseqAdamImpl([lin.scores], lr=0.5)  # fairseq's Adam updates through .data
     for _ in range(3):  # three micro-batches of one update (--update-freq 3)
@@ -103,7 +104,7 @@ def test_mask_selected_once_per_update_not_per_micro_batch(monkeypatch):
 def test_multicoated_levels_are_nested_top_k_counts():
     torch.manual_seed(0)
     w = torch.randn(40, 50)
-    m = MaskedLinear(50, 40, 0.5, weight=w, coat_ratios=(0.3, 0.1))
+    m = MaskedLinear(50, 40, Multicoat(0.5, (0.3, 0.1)), weight=w)
     level = m.mask().long() + sum(c.long() for c in m.coat_masks())
     n = w.numel()
     # each coat keeps exactly its count, and coats are nested: level >= c is coat c
@@ -120,7 +121,7 @@ def test_multicoated_levels_are_nested_top_k_counts():
 @pytest.mark.parametrize("coats", [(0.5,), (0.6,), (0.3, 0.3), (0.2, 0.3), (0.0,)])
 def test_bad_coat_ratios(coats):
     with pytest.raises(ValueError, match="coat ratio"):
-        MaskedLinear(8, 8, 0.5, weight=torch.randn(8, 8), coat_ratios=coats)
+        MaskedLinear(8, 8, Multicoat(0.5, coats), weight=torch.randn(8, 8))
 
 
 def test_annealed_ratio_schedule_and_exact_counts():
@@ -145,7 +146,7 @@ def test_annealed_ratio_schedule_and_exact_counts():
     model.set_num_updates(5)
     model.eval()  # evaluation and inference mask at the target ratio, mid-anneal too
     assert all(int(m.mask().sum()) == m.scores.numel() - n_pruned(m.scores.numel(), 0.3) for m in mods)
-    assert all(m.remaining_ratio == 0.3 and m.coat_ratios == (0.1,) for m in mods)
+    assert all(m.remaining_ratio == 0.3 and m.rule.coats == (0.1,) for m in mods)
 
 
 def _nm_reference(scores, n, m):
@@ -161,7 +162,7 @@ def _nm_reference(scores, n, m):
 
 @pytest.mark.parametrize("n, m", [(2, 4), (1, 4), (2, 8), (3, 4)])
 def test_nm_mask_matches_brute_force(n, m):
-    from one_layer_lottery.supermask import nm_mask, select_mask
+    from one_layer_lottery.masks import nm_mask
 
     g = torch.Generator().manual_seed(n * 10 + m)
     s = torch.randn(12, 4 * m, generator=g)
@@ -171,27 +172,26 @@ def test_nm_mask_matches_brute_force(n, m):
     assert torch.equal(mask, _nm_reference(s, n, m))
     assert bool((mask.view(-1, m).sum(1) == n).all())
     assert mask[0, :n].all() and not mask[0, n:m].any()
-    assert torch.equal(select_mask(s, n / m, (n, m)), mask) and torch.equal(select_mask(s, 0.5), topk_mask(s, 0.5))
+    assert torch.equal(NM(n=n, m=m).select(s), mask) and torch.equal(TopK(0.5).select(s), topk_mask(s, 0.5))
 
 
 def test_nm_masked_module_and_bad_structures():
-    from one_layer_lottery.supermask import parse_structure
+    from one_layer_lottery.masks import parse_structure
 
     w = torch.randn(8, 16)
-    lin = MaskedLinear(16, 8, 0.5, weight=w, structure=(2, 4))
+    lin = MaskedLinear(16, 8, NM(n=2, m=4), weight=w)
     assert bool((lin.mask().view(-1, 4).sum(1) == 2).all()) and torch.equal(lin.weight, w * lin.mask())
-    assert parse_structure("unstructured") is None and parse_structure("2:4") == (2, 4)
+    assert make_rule(0.5, "unstructured") == TopK(0.5) and make_rule(0.5, "2:4") == NM(n=2, m=4)
     for bad in ("2:2", "0:4", "4:2", "2-4", "a:b", "2:32"):
-        with pytest.raises(ValueError, match="allowed: unstructured or N:M"):
+        with pytest.raises(ValueError, match="allowed: unstructured, row or N:M"):
             parse_structure(bad)
     with pytest.raises(ValueError, match="divisible by M"):
-        MaskedLinear(6, 8, 0.5, weight=torch.randn(8, 6), structure=(2, 4))
+        MaskedLinear(6, 8, NM(n=2, m=4), weight=torch.randn(8, 6))
 
 
 @pytest.mark.parametrize("n, m, bits", [(2, 4, 2 / 3), (1, 4, 0.5), (2, 8, 1.0), (1, 2, 0.5)])
 def test_nm_packing_round_trip(n, m, bits):
-    from one_layer_lottery.artifact import nm_bits_per_weight, pack_nm, unpack_nm
-    from one_layer_lottery.supermask import nm_mask
+    from one_layer_lottery.masks import nm_bits_per_weight, nm_mask, pack_nm, unpack_nm
 
     assert nm_bits_per_weight(n, m) == pytest.approx(bits)
     for rows in (1, 3, 7):  # group counts that do and do not fill the last byte

@@ -32,9 +32,8 @@ from .supermask_transformer import (
     _record,
     annealed_set_num_updates,
     build_token_embedding,
-    coat_ratios,
     compare_dictionary,
-    mask_structure,
+    mask_rule,
     read_pretrained,
     register_shaped_archs,
     resolve_weight_seed,
@@ -56,8 +55,7 @@ class MaskedClassificationHead(nn.Module):
         def masked(prefix, fan_in, fan_out, role):
             w = generate_weight(cfg.weight_seed, f"classification_heads.{name}.{prefix}", (fan_out, fan_in),
                                 cfg.init_specs[role])
-            return MaskedLinear(fan_in, fan_out, cfg.remaining_ratio, str(cfg.score_init), weight=w,
-                                coat_ratios=cfg.coat_ratios, structure=cfg.structure)
+            return MaskedLinear(fan_in, fan_out, cfg.rule, str(cfg.score_init), weight=w)
 
         self.dense = masked("dense", input_dim, inner_dim, "ffn")
         self.out_proj = masked("out_proj", inner_dim, num_classes, "output")
@@ -123,7 +121,7 @@ class SupermaskRobertaModel(RobertaModel):
             raise ConfigError(f"--classification-head {args.classification_head!r} is unknown; allowed: "
                               f"{', '.join(HEADS)}")
         resolve_weight_seed(args, cfg)
-        args.init_specs, args.coat_ratios, args.structure = role_specs(args), coat_ratios(args), mask_structure(args)
+        args.init_specs, args.rule = role_specs(args), mask_rule(args)
         dictionary = task.source_dictionary
         args.pretrained_tables = None
         if args.pretrained_embeddings:

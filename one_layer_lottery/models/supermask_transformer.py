@@ -23,17 +23,8 @@ from omegaconf import II, OmegaConf, open_dict
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..init import (
-    PRESETS,
-    ROLES,
-    SCORE_INITS,
-    WEIGHT_INITS,
-    InitSpec,
-    check_remaining_ratio,
-    generate_weight,
-    role_of,
-    role_specs,
-)
+from ..init import PRESETS, ROLES, SCORE_INITS, WEIGHT_INITS, InitSpec, generate_weight, role_of, role_specs
+from ..masks import check_coat_ratios, check_remaining_ratio, make_rule, parse_structure
 from ..optim.masked_only import track_model
 from ..supermask import (
     FrozenEmbedding,
@@ -42,9 +33,7 @@ from ..supermask import (
     SupermaskModule,
     TiedOutputProjection,
     WeightBank,
-    check_coat_ratios,
     group_masks_,
-    parse_structure,
     use_supermask_attention_,
 )
 
@@ -88,9 +77,10 @@ class SupermaskOptions(FairseqDataclass):
                                         "ratios of inner coats, decreasing, below --remaining-ratio; a weight "
                                         "counts once per coat that keeps it (1 + coats mask bits per weight)"})
     mask_structure: str = dataclasses.field(
-        default="unstructured", metadata={"help": "unstructured (top-k over each tensor) or N:M (in every group of M "
-                                                  "consecutive weights along the input dimension keep N, e.g. 2:4 "
-                                                  "for sparse tensor cores; --remaining-ratio must be N/M)"})
+        default="unstructured", metadata={"help": "unstructured (top-k over each tensor), row (top-k within every "
+                                                  "output row) or N:M (in every group of M consecutive weights "
+                                                  "along the input dimension keep N, e.g. 2:4 for sparse tensor "
+                                                  "cores; --remaining-ratio must be N/M)"})
     ratio_anneal_updates: int = dataclasses.field(
         default=0, metadata={"help": "anneal k from 1 to --remaining-ratio over this many updates (the cubic "
                                      "gradual schedule of Zhu & Gupta 2017); 0: k fixed from the start"})
@@ -198,7 +188,10 @@ def validate(args: argparse.Namespace) -> None:
     if not (isinstance(n, int) and n >= 0):
         raise ConfigError(f"--ratio-anneal-updates {n!r} must be a non-negative integer")
     structure = mask_structure(args)
-    if structure is not None:
+    if not isinstance(structure, tuple) and structure != "unstructured" and coat_ratios(args):
+        raise ConfigError(f"--multicoat-ratios needs --mask-structure unstructured (inner coats are top-k over the "
+                          f"whole tensor), not {structure!r}")
+    if isinstance(structure, tuple):
         nn_, m = structure
         text = f"--mask-structure {nn_}:{m}"
         if abs(float(args.remaining_ratio) - nn_ / m) > 1e-9:
@@ -218,12 +211,17 @@ def validate(args: argparse.Namespace) -> None:
         raise ConfigError("--checkpoint-activations is not supported by supermask models")
 
 
-def mask_structure(args) -> tuple[int, int] | None:
-    """--mask-structure as (N, M), or None for unstructured; checked."""
+def mask_structure(args) -> tuple[int, int] | str:
+    """--mask-structure as (N, M), or the name of an unstructured rule (masks.STRUCTURES); checked."""
     try:
         return parse_structure(getattr(args, "mask_structure", None))
     except ValueError as e:
         raise ConfigError(f"--mask-structure {e}") from None
+
+
+def mask_rule(args):
+    """The mask rule of validated options (--remaining-ratio, --mask-structure, --multicoat-ratios)."""
+    return make_rule(float(args.remaining_ratio), mask_structure(args), coat_ratios(args))
 
 
 def coat_ratios(args) -> tuple[float, ...]:
@@ -275,8 +273,7 @@ class SupermaskTransformerModel(TransformerModel):
             args.share_decoder_input_output_embed = True
 
         args.init_specs = role_specs(args)
-        args.coat_ratios = coat_ratios(args)
-        args.structure = mask_structure(args)
+        args.rule = mask_rule(args)
         pretrained = (None, None)
         if args.pretrained_embeddings and args.pretrained_embeddings_in_checkpoint:
             # the checkpoint being loaded holds the tables: shapes only, values come from its state dict
@@ -347,15 +344,13 @@ def build_token_embedding(args, dictionary, dim: int, side: str, pretrained: Ten
     if pretrained is not None and str(args.pretrained_embeddings_mode) == "masked":
         # the authors rescale by (1 - k)^-1/2 (the same at k = 0.5); sqrt(1/k) keeps the table's variance
         factor = spec.gain * (1 / spec.remaining_ratio if spec.scale else 1.0) ** 0.5
-        return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                               weight=pretrained * factor, stored=True, coat_ratios=args.coat_ratios,
-                               structure=args.structure)
+        return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.rule, str(args.score_init),
+                               weight=pretrained * factor, stored=True)
     if pretrained is not None:
         return FrozenEmbedding(pretrained, dictionary.pad())
     weight = generate_weight(args.weight_seed, f"{side}.embed_tokens", (len(dictionary), dim), spec)
     weight[dictionary.pad()] = 0
-    return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.remaining_ratio, str(args.score_init),
-                           weight=weight, coat_ratios=args.coat_ratios, structure=args.structure)
+    return MaskedEmbedding(len(dictionary), dim, dictionary.pad(), args.rule, str(args.score_init), weight=weight)
 
 
 def read_pretrained(path: str) -> dict:
@@ -445,9 +440,8 @@ def supermask_(module: nn.Module, prefix: str, cfg, bank: WeightBank | None) -> 
                     kw = {"weight": generate_weight(cfg.weight_seed, name, shape, spec)}
                 else:
                     kw = {"shared": bank.get_or_add(rel, lambda n=name, s=shape, i=spec: generate_weight(cfg.weight_seed, n, s, i))}
-                setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.remaining_ratio,
-                                                   str(cfg.score_init), coat_ratios=cfg.coat_ratios,
-                                                   structure=cfg.structure, **kw))
+                setattr(parent, attr, MaskedLinear(child.in_features, child.out_features, cfg.rule,
+                                                   str(cfg.score_init), **kw))
             elif _is_layer_norm(child):
                 setattr(parent, attr, nn.LayerNorm(child.normalized_shape, eps=child.eps,
                                                    elementwise_affine=cfg.affine_layernorm))
@@ -516,9 +510,8 @@ class SupermaskTransformerDecoder(_SupermaskStack, TransformerDecoderBase):
         name = "decoder.output_projection"
         shape = (len(dictionary), self.output_embed_dim)
         weight = generate_weight(cfg.weight_seed, name, shape, cfg.init_specs["output"])
-        self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.remaining_ratio,
-                                              str(cfg.score_init), weight=weight, coat_ratios=cfg.coat_ratios,
-                                              structure=cfg.structure)
+        self.output_projection = MaskedLinear(self.output_embed_dim, len(dictionary), cfg.rule,
+                                              str(cfg.score_init), weight=weight)
 
 
 # ---- architectures -------------------------------------------------------------------------
