@@ -8,7 +8,7 @@ Trains with one shape and one update budget (stock fairseq-train runs, benchmark
   dense        fairseq's dense Transformer, saving its weights at updates 0 and --rewind-update
   one_layer    the one-layer supermask model (masked random embeddings) at k = the kept fraction
   standard     the standard supermask model (a random layer per depth) at the same k
-  magnitude    the dense Transformer with gradual magnitude pruning (--prune-to 1-k, a cubic ramp from
+  magnitude    the dense Transformer with gradual magnitude pruning (--remaining-ratio k, a cubic ramp from
                updates/5 to 3*updates/5), every tensor at that sparsity
   magnitude_global  the same with one threshold over all tensors (--prune-scope global)
   ticket       stabilized lottery ticket (Brix et al. 2020): the dense model's final magnitude mask over its
@@ -40,7 +40,7 @@ import convergence
 from one_layer_lottery import data
 from one_layer_lottery.errors import ConfigError
 
-DENSE_ARGS = convergence.MODELS["dense"][2]
+DENSE_ARGS = [("pruned_transformer" if x == "transformer" else x) for x in convergence.MODELS["dense"][2]]
 SUPERMASK_ARGS = convergence.MODELS["random_emb"][2]
 METHODS = {
     "one_layer": "one-layer supermask (random weights)",
@@ -91,18 +91,17 @@ def run_name(method: str, k: float) -> str:
 
 def flags(a, c, method: str, k: float) -> list[str]:
     """fairseq-train arguments of one run (on top of convergence.py's shape and common arguments)."""
-    s = f"{1 - k:.6g}"
     if method == "one_layer":
         return [*SUPERMASK_ARGS, "--remaining-ratio", str(k)]
     if method == "standard":
         return [*SUPERMASK_ARGS, "--arch", "supermask_transformer_tiny", "--remaining-ratio", str(k)]
     if method.startswith("magnitude"):
-        return [*DENSE_ARGS, "--prune-to", s, "--prune-start-update", str(c.updates // 5),
+        return [*DENSE_ARGS, "--remaining-ratio", str(k), "--prune-start-update", str(c.updates // 5),
                 "--prune-end-update", str(3 * c.updates // 5)] + (["--prune-scope", "global"] if "global" in method
                                                                    else [])
     ticket = os.path.abspath(os.path.join(c.work, "tickets", f"{run_name(method, k)}.pt"))
     return [*DENSE_ARGS, "--restore-file", ticket, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
-            "--reset-meters", "--prune-to", s]
+            "--reset-meters", "--remaining-ratio", str(k)]
 
 
 def stored_bytes(ckpt: str) -> int:
@@ -155,7 +154,7 @@ def run(a, c) -> int:
             method, k = name.rsplit("_", 1)
             ticket = os.path.join(c.work, "tickets", f"{name}.pt")
             cmd = [os.path.join(convergence.BIN, "one-layer-lottery"), "ticket", os.path.join(c.work, "dense"),
-                   ticket, "--sparsity", f"{1 - float(k):.6g}", "--rewind-update", str(a.rewind_update), "--json"]
+                   ticket, "--remaining-ratio", k, "--rewind-update", str(a.rewind_update), "--json"]
             if method == "ticket_sign":
                 cmd.append("--sign-only")
             r = subprocess.run(cmd, capture_output=True, text=True, check=False)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError
+from .io import read_checkpoint, save_figure
 
 _LAYER = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.")
 ATTENTIONS = (("encoder", "self_attn"), ("decoder", "self_attn"), ("decoder", "encoder_attn"))
@@ -26,9 +27,7 @@ def load(path: str, data: str):
     """(model in eval mode, task) of a fairseq checkpoint (dense, pruned or supermask)."""
     from fairseq import checkpoint_utils
 
-    from .artifact import load_checkpoint
-
-    load_checkpoint(path)  # one clear line for a missing or unreadable file
+    read_checkpoint(path)  # one clear line for a missing or unreadable file
     try:
         models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
     except (FileNotFoundError, RuntimeError) as e:
@@ -224,8 +223,5 @@ def plot(r: dict, png: str) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png)
 

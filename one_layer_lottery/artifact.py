@@ -12,28 +12,29 @@ import json
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 import torch
 
 from . import masks
 from .errors import ConfigError
+from .io import atomic_path, is_regenerated, read_checkpoint, save
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
 FORMAT_VERSION = 3  # 3: multicoated or N:M-packed masks (written only by such models; others still write 2)
-# 2: per-role inits (the config names its init preset); 1 is read as before
-READS = (1, 2, 3)
+# 2: per-role inits (the config names its init preset). Format 1 (before per-role inits) was written only by this
+# repository's early commits; it is refused in one line.
+READS = (2, 3)
 _META_KEY = "one_layer_lottery"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _dict_text(d) -> str:
+def dictionary_text(d) -> str:
     return "".join(f"{s} {c}\n" for s, c in zip(d.symbols[d.nspecial:], d.count[d.nspecial:]))
 
 
-def _dict_from_text(text: str):
+def dictionary_from_text(text: str):
     import io
 
     from fairseq.data import Dictionary
@@ -48,47 +49,29 @@ def mask_of(meta: dict, tensors: dict, name: str) -> np.ndarray:
     return masks.outer_mask(meta, tensors, name, math.prod(meta["masks"][name]))
 
 
-def _is_regenerated(key: str) -> bool:
-    return key.endswith((".frozen_weight", ".version")) or ".shared_layer_weights." in key
+def model_class(model_cfg: dict):
+    """The supermask model class (family) of a model config, or None for any other model."""
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    cls = ARCH_MODEL_REGISTRY.get(model_cfg.get("_name") or model_cfg.get("arch"))
+    return cls if hasattr(cls, "build_from_config") else None
 
 
-FAMILIES = ("supermask_transformer", "supermask_roberta")
+def supermask_cfg(cfg: dict, where: str) -> dict:
+    """The model config of a supermask checkpoint's saved config, or one line saying it is not one."""
+    model_cfg = (cfg or {}).get("model") if isinstance(cfg, dict) else None
+    if isinstance(model_cfg, argparse.Namespace):  # fairseq's legacy models pickle their args
+        model_cfg = vars(model_cfg)
+    name = model_cfg.get("_name") or model_cfg.get("arch") if isinstance(model_cfg, dict) else None
+    if not isinstance(model_cfg, dict) or model_class(model_cfg) is None:
+        raise ConfigError(f"{where} is not a supermask model (architecture {name!r}); "
+                          f"export takes checkpoints of the supermask_transformer and supermask_roberta "
+                          f"architectures")
+    return dict(model_cfg)
 
 
-def family(model_cfg: dict) -> str:
-    from fairseq.models import ARCH_MODEL_NAME_REGISTRY
-
-    return ARCH_MODEL_NAME_REGISTRY.get(model_cfg.get("_name") or model_cfg.get("arch"))
-
-
-def _build(model_cfg: dict, src_dict, tgt_dict, heads: dict | None = None):
-    """The model of a config: a translation model (source, target dictionaries) or a RoBERTa classifier (input,
-    label dictionaries; `heads` {name: [classes, inner dim]})."""
-    from .models.supermask_roberta import SupermaskRobertaModel
-    from .models.supermask_transformer import SupermaskTransformerModel
-
-    if family(model_cfg) == "supermask_roberta":
-        task = argparse.Namespace(source_dictionary=src_dict, label_dictionary=tgt_dict,
-                                  max_positions=lambda: model_cfg.get("max_positions", 512))
-        model = SupermaskRobertaModel.build_model(argparse.Namespace(**model_cfg), task)
-        for name, (classes, inner) in (heads or {}).items():
-            model.register_classification_head(name, num_classes=classes, inner_dim=inner)
-        return model
-    task = argparse.Namespace(source_dictionary=src_dict, target_dictionary=tgt_dict)
-    if "init_preset" not in model_cfg:
-        # written before per-role inits: one --weight-init for every tensor, scaled unless --no-scale-init
-        old = model_cfg.get("weight_init") or "kaiming_uniform"
-        model_cfg = {**model_cfg, "init_preset": "paper", "weight_init": old, "embed_init": old, "output_init": old}
-    return SupermaskTransformerModel.build_model(argparse.Namespace(**model_cfg), task)
-
-
-def heads_of(model) -> dict:
-    """{name: [classes, inner dim]} of a classifier's heads ({} for translation models)."""
-    return {n: [h.out_proj.out_features, h.dense.out_features]
-            for n, h in getattr(model, "classification_heads", {}).items()}
-
-
-def _heads_in_state(sd: dict) -> dict:
+def heads_in_state(sd: dict) -> dict:
+    """{name: [classes, inner dim]} of the classification heads a state dict holds (none for translation)."""
     out = {}
     for k, v in sd.items():
         m = re.match(r"^classification_heads\.([^.]+)\.(dense|out_proj)\.(?:weight|scores)$", k)
@@ -97,55 +80,14 @@ def _heads_in_state(sd: dict) -> dict:
     return out
 
 
-def _check_supermask_cfg(cfg: dict, where: str) -> dict:
-    model_cfg = (cfg or {}).get("model") if isinstance(cfg, dict) else None
-    if isinstance(model_cfg, argparse.Namespace):  # fairseq's legacy models pickle their args
-        model_cfg = vars(model_cfg)
-    name = model_cfg.get("_name") or model_cfg.get("arch") if isinstance(model_cfg, dict) else None
-    if not isinstance(model_cfg, dict) or family(model_cfg) not in FAMILIES:
-        raise ConfigError(f"{where} is not a supermask model (architecture {name!r}); "
-                          f"export takes checkpoints of the supermask_transformer and supermask_roberta "
-                          f"architectures")
-    return dict(model_cfg)
-
-
-def load_checkpoint(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConfigError(f"checkpoint {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state["model"]
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt or foreign files are one user error
-        raise ConfigError(f"checkpoint {path!r} is not a readable fairseq checkpoint ({type(e).__name__})") from None
-    return state
-
-
 def load_dictionaries(cfg: dict, data: str | None):
     """(source or input dictionary, target or label dictionary, their names) as the checkpoint's task loads them."""
-    from fairseq.data import Dictionary
-    from fairseq.data.data_utils import infer_language_pair
-
     task = cfg.get("task") or {}
     data = data or str(task.get("data") or "").split(os.pathsep)[0]
     if not data or not os.path.isdir(data):
         raise ConfigError(f"the dictionaries are not in the checkpoint and data directory {data!r} does not exist; "
                           f"pass --data DATA_BIN")
-    if task.get("_name") == "sentence_prediction":
-        from fairseq.tasks.sentence_prediction import SentencePredictionTask
-
-        paths = [os.path.join(data, sub, "dict.txt") for sub in ("input0", "label")]
-        for p in paths:
-            if not os.path.isfile(p):
-                raise ConfigError(f"dictionary {p!r} does not exist")
-        return SentencePredictionTask.load_dictionary(paths[0]), Dictionary.load(paths[1]), ("input0", "label")
-    src, tgt = task.get("source_lang"), task.get("target_lang")
-    if not src or not tgt:
-        src, tgt = infer_language_pair(data)
-    paths = [os.path.join(data, f"dict.{lang}.txt") for lang in (src, tgt)]
-    for p in paths:
-        if not os.path.isfile(p):
-            raise ConfigError(f"dictionary {p!r} does not exist")
-    return Dictionary.load(paths[0]), Dictionary.load(paths[1]), (src, tgt)
+    return model_class(supermask_cfg(cfg, "the checkpoint")).read_dictionaries(task, data)
 
 
 def _pack_masks(model) -> tuple[dict, dict, dict]:
@@ -162,7 +104,8 @@ def _pack_masks(model) -> tuple[dict, dict, dict]:
 
 
 def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "tgt"),
-                 embeddings_dtype: str = "float16", weights_dtype: str = "float32") -> dict[str, int]:
+                 embeddings_dtype: str = "float16", weights_dtype: str = "float32",
+                 pieces: list[bytes] | None = None) -> dict[str, int]:
     """Write the artifact of a built supermask model; returns its size and the floor.
 
     `weights_dtype` is the precision the random weights were trained in (float16 after --fp16,
@@ -180,7 +123,7 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     floor = sum(t.numel() for t in tensors.values())
     stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
-        if _is_regenerated(key) or key.endswith(".scores"):
+        if is_regenerated(key) or key.endswith(".scores"):
             continue
         if t.data_ptr() in seen:  # one table under two names (--share-all-embeddings): store it once
             aliases[key] = seen[t.data_ptr()]
@@ -194,31 +137,36 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
         stored[key] = str(dtype).replace("torch.", "")
         floor += tensors[f"tensor:{key}"].numel() * tensors[f"tensor:{key}"].element_size()
-    meta_core = {"cfg": cfg, "dicts": {"src": _dict_text(src_dict), "tgt": _dict_text(tgt_dict)},
+    meta_core = {"cfg": cfg, "dicts": {"src": dictionary_text(src_dict), "tgt": dictionary_text(tgt_dict)},
                  "langs": list(langs)}
     floor += len(json.dumps(meta_core, default=str).encode())
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION if packing else 2, "masks": shapes,
             "stored": stored, "aliases": aliases, "weights_dtype": weights_dtype, **meta_core, **packing}
-    if heads_of(model):
-        meta["heads"] = heads_of(model)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(out)), prefix=".artifact.", suffix=".tmp")
-    os.close(fd)
-    try:
+    if model.classification_heads_shape():
+        meta["heads"] = model.classification_heads_shape()
+    if pieces:  # both sides' sentencepiece models in one xz stream: they share their normalization table
+        import lzma
+
+        blob = lzma.compress(b"".join(pieces), preset=9 | lzma.PRESET_EXTREME)
+        tensors["sentencepiece"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+        meta["sentencepiece"] = [len(p) for p in pieces]
+        floor += len(blob)
+    with atomic_path(out) as tmp:  # a crash never leaves a half-written artifact at `out`
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta, default=str)})
-        os.replace(tmp, out)  # a crash never leaves a half-written artifact at `out`
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return {"bytes": os.path.getsize(out), "floor": floor, "mask_bits": mask_bits}
 
 
-def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16") -> dict[str, int]:
-    """Export a supermask fairseq checkpoint; its random weights must regenerate from its seed."""
-    state = load_checkpoint(checkpoint)
-    model_cfg = _check_supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
+def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16",
+           spm: str | None = None) -> dict[str, int]:
+    """Export a supermask fairseq checkpoint; its random weights must regenerate from its seed.
+
+    The sentencepiece models of `spm` (a directory of spm.{lang}.model or spm.joined.model; default: the spm/
+    beside the data directory, as `one-layer-lottery prepare` writes it, where there is one) go in too, so that
+    the artifact translates raw text."""
+    state = read_checkpoint(checkpoint)
+    model_cfg = supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
     src_dict, tgt_dict, langs = load_dictionaries(state["cfg"], data)
-    model = _build(model_cfg, src_dict, tgt_dict, _heads_in_state(state["model"]))
+    model = model_class(model_cfg).build_from_config(model_cfg, src_dict, tgt_dict, heads_in_state(state["model"]))
     fresh = model.state_dict()
     sd = state["model"]
     if set(sd) != set(fresh):
@@ -227,7 +175,7 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     # --fp16/--bf16 training rounds the random weights once (model.half()) and fairseq saves them back
     # as fp32: the artifact records the precision whose rounding of the regenerated weights gives the
     # saved ones, and loading rounds the same way
-    weights = {k: t for k, t in fresh.items() if _is_regenerated(k) and not k.endswith(".version")}
+    weights = {k: t for k, t in fresh.items() if is_regenerated(k) and not k.endswith(".version")}
     saved_dtypes = {sd[k].dtype for k in weights}
     candidates = (list(_WEIGHT_DTYPES.values()) if saved_dtypes == {torch.float32}
                   else list(saved_dtypes) if len(saved_dtypes) == 1 else [])
@@ -244,8 +192,29 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     cfg = {k: vars(v) if isinstance(v, argparse.Namespace) else v  # legacy models (RoBERTa) keep a Namespace
            for k, v in state["cfg"].items() if k in ("model", "task", "common", "generation", "bpe", "tokenizer",
                                                      "criterion")}
+    data_dir = data or str((state["cfg"].get("task") or {}).get("data") or "").split(os.pathsep)[0]
+    pieces = sentencepiece_models(spm or os.path.join(os.path.dirname(os.path.abspath(data_dir)), "spm"), langs,
+                                  required=spm is not None)
     return export_model(model.eval(), cfg, src_dict, tgt_dict, out, langs, embeddings_dtype,
-                        str(weights_dtype).replace("torch.", ""))
+                        str(weights_dtype).replace("torch.", ""), pieces)
+
+
+def sentencepiece_models(folder: str, langs, required: bool = False) -> list[bytes] | None:
+    """The serialized sentencepiece models of both sides (spm.{lang}.model, else spm.joined.model for both), or
+    None where the folder has none (an error when `required`)."""
+    paths = [os.path.join(folder, f"spm.{lang}.model") for lang in langs]
+    if not all(os.path.isfile(p) for p in paths):
+        paths = [os.path.join(folder, "spm.joined.model")] * 2
+    if not all(os.path.isfile(p) for p in paths):
+        if required:
+            raise ConfigError(f"--spm {folder!r} holds neither spm.{langs[0]}.model and spm.{langs[1]}.model nor "
+                              f"spm.joined.model")
+        return None
+    out = []
+    for p in paths:
+        with open(p, "rb") as f:
+            out.append(f.read())
+    return out
 
 
 def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -278,10 +247,11 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
 def load_model(path: str, data: str | None = None):
     """(model in eval mode, source dictionary, target dictionary, metadata) from an artifact."""
     meta, tensors = read(path)
-    src_dict, tgt_dict = _dict_from_text(meta["dicts"]["src"]), _dict_from_text(meta["dicts"]["tgt"])
+    src_dict, tgt_dict = dictionary_from_text(meta["dicts"]["src"]), dictionary_from_text(meta["dicts"]["tgt"])
+    model_cfg = supermask_cfg(meta["cfg"], f"artifact {path!r}")
     if data is not None:
         check_dictionaries(meta, src_dict, tgt_dict, data)
-    model = _build(dict(meta["cfg"]["model"]), src_dict, tgt_dict, meta.get("heads"))
+    model = model_class(model_cfg).build_from_config(model_cfg, src_dict, tgt_dict, meta.get("heads"))
     sd = model.state_dict()
     for name, shape in meta["masks"].items():
         n = math.prod(shape)
@@ -294,7 +264,7 @@ def load_model(path: str, data: str | None = None):
     rounding = _WEIGHT_DTYPES[meta.get("weights_dtype", "float32")]
     if rounding != torch.float32:  # the weights as --fp16/--bf16 training saw them
         for key, t in sd.items():
-            if _is_regenerated(key) and t.is_floating_point():
+            if is_regenerated(key) and t.is_floating_point():
                 sd[key] = t.to(rounding).float()
     for key, same in meta.get("aliases", {}).items():
         sd[key] = sd[same]
@@ -303,18 +273,14 @@ def load_model(path: str, data: str | None = None):
 
 
 def check_dictionaries(meta: dict, src_dict, tgt_dict, data: str) -> None:
+    """The data directory's dictionaries must be the artifact's, symbol for symbol and count for count."""
+    family = model_class(meta["cfg"]["model"])
     langs = meta.get("langs") or ["src", "tgt"]
     for lang, ours in zip(langs, (src_dict, tgt_dict)):
-        classifier = lang in ("input0", "label")  # sentence_prediction's layout: DATA/input0/dict.txt
-        p = os.path.join(data, lang, "dict.txt") if classifier else os.path.join(data, f"dict.{lang}.txt")
-        if not os.path.isfile(p):
-            raise ConfigError(f"dictionary {p!r} does not exist")
+        p = family.dictionary_file(data, lang)
         with open(p, encoding="utf-8") as f:
             theirs = f.read()
-        text = _dict_text(ours)
-        if lang == "input0":  # the task adds <mask> when it loads the file
-            text = text.removesuffix("<mask> 1\n")
-        if theirs != text:
+        if theirs != family.dictionary_text(lang, dictionary_text(ours)):
             raise ConfigError(f"{p!r} differs from the artifact's {lang} dictionary; "
                               f"the data directory must be the one the model was trained on")
 
@@ -326,27 +292,48 @@ def expand(path: str, out: str, data: str | None = None) -> None:
              "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
                                     "lr_scheduler_state": {"best": None}, "num_updates": 0}],
              "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, out)
+    save(state, out)
+
+
+def sentencepiece_of(meta: dict, tensors: dict):
+    """(source, target) sentencepiece processors an artifact carries, or None."""
+    if "sentencepiece" not in meta:
+        return None
+    import lzma
+
+    import sentencepiece as spm
+
+    blob = lzma.decompress(tensors["sentencepiece"].numpy().tobytes())
+    sizes = meta["sentencepiece"]
+    return tuple(spm.SentencePieceProcessor(model_proto=blob[start:start + n])
+                 for start, n in zip((0, sizes[0]), sizes))
 
 
 def hub(path: str, **generation):
-    """A fairseq hub interface (`.translate()`, `.sample()`) over an artifact's model.
-
-    Input is text in the model's (sentencepiece) pieces; `generation` sets e.g. beam=5.
+    """A fairseq hub interface (`.translate()`, `.sample()`) over an artifact's model: plain text in and out when
+    the artifact carries its sentencepiece models, else text in the model's pieces. `generation` sets e.g. beam=5.
     """
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.hub_utils import GeneratorHubInterface
     from fairseq.tasks.translation import TranslationConfig, TranslationTask
     from omegaconf import OmegaConf
 
+    class RawTextHub(GeneratorHubInterface):
+        def apply_bpe(self, sentence: str) -> str:
+            return " ".join(pieces[0].encode(sentence, out_type=str)) if pieces else sentence
+
+        def remove_bpe(self, sentence: str) -> str:
+            return pieces[1].decode(sentence.split()) if pieces else sentence
+
     model, src_dict, tgt_dict, meta = load_model(path)
+    if model_class(meta["cfg"]["model"]).task_name != "translation":
+        raise ConfigError(f"artifact {path!r} is a {model_class(meta['cfg']['model']).task_name} model, not a "
+                          f"translation model")
+    pieces = sentencepiece_of(meta, read(path)[1])
     task = TranslationTask(TranslationConfig(source_lang=meta["langs"][0], target_lang=meta["langs"][1]),
                            src_dict, tgt_dict)
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.common.cpu = not torch.cuda.is_available()
     for k, v in {"beam": 5, **generation}.items():
         cfg.generation[k] = v
-    return GeneratorHubInterface(cfg, task, [model])
+    return RawTextHub(cfg, task, [model])

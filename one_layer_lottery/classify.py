@@ -13,9 +13,9 @@ def predict(checkpoint: str, data: str, split: str = "valid", head: str = "sente
     """(predicted labels, gold labels) of every example of `split`, as label strings, in dataset order."""
     from fairseq import checkpoint_utils
 
-    from .artifact import load_checkpoint
+    from .io import read_checkpoint
 
-    load_checkpoint(checkpoint)  # one clear line for a missing or unreadable file
+    read_checkpoint(checkpoint)  # one clear line for a missing or unreadable file
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": data})
     model = models[0].eval()
     if head not in getattr(model, "classification_heads", {}):

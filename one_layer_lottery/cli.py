@@ -5,6 +5,7 @@ import json
 import sys
 
 from .errors import ConfigError
+from .io import read_checkpoint, save
 
 
 def _make_corpus(a) -> None:
@@ -46,14 +47,10 @@ def _bleu(a) -> None:
 
 
 def _summary(a) -> None:
-    import torch
 
     from .stats import state_dict_stats
 
-    try:
-        state = torch.load(a.checkpoint, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"checkpoint {a.checkpoint!r} does not exist") from None
+    state = read_checkpoint(a.checkpoint)
     cfg = (state.get("cfg") or {}).get("model") or {}
     cfg = cfg if isinstance(cfg, dict) else vars(cfg)
     out = {"arch": cfg.get("_name") or cfg.get("arch"), "remaining_ratio": cfg.get("remaining_ratio"),
@@ -64,8 +61,6 @@ def _summary(a) -> None:
 def _demo_report(a) -> None:
     import os
 
-    import torch
-
     from .stats import state_dict_stats
 
     def load(name, what):
@@ -73,8 +68,8 @@ def _demo_report(a) -> None:
             return json.load(f)
 
     sm, dense = load("supermask", "bleu"), load("dense", "bleu")
-    state = torch.load(os.path.join(a.work, "supermask", "checkpoint_last.pt"), map_location="cpu", weights_only=True)
-    dstate = torch.load(os.path.join(a.work, "dense", "checkpoint_last.pt"), map_location="cpu", weights_only=True)
+    state = read_checkpoint(os.path.join(a.work, "supermask", "checkpoint_last.pt"))
+    dstate = read_checkpoint(os.path.join(a.work, "dense", "checkpoint_last.pt"))
     cfg = state["cfg"]["model"]
     st = state_dict_stats(state["model"])
     dense_params = sum(t.numel() for k, t in dstate["model"].items() if t.is_floating_point() and "version" not in k)
@@ -107,7 +102,7 @@ def _export(a) -> None:
     from . import artifact
     from .report import dense_param_count, vocab_sizes
 
-    r = artifact.export(a.checkpoint, a.out, data=a.data, embeddings_dtype=a.embeddings_dtype)
+    r = artifact.export(a.checkpoint, a.out, data=a.data, embeddings_dtype=a.embeddings_dtype, spm=a.spm)
     meta, _ = artifact.read(a.out)
     cfg = meta["cfg"]["model"]
     dense = 4 * dense_param_count(cfg, *vocab_sizes({}, cfg, meta))
@@ -122,14 +117,24 @@ def _export(a) -> None:
               f"  dense fp32 checkpoint of the same architecture: {dense:,} bytes, ratio {r['ratio_to_dense']:.4f}")
 
 
+def _translate(a) -> None:
+    from . import artifact
+
+    translator = artifact.hub(a.artifact, beam=a.beam)
+    if not artifact.read(a.artifact)[0].get("sentencepiece") and not a.pieces:
+        raise ConfigError(f"artifact {a.artifact!r} carries no sentencepiece models, so it cannot read plain text: "
+                          f"export it again with --spm DIR, or give sentencepiece pieces with --pieces")
+    lines = a.text or [line.rstrip("\n") for line in sys.stdin]
+    for line in lines:
+        print(translator.translate(line) if line.strip() else "")
+
+
 def _expand(a) -> None:
     from . import artifact
 
     artifact.expand(a.artifact, a.out, data=a.data)
     meta, _ = artifact.read(a.artifact)
-    use = ("classify with one-layer-lottery classify" if meta.get("heads")
-           else "translate with fairseq-generate --user-dir one_layer_lottery")
-    print(f"wrote {a.out} (fairseq checkpoint; {use})")
+    print(f"wrote {a.out} (fairseq checkpoint; {artifact.model_class(meta['cfg']['model']).expanded_use})")
 
 
 def _inspect(a) -> None:
@@ -140,13 +145,9 @@ def _inspect(a) -> None:
 
 
 def _average(a) -> None:
-    import os
 
-    import torch
 
-    from .artifact import load_checkpoint
-
-    states = [load_checkpoint(p) for p in a.checkpoints]
+    states = [read_checkpoint(p) for p in a.checkpoints]
     keys = set(states[0]["model"])
     for p, st in zip(a.checkpoints, states):
         if set(st["model"]) != keys:
@@ -156,21 +157,19 @@ def _average(a) -> None:
     out["model"] = {k: (sum(st["model"][k].double() for st in states) / len(states)).to(states[-1]["model"][k].dtype)
                     if states[-1]["model"][k].is_floating_point() else states[-1]["model"][k] for k in keys}
     out["last_optimizer_state"] = None
-    tmp = a.out + ".tmp"
-    torch.save(out, tmp)
-    os.replace(tmp, a.out)
+    save(out, a.out)
     print(f"averaged {len(states)} checkpoints -> {a.out}")
 
 
 def _ticket(a) -> None:
     from .pruning import write_ticket
 
-    r = write_ticket(a.dense_dir, a.out, a.sparsity, a.rewind_update, sign_only=a.sign_only, final=a.final)
+    r = write_ticket(a.dense_dir, a.out, a.remaining_ratio, a.rewind_update, sign_only=a.sign_only, final=a.final)
     if a.json:
         print(json.dumps(r))
     else:
         how = "signs at the rewind point, one magnitude per tensor" if r["sign_only"] else "rewind-point values"
-        print(f"wrote {a.out}: sparsity {r['sparsity']}, {r['kept']:,} of {r['total']:,} weights kept in "
+        print(f"wrote {a.out}: remaining ratio {r['remaining_ratio']}, {r['kept']:,} of {r['total']:,} weights kept in "
               f"{r['tensors']} tensors ({how}, update {r['rewind_update']})")
 
 
@@ -201,7 +200,13 @@ def _classify(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="one-layer-lottery", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+    _add_data_commands(sub)
+    _add_models_commands(sub)
+    _add_baselines_commands(sub)
+    return p
 
+
+def _add_data_commands(sub) -> None:
     s = sub.add_parser("make-corpus", help="write the embedded synthetic corpus (train/valid/test .src/.tgt)")
     s.add_argument("out_dir")
     s.add_argument("--seed", type=int, default=1)
@@ -234,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_bleu)
 
+
+def _add_models_commands(sub) -> None:
     s = sub.add_parser("summary", help="scores, frozen weights and mask bits of a checkpoint")
     s.add_argument("checkpoint")
     s.add_argument("--json", action="store_true")
@@ -245,8 +252,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", help="data directory with the dictionaries (default: the checkpoint's task.data)")
     s.add_argument("--embeddings-dtype", default="float16", choices=["float16", "float32"],
                    help="storage of frozen pre-trained embeddings")
+    s.add_argument("--spm", metavar="DIR", help="the sentencepiece models to carry (spm.{lang}.model or spm.joined.model; "
+                                                "default: the spm/ folder beside the data directory, if any)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_export)
+
+    s = sub.add_parser("translate", help="translate plain text with an artifact (its own sentencepiece models)")
+    s.add_argument("artifact")
+    s.add_argument("text", nargs="*", help="sentences to translate (default: one a line from stdin)")
+    s.add_argument("--beam", type=int, default=5)
+    s.add_argument("--pieces", action="store_true", help="the input is already in the model's sentencepiece pieces")
+    s.set_defaults(func=_translate)
 
     s = sub.add_parser("expand", help="rebuild a fairseq checkpoint from an artifact")
     s.add_argument("artifact")
@@ -265,11 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_average)
 
+
+def _add_baselines_commands(sub) -> None:
     s = sub.add_parser("ticket", help="a stabilized lottery ticket of a dense run: its final magnitude mask over "
                                       "the weights saved at an early update (Brix et al. 2020)")
     s.add_argument("dense_dir", help="the dense run's save directory (checkpoint_last.pt, weights_update{N}.pt)")
     s.add_argument("out", help="the ticket, a fairseq checkpoint to retrain with --restore-file")
-    s.add_argument("--sparsity", type=float, required=True, help="fraction of each weight tensor pruned, in [0, 1)")
+    s.add_argument("--remaining-ratio", type=float, required=True, metavar="K",
+                   help="fraction of each weight tensor kept, in (0, 1]")
     s.add_argument("--rewind-update", type=int, default=0, help="the saved update to rewind to (0: the init)")
     s.add_argument("--sign-only", action="store_true",
                    help="keep the rewind point's signs with one magnitude per tensor (its standard deviation)")
@@ -305,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("work")
     s.add_argument("--seconds", type=int, default=0)
     s.set_defaults(func=_demo_report)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

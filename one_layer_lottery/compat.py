@@ -82,3 +82,10 @@ def bf16_without_tpu() -> None:
 
     call_main._one_layer_lottery = True
     distributed_utils.call_main = call_main
+
+
+def apply_fairseq_fixes() -> None:
+    """The three fixes above; each is applied once."""
+    allow_fairseq_checkpoints()
+    atomic_checkpoint_copies()
+    bf16_without_tpu()

@@ -11,6 +11,8 @@ import os
 import random
 from dataclasses import dataclass
 
+from .io import write_text
+
 SRC, TGT = "src", "tgt"
 SPLITS = {"train": 20000, "valid": 500, "test": 500}
 
@@ -134,8 +136,5 @@ def generate(out_dir: str, seed: int = 1, sizes: dict[str, int] = SPLITS) -> dic
     for split, n in sizes.items():
         pairs = [lex.sentence() for _ in range(n)]
         for side, lang in ((0, SRC), (1, TGT)):
-            tmp = os.path.join(out_dir, f".{split}.{lang}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                f.writelines(p[side] + "\n" for p in pairs)
-            os.replace(tmp, os.path.join(out_dir, f"{split}.{lang}"))
+            write_text(os.path.join(out_dir, f"{split}.{lang}"), "".join(p[side] + "\n" for p in pairs))
     return dict(sizes)

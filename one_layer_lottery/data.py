@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 from .errors import ConfigError
+from .io import write_text
 
 SPLIT_PREFIXES = {"train": ("train",), "valid": ("valid", "val", "dev"), "test": ("test",)}
 
@@ -45,10 +46,7 @@ def clean(pairs: list[tuple[str, str]], max_words: int) -> tuple[list[tuple[str,
 
 
 def _write(path: str, lines: list[str]) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
+    write_text(path, "".join(line + "\n" for line in lines))
 
 
 def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 8000, max_words: int = 250,

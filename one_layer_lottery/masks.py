@@ -27,6 +27,18 @@ def check_remaining_ratio(k: float) -> float:
     return float(k)
 
 
+def cubic_schedule(remaining_ratio: float, start: int, end: int, num_updates: int) -> float:
+    """The fraction kept at an update on Zhu & Gupta's (2017) cubic ramp from 1 at `start` to `remaining_ratio` at
+    `end`: k + (1 - k) (1 - p)^3, p the fraction of the ramp done. Annealed supermasks (start 0) and magnitude
+    pruning both use it."""
+    if num_updates < start:
+        return 1.0
+    if num_updates >= end:
+        return remaining_ratio
+    done = (num_updates - start) / (end - start)
+    return remaining_ratio + (1 - remaining_ratio) * (1 - done) ** 3
+
+
 def n_pruned(numel: int, remaining_ratio: float) -> int:
     """How many entries a mask drops: the published rule int((1 - k) * n)."""
     return int((1 - remaining_ratio) * numel)

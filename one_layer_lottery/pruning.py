@@ -1,16 +1,14 @@
-"""Trained-sparse baselines on fairseq's own dense Transformer: gradual magnitude pruning and the
-weight snapshots that lottery tickets rewind to.
+"""Trained-sparse baselines: gradual magnitude pruning of a dense Transformer and the weight snapshots that lottery
+tickets rewind to. The flags live on the registered `pruned_transformer` model (models/pruned_transformer.py).
 
-Importing the user-dir adds these flags to fairseq's `transformer` model (every `transformer_*` arch):
-
-* `--prune-to S`: gradual magnitude pruning (Zhu & Gupta 2017). The sparsity of every weight matrix and token
-  embedding table ramps from 0 at `--prune-start-update` to S at `--prune-end-update` with the cubic schedule
-  `S (1 - (1 - p)^3)`, p the fraction of the ramp done; each tensor keeps its own largest |W| with the exact-count
-  rule of our supermasks (`masks.keep_largest`: drop exactly int(s * n), ties keep the lowest index);
-  `--prune-scope global` instead ranks all of them together (one threshold), so each layer finds its own sparsity.
-  Pruned weights are zeros in the weights themselves, so a checkpoint is an ordinary dense fairseq checkpoint
-  that stock `fairseq-generate` loads; what once was pruned stays pruned. A start equal to the end prunes to S
-  at once and keeps that mask (the retraining of a lottery ticket).
+* `--remaining-ratio K` (with `--arch pruned_transformer_*`): gradual magnitude pruning (Zhu & Gupta 2017). The
+  fraction kept of every weight matrix and token embedding table falls from 1 at `--prune-start-update` to K at
+  `--prune-end-update` on the cubic schedule every ramp here uses (`masks.cubic_schedule`); each tensor keeps its
+  own largest |W| with the exact-count rule of our supermasks (`masks.keep_largest`: drop exactly int((1 - k) n),
+  ties keep the lowest index); `--prune-scope global` instead ranks all of them together (one threshold), so each
+  layer finds its own fraction. Pruned weights are zeros in the weights themselves, so a checkpoint is a dense
+  fairseq checkpoint; what once was pruned stays pruned. A start equal to the end prunes to K at once and keeps
+  that mask (the retraining of a lottery ticket).
 * `--save-weights-at-updates N[,N...]`: write SAVE_DIR/weights_update{N}.pt (the model's state dict) after N
   updates; 0 is the initialisation. `one-layer-lottery ticket` rewinds to them (Brix et al. 2020).
 """
@@ -24,31 +22,10 @@ from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from .errors import ConfigError
-from .masks import keep_largest
+from .io import atomic_path, read_checkpoint, save
+from .masks import check_remaining_ratio, cubic_schedule, keep_largest, n_pruned
 
 SCOPES = ("tensor", "global")
-
-
-def n_dropped(numel: int, sparsity: float) -> int:
-    """How many entries a magnitude mask at this sparsity drops."""
-    return int(sparsity * numel)
-
-
-def check_sparsity(s, flag: str = "--prune-to") -> float:
-    if not (isinstance(s, (int, float)) and 0.0 <= s < 1.0):
-        raise ConfigError(f"{flag} {s!r} is outside [0, 1): it is the fraction of each weight tensor pruned "
-                          f"(sparsity; 1 - the fraction kept)")
-    return float(s)
-
-
-def scheduled_sparsity(final: float, start: int, end: int, num_updates: int) -> float:
-    """Zhu & Gupta's cubic ramp: 0 before `start`, `final` from `end` on."""
-    if num_updates < start:
-        return 0.0
-    if num_updates >= end:
-        return final
-    done = (num_updates - start) / (end - start)
-    return final * (1 - (1 - done) ** 3)
 
 
 def parse_updates(text) -> tuple[int, ...]:
@@ -77,28 +54,29 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if is_prunable(n, p)]
 
 
-def magnitude_masks(state: dict[str, Tensor], names, sparsity: float) -> dict[str, Tensor]:
-    """Per-tensor magnitude masks (True = kept) of a state dict at one sparsity."""
-    return {n: keep_largest(state[n].detach().float().abs(), n_dropped(state[n].numel(), sparsity)) for n in names}
+def magnitude_masks(state: dict[str, Tensor], names, remaining_ratio: float) -> dict[str, Tensor]:
+    """Per-tensor magnitude masks (True = kept) of a state dict, each keeping a remaining_ratio fraction."""
+    return {n: keep_largest(state[n].detach().float().abs(), n_pruned(state[n].numel(), remaining_ratio))
+            for n in names}
 
 
 _PRUNERS: "weakref.WeakSet[MagnitudePruner]" = weakref.WeakSet()
+_STEP_HOOK = []  # the optimizer-step hook, registered when the first pruner is built (not at import)
 
 
 class MagnitudePruner(nn.Module):
     """Holds the schedule and current masks of one model. A submodule without parameters or buffers (it adds
     nothing to checkpoints); fairseq's `model.set_num_updates`, called before every training forward, reaches it."""
 
-    def __init__(self, model: nn.Module, sparsity: float, start: int, end: int,
-                 save_updates: tuple[int, ...] = (), scope: str = "tensor"):
+    def __init__(self, model: nn.Module, remaining_ratio: float, start: int, end: int,
+                 save_updates: tuple[int, ...] = (), scope: str = "tensor", save_dir: str | None = None):
         super().__init__()
-        self.sparsity, self.start, self.end, self.scope = sparsity, start, end, scope
-        self.save_updates = save_updates
-        self.save_dir: str | None = None  # set once training starts (see attach_to_trainer)
-        self._targets = tuple(prunable(model)) if sparsity > 0 else ()  # a tuple: not submodules
+        self.remaining_ratio, self.start, self.end, self.scope = remaining_ratio, start, end, scope
+        self.save_updates, self.save_dir = save_updates, save_dir
+        self._targets = tuple(prunable(model)) if remaining_ratio < 1 else ()  # a tuple: not submodules
         self._keep: dict[str, Tensor] = {}
-        self._applied: float | None = None  # the sparsity the current masks were selected at
-        self._update: int | None = None  # the update last pruned for (its sparsity may be 0)
+        self._applied: float | None = None  # the fraction kept the current masks were selected at
+        self._update: int | None = None  # the update last pruned for (it may keep everything)
         self._model = weakref.ref(model)
         for name, p in self._targets:
             p.register_hook(lambda g, name=name: self._mask_grad(name, g))
@@ -106,18 +84,21 @@ class MagnitudePruner(nn.Module):
         # loaded weights (a resume, a ticket to retrain) bring their own zeros: select the masks again from them
         model.register_load_state_dict_post_hook(lambda *_: self._forget())
         _PRUNERS.add(self)
+        if not _STEP_HOOK:
+            _STEP_HOOK.append(register_optimizer_step_post_hook(_after_any_step))
 
     def scheduled(self, num_updates: int) -> float:
-        return scheduled_sparsity(self.sparsity, self.start, self.end, num_updates)
+        """The fraction of every target kept at this update."""
+        return cubic_schedule(self.remaining_ratio, self.start, self.end, num_updates)
 
     @torch.no_grad()
     def prune(self, num_updates: int) -> None:
-        """Prune every target to the sparsity scheduled for this update; what was pruned before stays pruned."""
+        """Prune every target to the fraction scheduled for this update; what was pruned before stays pruned."""
         self._update = num_updates
-        s = self.scheduled(num_updates)
-        # once pruned, entries rank below every kept one, so the same sparsity selects the same masks again:
+        k = self.scheduled(num_updates)
+        # once pruned, entries rank below every kept one, so the same fraction selects the same masks again:
         # masks are re-selected only when the schedule moves (not on every update after the ramp)
-        if s > 0 and self._applied != s:
+        if k < 1 and self._applied != k:
             mags = {}
             for name, p in self._targets:
                 a = p.detach().float().abs()
@@ -125,13 +106,13 @@ class MagnitudePruner(nn.Module):
                 if prev is not None:  # pruned entries sort below every kept one, whatever their value now
                     a = torch.where(prev.to(a.device), a, -1.0)
                 mags[name] = a
-            if self.scope == "global":  # one threshold over every target: layers end up with their own sparsity
+            if self.scope == "global":  # one threshold over every target: layers end up with their own fraction
                 flat = torch.cat([a.flatten() for a in mags.values()])
-                keep = keep_largest(flat, n_dropped(flat.numel(), s)).split([a.numel() for a in mags.values()])
-                self._keep = {n: k.view_as(mags[n]) for n, k in zip(mags, keep)}
+                keep = keep_largest(flat, n_pruned(flat.numel(), k)).split([a.numel() for a in mags.values()])
+                self._keep = {n: kept.view_as(mags[n]) for n, kept in zip(mags, keep)}
             else:
-                self._keep = {n: keep_largest(a, n_dropped(a.numel(), s)) for n, a in mags.items()}
-            self._applied = s
+                self._keep = {n: keep_largest(a, n_pruned(a.numel(), k)) for n, a in mags.items()}
+            self._applied = k
         self._zero_pruned()
 
     def _forget(self) -> None:
@@ -162,19 +143,23 @@ class MagnitudePruner(nn.Module):
             self.prune(self._update + 1)
 
     def save_weights(self, num_updates: int) -> None:
-        """SAVE_DIR/weights_update{N}.pt: the model's state dict after N updates (written once, atomically)."""
+        """SAVE_DIR/weights_update{N}.pt: the model's state dict after N updates (written once, atomically, by the
+        first rank only)."""
         model = self._model()
-        if self.save_dir is None or model is None:
+        if self.save_dir is None or model is None or _rank() != 0:
             return
         path = os.path.join(self.save_dir, f"weights_update{num_updates}.pt")
         if os.path.exists(path):
             return
-        os.makedirs(self.save_dir, exist_ok=True)
         sd = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.cpu()
               for k, v in model.state_dict().items()}
-        tmp = path + ".tmp"
-        torch.save({"model": sd, "num_updates": int(num_updates)}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"model": sd, "num_updates": int(num_updates)}, tmp)
+
+
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def _after_any_step(optimizer, args, kwargs) -> None:
@@ -182,36 +167,40 @@ def _after_any_step(optimizer, args, kwargs) -> None:
         pruner.after_step(optimizer)
 
 
-register_optimizer_step_post_hook(_after_any_step)
-
-
 def add_args(parser) -> None:
-    g = parser  # fairseq's model-specific group
-    g.add_argument("--prune-to", type=float, metavar="S",
-                   help="gradual magnitude pruning to sparsity S in [0, 1) (fraction of each weight matrix and "
-                        "token embedding table set to zero)")
-    g.add_argument("--prune-start-update", type=int, metavar="N", help="update at which pruning starts (default 0)")
-    g.add_argument("--prune-end-update", type=int, metavar="N",
-                   help="update from which the sparsity is S (default: the start: prune at once)")
-    g.add_argument("--prune-scope", choices=SCOPES,
-                   help="tensor (default: every tensor at the scheduled sparsity) or global (one magnitude threshold "
-                        "over all of them, so each layer finds its own sparsity)")
-    g.add_argument("--save-weights-at-updates", metavar="N,N",
-                   help="write SAVE_DIR/weights_update{N}.pt after N updates (0: the initialisation), "
-                        "the rewind points of lottery tickets")
+    """The pruning flags (the pruned_transformer model adds them to fairseq's Transformer ones)."""
+    parser.add_argument("--remaining-ratio", type=float, metavar="K",
+                        help="gradual magnitude pruning: the fraction of each weight matrix and token embedding "
+                             "table kept, in (0, 1] (default 1: no pruning)")
+    parser.add_argument("--prune-start-update", type=int, metavar="N",
+                        help="update at which pruning starts (default 0)")
+    parser.add_argument("--prune-end-update", type=int, metavar="N",
+                        help="update from which K is kept (default: the start: prune at once)")
+    parser.add_argument("--prune-scope", choices=SCOPES,
+                        help="tensor (default: every tensor keeps the scheduled fraction) or global (one magnitude "
+                             "threshold over all of them, so each layer finds its own fraction)")
+    parser.add_argument("--save-weights-at-updates", metavar="N,N",
+                        help="write weights_update{N}.pt after N updates (0: the initialisation), the rewind points "
+                             "of lottery tickets")
+    parser.add_argument("--save-weights-dir", metavar="DIR",
+                        help="where weights_update{N}.pt go (default: --save-dir; fairseq-hydra-train does not hand "
+                             "the save directory to models, so Hydra recipes name it)")
 
 
 def attach(model: nn.Module, args) -> None:
     """Give a dense model a pruner when the pruning flags ask for one (validated here, before training)."""
-    sparsity = getattr(args, "prune_to", None)
+    k = getattr(args, "remaining_ratio", None)
     save = parse_updates(getattr(args, "save_weights_at_updates", None))
-    if sparsity is None:
+    if k is None:
         for flag in ("prune_start_update", "prune_end_update", "prune_scope"):
             if getattr(args, flag, None) is not None:
-                raise ConfigError(f"--{flag.replace('_', '-')} needs --prune-to (the sparsity to prune to)")
+                raise ConfigError(f"--{flag.replace('_', '-')} needs --remaining-ratio (the fraction to keep)")
         if not save:
             return
-    sparsity = check_sparsity(0.0 if sparsity is None else sparsity)
+    try:
+        k = check_remaining_ratio(1.0 if k is None else k)
+    except ValueError as e:
+        raise ConfigError(f"--remaining-ratio: {e}") from None
     start = getattr(args, "prune_start_update", None)
     start = 0 if start is None else start
     end = getattr(args, "prune_end_update", None)
@@ -224,64 +213,27 @@ def attach(model: nn.Module, args) -> None:
     scope = getattr(args, "prune_scope", None) or "tensor"
     if scope not in SCOPES:
         raise ConfigError(f"--prune-scope {scope!r} is unknown; allowed: {', '.join(SCOPES)}")
-    model.add_module("magnitude_pruner", MagnitudePruner(model, sparsity, start, end, save, scope))
+    save_dir = getattr(args, "save_weights_dir", None) or getattr(args, "save_dir", None)
+    if save and not save_dir:
+        raise ConfigError("--save-weights-at-updates needs --save-weights-dir (under fairseq-hydra-train: "
+                          "+model.save_weights_dir=DIR)")
+    model.add_module("magnitude_pruner", MagnitudePruner(model, k, start, end, save, scope, save_dir))
 
 
-def pruner_of(model: nn.Module) -> MagnitudePruner | None:
+def pruner_of(model: nn.Module) -> "MagnitudePruner | None":
     return next((m for m in model.modules() if isinstance(m, MagnitudePruner)), None)
-
-
-def attach_to_trainer(trainer, save_dir: str) -> None:
-    """Once training starts: rewind points go to the save directory (of the first rank only), update 0 now."""
-    pruner = pruner_of(trainer.get_model())
-    if pruner is None:
-        return
-    pruner.save_dir = save_dir if trainer.data_parallel_rank == 0 else None
-    pruner.set_num_updates(trainer.get_num_updates())
-
-
-def install() -> None:
-    """Add the flags to fairseq's `transformer` model and hook its builder and fairseq-train's checkpoint loading."""
-    from fairseq import checkpoint_utils
-    from fairseq.models.transformer.transformer_legacy import TransformerModel
-
-    if getattr(TransformerModel.build_model, "_one_layer_lottery", False):
-        return
-    add, build = TransformerModel.add_args.__func__, TransformerModel.build_model.__func__
-    load = checkpoint_utils.load_checkpoint
-
-    def add_args_(cls, parser):
-        add(cls, parser)
-        if cls is TransformerModel:  # subclasses (ours among them) have their own flags
-            add_args(parser)
-
-    def build_model_(cls, args, task):
-        model = build(cls, args, task)
-        if cls is TransformerModel:
-            attach(model, args)
-        return model
-
-    def load_checkpoint(cfg, trainer, **kwargs):
-        out = load(cfg, trainer, **kwargs)
-        attach_to_trainer(trainer, cfg.save_dir)
-        return out
-
-    build_model_._one_layer_lottery = True
-    TransformerModel.add_args = classmethod(add_args_)
-    TransformerModel.build_model = classmethod(build_model_)
-    checkpoint_utils.load_checkpoint = load_checkpoint
 
 
 # ---- lottery tickets -------------------------------------------------------------------------
 
-def make_ticket(final: dict[str, Tensor], rewind: dict[str, Tensor], names, sparsity: float,
+def make_ticket(final: dict[str, Tensor], rewind: dict[str, Tensor], names, remaining_ratio: float,
                 sign_only: bool = False) -> tuple[dict[str, Tensor], dict[str, float]]:
     """Weights to retrain: the rewind point's values under the final model's magnitude masks (Brix et al. 2020).
 
     With `sign_only`, each kept weight is its rewind sign times one magnitude per tensor, the rewind tensor's
     standard deviation (the scale its init had); returns the new state dict and those magnitudes.
     """
-    masks = magnitude_masks(final, names, sparsity)
+    masks = magnitude_masks(final, names, remaining_ratio)
     out, magnitudes = {k: v.clone() for k, v in rewind.items()}, {}
     for n, keep in masks.items():
         w = rewind[n]
@@ -311,19 +263,20 @@ def sparse_bytes(state: dict[str, Tensor], masked: dict[str, int] | None = None,
     return total
 
 
-def write_ticket(save_dir: str, out: str, sparsity: float, rewind_update: int, sign_only: bool = False,
+def write_ticket(save_dir: str, out: str, remaining_ratio: float, rewind_update: int, sign_only: bool = False,
                  final: str | None = None) -> dict:
     """A fairseq checkpoint holding a lottery ticket of the dense run in `save_dir`, to retrain with the mask fixed:
-    `fairseq-train ... --restore-file OUT --reset-optimizer --reset-lr-scheduler --reset-dataloader --reset-meters
-    --prune-to S --prune-start-update 0` (the zeros of the ticket are its mask)."""
+    `fairseq-train ... --arch pruned_transformer_* --restore-file OUT --reset-optimizer --reset-lr-scheduler
+    --reset-dataloader --reset-meters --remaining-ratio K` (the zeros of the ticket are its mask)."""
     import glob
     import re
 
-    from .artifact import load_checkpoint
-
-    sparsity = check_sparsity(sparsity, "--sparsity")
+    try:
+        remaining_ratio = check_remaining_ratio(remaining_ratio)
+    except ValueError as e:
+        raise ConfigError(f"--remaining-ratio: {e}") from None
     final = final or os.path.join(save_dir, "checkpoint_last.pt")
-    state = load_checkpoint(final)
+    state = read_checkpoint(final)
     rewind_path = os.path.join(save_dir, f"weights_update{rewind_update}.pt")
     if not os.path.isfile(rewind_path):
         saved = sorted(int(re.search(r"weights_update(\d+)\.pt$", p)[1])
@@ -331,10 +284,7 @@ def write_ticket(save_dir: str, out: str, sparsity: float, rewind_update: int, s
         raise ConfigError(f"rewind update {rewind_update} was not saved in {save_dir!r} (saved: "
                           f"{', '.join(map(str, saved)) or 'none'}); train the dense model with "
                           f"--save-weights-at-updates {rewind_update}")
-    try:
-        rewind = torch.load(rewind_path, map_location="cpu", weights_only=True)["model"]
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ConfigError(f"{rewind_path!r} is not a readable weight snapshot ({type(e).__name__})") from None
+    rewind = read_checkpoint(rewind_path, "weight snapshot")["model"]
     if set(rewind) != set(state["model"]):
         raise ConfigError(f"{rewind_path!r} holds other tensors than {final!r}: not the same model")
     names, tied = [], {}  # a table tied to the output projection is one tensor under two names
@@ -343,20 +293,17 @@ def write_ticket(save_dir: str, out: str, sparsity: float, rewind_update: int, s
             first = tied.setdefault(v.data_ptr(), k)
             if first == k:
                 names.append(k)
-    weights, magnitudes = make_ticket(state["model"], rewind, names, sparsity, sign_only)
+    weights, magnitudes = make_ticket(state["model"], rewind, names, remaining_ratio, sign_only)
     for k, v in state["model"].items():
         if is_prunable(k, v):
             weights[k] = weights[tied[v.data_ptr()]]
-    ticket = {"sparsity": sparsity, "rewind_update": int(rewind_update), "sign_only": bool(sign_only),
+    ticket = {"remaining_ratio": remaining_ratio, "rewind_update": int(rewind_update), "sign_only": bool(sign_only),
               "final": os.path.abspath(final), "magnitudes": magnitudes}
     history = dict(state["optimizer_history"][-1], num_updates=0)
     out_state = {**state, "model": {k: weights[k].to(v.dtype) for k, v in state["model"].items()},
                  "optimizer_history": [history], "last_optimizer_state": None,
                  "extra_state": {"train_iterator": {"epoch": 1}}, "lottery_ticket": ticket}
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    torch.save(out_state, tmp)
-    os.replace(tmp, out)
+    save(out_state, out)
     kept = sum(int(torch.count_nonzero(weights[n])) for n in names)
     return {**ticket, "out": out, "tensors": len(names), "kept": kept,
             "total": sum(state["model"][n].numel() for n in names)}

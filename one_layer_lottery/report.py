@@ -7,10 +7,9 @@ import re
 from collections import defaultdict
 
 import numpy as np
-import torch
 
-from .errors import ConfigError
-from .models.supermask_transformer import mask_rule
+from .io import read_checkpoint, save_figure
+from .models.options import mask_rule
 
 _DEPTH = re.compile(r"^(.*(?:encoder|decoder))\.layers\.(\d+)\.(.+)$")  # encoder., encoder.sentence_encoder.
 
@@ -26,8 +25,8 @@ def masks_of(path: str):
         masks = {n: artifact.mask_of(meta, tensors, n).reshape(s) for n, s in meta["masks"].items()}
         stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])
         return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
-    state = artifact.load_checkpoint(path)
-    cfg = artifact._check_supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
+    state = read_checkpoint(path)
+    cfg = artifact.supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
     scores, seen = {}, set()
     for k, v in state["model"].items():  # a module shared under two names (--share-all-embeddings) counts once
         if k.endswith(".scores") and v.data_ptr() not in seen:
@@ -41,38 +40,15 @@ def masks_of(path: str):
     stored += sum(v.numel() * 4 for k, v in state["model"].items()  # a trained classification head, fp32
                   if k.startswith("classification_heads.") and k.endswith((".weight", ".bias")))
     rows = next((v.shape[0] for k, v in state["model"].items() if ".embed_tokens." in k and v.dim() == 2), None)
-    return masks, cfg, stored, None, {"heads": artifact._heads_in_state(state["model"]), "input_rows": rows}
+    return masks, cfg, stored, None, {"heads": artifact.heads_in_state(state["model"]), "input_rows": rows}
 
 
 def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
-    """Parameters of fairseq's dense model of the same shape (biases and LayerNorms included): the Transformer,
-    or for a classifier RoBERTa's encoder with its classification heads (n_tgt labels; no masked-LM head)."""
-    from .artifact import family
-    from .models.supermask_transformer import SHAPE_FIELDS
+    """Parameters of fairseq's dense model of the same shape (biases and LayerNorms included), as its family counts
+    them."""
+    from .artifact import model_class
 
-    def dictionary(n):
-        from fairseq.data import Dictionary
-
-        d = Dictionary()
-        for i in range(n - d.nspecial):
-            d.add_symbol(f"w{i}")
-        return d
-
-    if family(cfg) == "supermask_roberta":  # counted: building RoBERTa re-initialises every weight (slow)
-        layers, d, f = (int(cfg.get(k) or 0) for k in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim"))
-        positions = int(cfg.get("max_positions") or 512) + 2  # learned, past the padding index
-        per_layer = 4 * (d * d + d) + (d * f + f) + (f * d + d) + 2 * 2 * d
-        return n_src * d + positions * d + 2 * d + layers * per_layer + (d * d + d) + (d * n_tgt + n_tgt)
-    from fairseq.models.transformer.transformer_legacy import TransformerModel, base_architecture
-
-    args = argparse.Namespace(**{k: v for k, v in cfg.items() if k in SHAPE_FIELDS or k.startswith("share_")})
-    base_architecture(args)
-    task = argparse.Namespace(source_dictionary=dictionary(n_src), target_dictionary=dictionary(n_tgt))
-    if args.share_all_embeddings:
-        task.target_dictionary = task.source_dictionary
-    with torch.device("meta"):
-        model = TransformerModel.build_model(args, task)
-    return sum(p.numel() for p in model.parameters())
+    return model_class(cfg).dense_param_count(cfg, n_src, n_tgt)
 
 
 def overlap(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,21 +105,9 @@ def inspect(path: str, png: str | None = None) -> dict:
 
 def vocab_sizes(masks, cfg, meta):
     """(source or input vocabulary, target vocabulary or the classes of a classifier's first head)."""
-    from .artifact import _dict_from_text, family
+    from .artifact import model_class
 
-    meta = meta or {}
-    if family(cfg) == "supermask_roberta":
-        heads = list((meta.get("heads") or {}).values())
-        rows = len(_dict_from_text(meta["dicts"]["src"])) if "dicts" in meta else meta.get("input_rows")
-        return rows, heads[0][0] if heads else 2
-    if "dicts" in meta:
-        return len(_dict_from_text(meta["dicts"]["src"])), len(_dict_from_text(meta["dicts"]["tgt"]))
-    src = masks.get("encoder.embed_tokens")
-    tgt = masks.get("decoder.embed_tokens", masks.get("decoder.output_projection"))
-    if src is None or tgt is None:
-        raise ConfigError("cannot tell the vocabulary sizes of a checkpoint with pre-trained embeddings; "
-                          "inspect its exported artifact instead")
-    return src.shape[0], tgt.shape[0]
+    return model_class(cfg).vocab_sizes(masks, meta or {})
 
 
 def plot_overlap(overlaps: dict[str, np.ndarray], png: str, title: str) -> None:
@@ -168,10 +132,7 @@ def plot_overlap(overlaps: dict[str, np.ndarray], png: str, title: str) -> None:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="Jaccard")
     fig.suptitle(title, fontsize=10)
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png)
 
 
 def format_report(r: dict) -> str:

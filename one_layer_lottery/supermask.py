@@ -67,13 +67,16 @@ def group_masks_(model: nn.Module) -> None:
 # step (fairseq's optimizers are torch optimizers underneath) bumps this instead. Masks are then
 # selected once per update, not once per micro-batch (--update-freq) or per forward.
 _OPTIMIZER_STEPS = [0]
+_STEP_HOOK = []  # registered when the first masked module is built, not at import
 
 
 def _count_step(optimizer, args, kwargs) -> None:
     _OPTIMIZER_STEPS[0] += 1
 
 
-register_optimizer_step_post_hook(_count_step)
+def count_optimizer_steps() -> None:
+    if not _STEP_HOOK:
+        _STEP_HOOK.append(register_optimizer_step_post_hook(_count_step))
 
 
 def _apply_mask(weight: Tensor, mask: Tensor) -> Tensor:
@@ -115,6 +118,7 @@ class SupermaskModule(nn.Module):
     def __init__(self, shape: tuple[int, int], rule: TopK | float, score_init: str,
                  weight: Tensor | None = None, shared: tuple[WeightBank, str] | None = None, stored: bool = False):
         super().__init__()
+        count_optimizer_steps()
         self.rule = rule if isinstance(rule, TopK) else TopK(check_remaining_ratio(rule))  # a float: plain top-k
         self.rule.check_shape(shape)
         self._annealed: TopK | None = None  # the rule while training under --ratio-anneal-updates (see set_ratio)

@@ -17,6 +17,7 @@ import yaml
 
 from . import data
 from .errors import ConfigError
+from .io import atomic_path, save_figure
 
 
 def runs(sweep_dir: str):
@@ -85,9 +86,7 @@ def plot(rows, x: str, png: str, metric: str = "bleu") -> None:
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = png + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    os.replace(tmp, png)
+    save_figure(fig, png, dpi=110)
 
 
 def main() -> int:
@@ -107,12 +106,10 @@ def main() -> int:
         if not rows:
             raise ConfigError(f"no finished runs under {a.sweep_dir!r}")
         keys = sorted({k for r in rows for k in r})
-        tmp = a.csv + ".tmp"
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with atomic_path(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=keys)
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, a.csv)
         if a.png and all(a.x in r for r in rows):
             plot(rows, a.x, a.png, metric)
         print(f"[sweep] {len(rows)} runs -> {a.csv}" + (f", {a.png}" if a.png else ""))

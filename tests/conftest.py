@@ -34,8 +34,9 @@ def make_dictionary(n_words=40):
     return d
 
 
-def build_model(arch="supermask_transformer_tiny", *extra, src_words=40, tgt_words=30):
-    """Build a model exactly as fairseq-train would from these command-line flags."""
+def build_model(arch="supermask_transformer_tiny", *extra, src_words=40, tgt_words=30, **config):
+    """Build a model exactly as fairseq-train would from these command-line flags (and `config`: values a saved
+    config holds that are not flags)."""
     from fairseq import options
 
     import one_layer_lottery  # noqa: F401
@@ -43,6 +44,8 @@ def build_model(arch="supermask_transformer_tiny", *extra, src_words=40, tgt_wor
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["dummy-data", "--task", "translation", "--arch", arch, *extra])
+    for k, v in config.items():
+        setattr(args, k, v)
     task = SimpleNamespace(source_dictionary=make_dictionary(src_words), target_dictionary=make_dictionary(tgt_words))
     return SupermaskTransformerModel.build_model(args, task)
 

@@ -180,13 +180,14 @@ def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path)
 
 
 def test_shared_embedding_table_stored_once(tmp_path):
-    flags = ["--share-all-embeddings", "--pretrained-embeddings", "dense.pt", "--pretrained-embeddings-in-checkpoint"]
-    model = build_model("one_layer_supermask_transformer_tiny", *flags, src_words=40, tgt_words=40).eval()
+    flags = ["--share-all-embeddings", "--pretrained-embeddings", "dense.pt"]
+    model = build_model("one_layer_supermask_transformer_tiny", *flags, src_words=40, tgt_words=40,
+                        _pretrained_embeddings_in_checkpoint=True).eval()
     torch.nn.init.normal_(model.encoder.embed_tokens.weight)
     assert model.encoder.embed_tokens is model.decoder.embed_tokens
     cfg = {"model": {"_name": "one_layer_supermask_transformer_tiny", "remaining_ratio": 0.5,
                      "share_all_embeddings": True, "pretrained_embeddings": "dense.pt",
-                     "pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed,
+                     "_pretrained_embeddings_in_checkpoint": True, "weight_seed": model.args.weight_seed,
                      "init_preset": "tuned"}}
     d = make_dictionary(40)
     artifact.export_model(model, cfg, d, d, str(tmp_path / "a.olt"), embeddings_dtype="float32")

@@ -56,7 +56,7 @@ def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
     overrides = [f"task.data={data}", f"common.user_dir={ROOT}/one_layer_lottery",
                  f"checkpoint.save_dir={tmp_path}"]
     if "pretrained_emb" in name:  # tables of the right shape, as when loading a trained checkpoint
-        overrides += ["model.pretrained_embeddings=dense.pt", "+model.pretrained_embeddings_in_checkpoint=true"]
+        overrides += ["model.pretrained_embeddings=dense.pt", "+model._pretrained_embeddings_in_checkpoint=true"]
     cfg = _compose(name, overrides)
     utils.import_user_module(cfg.common)
     assert cfg.criterion.label_smoothing == 0.1
@@ -84,7 +84,7 @@ def test_glue_config_composes_and_builds(name, tiny_glue, tmp_path):
 
     overrides = [f"task.data={tiny_glue}", f"common.user_dir={ROOT}/one_layer_lottery", f"checkpoint.save_dir={tmp_path}"]
     if "pretrained_emb" in name:  # tables of the right shape, as when loading a trained checkpoint
-        overrides += ["model.pretrained_embeddings=roberta.pt", "+model.pretrained_embeddings_in_checkpoint=true"]
+        overrides += ["model.pretrained_embeddings=roberta.pt", "+model._pretrained_embeddings_in_checkpoint=true"]
     cfg = _compose(name, overrides)
     utils.import_user_module(cfg.common)
     assert cfg.optimization.lr == [1e-05] and cfg.lr_scheduler._name == "polynomial_decay"  # Liu et al. 2019

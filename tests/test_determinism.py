@@ -38,19 +38,25 @@ def test_model_weights_are_pinned():
     assert _model_sha(paper) == PINNED_MODEL_FORMAT_1
 
 
-def test_format_1_configs_regenerate_their_weights():
-    """An artifact written before per-role inits names no preset: it must get its old weights back."""
-    from conftest import make_dictionary
+def test_format_1_artifacts_are_refused_in_one_line(trained, tmp_path):
+    """Format 1 (before per-role inits) was written only by this repository's early commits: refused, one line."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
 
     from one_layer_lottery import artifact
+    from one_layer_lottery.errors import ConfigError
 
-    model = build_model("one_layer_supermask_transformer_tiny", "--weight-seed", "1234")
-    cfg = {k: v for k, v in vars(model.args).items() if not k.startswith(("init_", "_")) and not k.endswith(
-        ("_init", "_gain", "init_specs"))}
-    cfg.update(_name="one_layer_supermask_transformer_tiny", weight_init="kaiming_uniform", no_scale_init=False)
-    assert "init_preset" not in cfg
-    old = artifact._build(cfg, make_dictionary(40), make_dictionary(30))
-    assert _model_sha(old) == PINNED_MODEL_FORMAT_1
+    artifact.export(str(trained), str(tmp_path / "a.olt"))
+    with safe_open(tmp_path / "a.olt", framework="pt") as f:
+        meta = json.loads(f.metadata()["one_layer_lottery"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    meta["format_version"] = 1
+    save_file(tensors, tmp_path / "old.olt", metadata={"one_layer_lottery": json.dumps(meta)})
+    with pytest.raises(ConfigError, match="format version 1; this version reads 2, 3") as e:
+        artifact.load_model(str(tmp_path / "old.olt"))
+    assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])

@@ -84,7 +84,7 @@ def test_pretrained_embeddings_frozen_and_portable(tiny_corpus, dense_ckpt, tmp_
         key = f"{side}.embed_tokens.weight"
         assert torch.equal(sm["model"][key], dense[key].float())
         assert f"{side}.embed_tokens.scores" not in sm["model"]
-    assert sm["cfg"]["model"]["pretrained_embeddings_in_checkpoint"] is True
+    assert sm["cfg"]["model"]["_pretrained_embeddings_in_checkpoint"] is True
     emb.unlink()  # the checkpoint alone must be enough to translate
     run_cli("fairseq-generate", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path",
             save / "checkpoint_last.pt", "--beam", "1", "--max-len-b", "5", "--batch-size", "64")
@@ -109,7 +109,7 @@ def _fails_one_line(r, *needles):
     (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
     (["--mask-structure", "2:4", "--remaining-ratio", "0.3"], ["--remaining-ratio 0.3 must equal N/M = 0.5"]),
     (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
-    (["--pretrained-embeddings", "missing.pt"], ["'missing.pt': no such file"]),
+    (["--pretrained-embeddings", "missing.pt"], ["'missing.pt' does not exist"]),
 ])
 def test_bad_input_fails_before_training(tiny_corpus, tmp_path, flags, needles):
     save = tmp_path / "save"

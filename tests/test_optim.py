@@ -16,10 +16,10 @@ def test_masked_adam_trains_scores_and_keeps_state_for_scores_only(tiny_corpus, 
 
 def test_masked_optimizer_refuses_other_trainable_tensors(tiny_corpus, tmp_path):
     r = run_cli("fairseq-train", tiny_corpus.bin, *SM, *MASKED, "--max-update", "2", "--save-dir", tmp_path,
-                "--affine-layernorm", check=False)
+                "--learned-output-scale", check=False)
     assert r.returncode == 1
     err = [line for line in r.stderr.splitlines() if "error" in line]
-    assert len(err) == 1 and "non-score tensors require grad" in err[0] and "layer_norm" in err[0]
+    assert len(err) == 1 and "non-score tensors require grad" in err[0] and "output_scale" in err[0]
     assert not list(tmp_path.glob("*.pt"))
 
 

@@ -15,6 +15,7 @@ import torch
 from conftest import MASKED, SM, build_model, hypotheses, run_cli
 
 from one_layer_lottery import artifact
+from one_layer_lottery.io import is_regenerated
 from one_layer_lottery.masks import topk_mask
 from one_layer_lottery.supermask import supermask_modules
 
@@ -153,14 +154,14 @@ def test_low_precision_checkpoint_exports_and_round_trips(runs, tiny_corpus, tmp
     a = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     b = torch.load(back, map_location="cpu", weights_only=True)["model"]
     for k in a:
-        if artifact._is_regenerated(k) and a[k].is_floating_point():
+        if is_regenerated(k) and a[k].is_floating_point():
             assert torch.equal(a[k], b[k]), k
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
     if device == "cuda":
         assert hypotheses(tiny_corpus.bin, ckpt, "--fp16") == hypotheses(tiny_corpus.bin, back, "--fp16")
     if case == "cpu-bf16":  # a rounded weight changed after training: not the seed's any more
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        key = next(k for k in a if artifact._is_regenerated(k) and not k.endswith(".version"))
+        key = next(k for k in a if is_regenerated(k) and not k.endswith(".version"))
         state["model"][key] = state["model"][key] * 3
         torch.save(state, tmp_path / "edited.pt")
         r = run_cli("one-layer-lottery", "export", tmp_path / "edited.pt", tmp_path / "x.olt", check=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import TRAIN, argparse, hypotheses, make_dictionary, run_cli
 
-DENSE = ["--arch", "transformer_tiny", "--user-dir", "one_layer_lottery"]
+DENSE = ["--arch", "pruned_transformer_tiny", "--user-dir", "one_layer_lottery"]
 
 
 def build_dense(*extra):
@@ -19,9 +19,9 @@ def build_dense(*extra):
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["dummy", "--task", "translation", *DENSE, *extra])
     task = argparse.Namespace(source_dictionary=make_dictionary(40), target_dictionary=make_dictionary(30))
-    from fairseq.models.transformer import TransformerModel
+    from one_layer_lottery.models.pruned_transformer import PrunedTransformerModel
 
-    model = TransformerModel.build_model(args, task)
+    model = PrunedTransformerModel.build_model(args, task)
     return model, pruner_of(model)
 
 
@@ -30,18 +30,18 @@ def zeros(state, names):
 
 
 def test_schedule_is_zhu_gupta_cubic():
-    from one_layer_lottery.pruning import scheduled_sparsity
+    from one_layer_lottery.masks import cubic_schedule
 
-    assert [scheduled_sparsity(0.8, 2, 6, t) for t in (0, 1, 2, 6, 9)] == [0, 0, 0, 0.8, 0.8]
-    assert scheduled_sparsity(0.8, 2, 6, 4) == pytest.approx(0.8 * (1 - 0.5 ** 3))
-    assert scheduled_sparsity(0.5, 3, 3, 3) == 0.5  # start == end: at once
+    assert [cubic_schedule(0.2, 2, 6, t) for t in (0, 1, 2, 6, 9)] == [1, 1, 1, 0.2, 0.2]
+    assert cubic_schedule(0.2, 2, 6, 4) == pytest.approx(1 - 0.8 * (1 - 0.5 ** 3))  # sparsity S (1 - (1 - p)^3)
+    assert cubic_schedule(0.5, 3, 3, 3) == 0.5  # start == end: at once
 
 
 def test_exact_scheduled_count_at_every_update_and_pruned_stay_zero():
-    from one_layer_lottery.pruning import n_dropped
+    from one_layer_lottery.masks import n_pruned
 
     torch.manual_seed(0)
-    model, pruner = build_dense("--prune-to", "0.8", "--prune-start-update", "2", "--prune-end-update", "6",
+    model, pruner = build_dense("--remaining-ratio", "0.2", "--prune-start-update", "2", "--prune-end-update", "6",
                                 "--share-decoder-input-output-embed")
     names = [n for n, _ in pruner._targets]
     # every weight matrix and token table once: the tied decoder table is one tensor
@@ -56,7 +56,7 @@ def test_exact_scheduled_count_at_every_update_and_pruned_stay_zero():
         out = {}
         for n in names:
             pruned = ~pruner._keep[n] if n in pruner._keep else torch.zeros_like(params[n], dtype=torch.bool)
-            assert int(pruned.sum()) == n_dropped(params[n].numel(), pruner.scheduled(t)), (t, n)
+            assert int(pruned.sum()) == n_pruned(params[n].numel(), pruner.scheduled(t)), (t, n)
             assert bool(params[n][pruned].eq(0).all()), (t, n)
             out[n] = pruned.clone()
         return out
@@ -74,21 +74,21 @@ def test_exact_scheduled_count_at_every_update_and_pruned_stay_zero():
         opt.step()
         opt.zero_grad()
         check(t + 1)  # after the step the weights already hold the next update's mask: saved checkpoints are exact
-    assert pruner.scheduled(8) == 0.8
+    assert pruner.scheduled(8) == 0.2
 
 
 def test_global_scope_prunes_the_exact_total_and_layers_differ():
-    from one_layer_lottery.pruning import n_dropped
+    from one_layer_lottery.masks import n_pruned
 
     torch.manual_seed(0)
-    model, pruner = build_dense("--prune-to", "0.7", "--prune-scope", "global")
+    model, pruner = build_dense("--remaining-ratio", "0.3", "--prune-scope", "global")
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = None
     for t in range(3):
         model.set_num_updates(t)
         pruned = {n: ~pruner._keep[n] for n, _ in pruner._targets}
         total = sum(p.numel() for _, p in pruner._targets)
-        assert sum(int(v.sum()) for v in pruned.values()) == n_dropped(total, 0.7)
+        assert sum(int(v.sum()) for v in pruned.values()) == n_pruned(total, 0.3)
         fractions = {round(float(v.float().mean()), 3) for v in pruned.values()}
         assert len(fractions) > 3  # each tensor finds its own sparsity
         if before is not None:
@@ -103,29 +103,31 @@ def test_global_scope_prunes_the_exact_total_and_layers_differ():
 def test_bad_pruning_options_are_one_line_errors():
     from one_layer_lottery.errors import ConfigError
 
-    for extra, msg in ((["--prune-to", "1.0"], "outside [0, 1)"), (["--prune-to", "-0.1"], "outside [0, 1)"),
-                       (["--prune-to", "0.5", "--prune-start-update", "5", "--prune-end-update", "3"], "precedes"),
-                       (["--prune-end-update", "3"], "needs --prune-to"),
-                       (["--prune-scope", "global"], "needs --prune-to"),
+    for extra, msg in ((["--remaining-ratio", "0"], "outside (0, 1]"), (["--remaining-ratio", "1.1"], "outside (0, 1]"),
+                       (["--remaining-ratio", "0.5", "--prune-start-update", "5", "--prune-end-update", "3"],
+                        "precedes"),
+                       (["--prune-end-update", "3"], "needs --remaining-ratio"),
+                       (["--prune-scope", "global"], "needs --remaining-ratio"),
                        (["--save-weights-at-updates", "0,x"], "non-negative update counts")):
         with pytest.raises(ConfigError, match=re.escape(msg)):
             build_dense(*extra)
 
 
 def test_ticket_rewinds_exactly_under_the_final_mask():
-    from one_layer_lottery.pruning import make_ticket, n_dropped
+    from one_layer_lottery.masks import n_pruned
+    from one_layer_lottery.pruning import make_ticket
 
     g = torch.Generator().manual_seed(0)
     final = {"a.weight": torch.randn(8, 16, generator=g), "a.bias": torch.randn(8, generator=g)}
     rewind = {k: torch.randn(v.shape, generator=g) for k, v in final.items()}
-    out, _ = make_ticket(final, rewind, ["a.weight"], 0.75)
+    out, _ = make_ticket(final, rewind, ["a.weight"], 0.25)
     keep = out["a.weight"].ne(0)
-    assert int((~keep).sum()) == n_dropped(128, 0.75)
+    assert int((~keep).sum()) == n_pruned(128, 0.25)
     order = final["a.weight"].abs().flatten().argsort(descending=True)
     assert torch.equal(keep.flatten()[order[:32]], torch.ones(32, dtype=torch.bool))  # the 32 largest final |W|
     assert torch.equal(out["a.weight"][keep], rewind["a.weight"][keep])  # rewind values, exactly
     assert torch.equal(out["a.bias"], rewind["a.bias"])  # everything else rewinds whole
-    signed, mags = make_ticket(final, rewind, ["a.weight"], 0.75, sign_only=True)
+    signed, mags = make_ticket(final, rewind, ["a.weight"], 0.25, sign_only=True)
     c = mags["a.weight"]
     assert c == pytest.approx(float(rewind["a.weight"].std()))
     assert torch.equal(signed["a.weight"].ne(0), keep)
@@ -147,69 +149,72 @@ def test_sparse_bytes_counts_positions_and_values():
 def pruned_run(tiny_corpus, tmp_path_factory):
     save = tmp_path_factory.mktemp("pruned")
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "6", "--seed", "2",
-            "--prune-to", "0.75", "--prune-start-update", "1", "--prune-end-update", "4",
+            "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",
             "--save-weights-at-updates", "0,3", "--save-dir", save)
     return save
 
 
 def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_corpus, pruned_run):
-    from one_layer_lottery.pruning import is_prunable, n_dropped
+    from one_layer_lottery.masks import n_pruned
+    from one_layer_lottery.pruning import is_prunable
 
     sd = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
     names = [k for k, v in sd.items() if is_prunable(k, v)]
     assert len(names) >= 10
     for n in names:
-        assert int(sd[n].eq(0).sum()) == n_dropped(sd[n].numel(), 0.75), n
+        assert int(sd[n].eq(0).sum()) == n_pruned(sd[n].numel(), 0.25), n
     w0 = torch.load(pruned_run / "weights_update0.pt", weights_only=True)
     w3 = torch.load(pruned_run / "weights_update3.pt", weights_only=True)
     assert (w0["num_updates"], w3["num_updates"]) == (0, 3) and set(w0["model"]) == set(sd)
     assert not any(bool(w0["model"][n].eq(0).all()) for n in names)
     # resume: 2 more updates; what was pruned stays zero and the count stays exact
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "8", "--seed", "2",
-            "--prune-to", "0.75", "--prune-start-update", "1", "--prune-end-update", "4",
+            "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",
             "--save-dir", pruned_run)
     sd2 = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
     for n in names:
         assert bool(sd2[n][sd[n].eq(0)].eq(0).all()), n
-        assert int(sd2[n].eq(0).sum()) == n_dropped(sd[n].numel(), 0.75), n
+        assert int(sd2[n].eq(0).sum()) == n_pruned(sd[n].numel(), 0.25), n
     assert any(not torch.equal(sd[n], sd2[n]) for n in names)  # it did train
     hyps = hypotheses(tiny_corpus.bin, pruned_run / "checkpoint_last.pt")
     assert len(hyps) == 37
 
 
 def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tmp_path):
+    from one_layer_lottery.masks import n_pruned
     from one_layer_lottery.pruning import is_prunable
 
-    # the mask of the final (75 % pruned) weights at 80 %, over the initialisation
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "ticket.pt", "--sparsity", "0.8",
+    # the mask of the final (25 % kept) weights at 20 % kept, over the initialisation
+    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "ticket.pt", "--remaining-ratio", "0.2",
                 "--rewind-update", "0", "--json")
     info = json.loads(r.stdout)
     final = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
     assert info["rewind_update"] == 0 and info["kept"] == info["total"] - sum(
-        int(0.8 * t.numel()) for k, t in final.items() if is_prunable(k, t))
+        n_pruned(t.numel(), 0.2) for k, t in final.items() if is_prunable(k, t))
     ticket = torch.load(tmp_path / "ticket.pt", weights_only=True)["model"]
     save = tmp_path / "retrain"
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "3", "--seed", "2",
             "--restore-file", tmp_path / "ticket.pt", "--reset-optimizer", "--reset-lr-scheduler",
-            "--reset-dataloader", "--reset-meters", "--prune-to", "0.8", "--save-dir", save)
+            "--reset-dataloader", "--reset-meters", "--remaining-ratio", "0.2", "--save-dir", save)
     out = torch.load(save / "checkpoint_last.pt", weights_only=True)["model"]
     names = [k for k, v in out.items() if is_prunable(k, v)]
     for n in names:
         assert torch.equal(out[n].eq(0), ticket[n].eq(0)), n  # the ticket's mask, unchanged
     assert any(not torch.equal(out[n], ticket[n]) for n in names)
     # a rewind point that was not saved: one line, exit 1, nothing written
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t2.pt", "--sparsity", "0.5",
+    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t2.pt", "--remaining-ratio", "0.5",
                 "--rewind-update", "2", check=False)
     assert r.returncode == 1 and "rewind update 2 was not saved" in r.stderr and "saved: 0, 3" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "t2.pt").exists()
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t3.pt", "--sparsity", "1.5", check=False)
-    assert r.returncode == 1 and "outside [0, 1)" in r.stderr
+    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t3.pt", "--remaining-ratio", "1.5",
+                check=False)
+    assert r.returncode == 1 and "outside (0, 1]" in r.stderr
 
 
 def test_fairseq_train_refuses_bad_sparsity_in_one_line(tiny_corpus, tmp_path):
-    r = run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "1", "--prune-to", "1.5",
+    r = run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "1", "--remaining-ratio", "1.5",
                 "--save-dir", tmp_path, check=False)
-    assert r.returncode == 1 and "--prune-to 1.5 is outside [0, 1)" in r.stderr
+    assert r.returncode == 1 and "--remaining-ratio: remaining ratio 1.5 is outside (0, 1]" in r.stderr
     assert not list(tmp_path.glob("*.pt"))
 
 

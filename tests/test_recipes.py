@@ -117,24 +117,25 @@ def test_lottery_ticket_recipe_end_to_end(tiny_corpus, tmp_path):
              "checkpoint.best_checkpoint_metric=loss", "checkpoint.maximize_best_checkpoint_metric=false",
              "dataset.max_tokens=1024", "common.log_interval=1"]
     out = tmp_path / "lt"
-    r = sh("scripts/lottery-ticket.sh", "iwslt14_dense_small", os.path.join(data, "bin"), out, "--sparsity", "0.6",
+    r = sh("scripts/lottery-ticket.sh", "iwslt14_dense_small", os.path.join(data, "bin"), out, "--kept", "0.4",
            "--rewind-update", "2", "--sign-only", *small)
     assert (out / "dense" / "weights_update2.pt").exists()
-    assert re.search(r"\[lottery-ticket\] ticket_0.6: detokenized sacreBLEU: BLEU", r.stdout)
+    assert re.search(r"\[lottery-ticket\] ticket_0.4: detokenized sacreBLEU: BLEU", r.stdout)
     import torch
 
+    from one_layer_lottery.masks import n_pruned
     from one_layer_lottery.pruning import is_prunable
 
-    ticket = torch.load(out / "ticket_0.6.pt", weights_only=True)
+    ticket = torch.load(out / "ticket_0.4.pt", weights_only=True)
     assert ticket["lottery_ticket"]["sign_only"] and ticket["lottery_ticket"]["rewind_update"] == 2
-    retrained = torch.load(out / "ticket_0.6" / "checkpoint_last.pt", weights_only=True)["model"]
+    retrained = torch.load(out / "ticket_0.4" / "checkpoint_last.pt", weights_only=True)["model"]
     for k, v in retrained.items():
         if is_prunable(k, v):
             assert torch.equal(v.eq(0), ticket["model"][k].eq(0)), k  # retrained under the ticket's mask
-            assert int(v.eq(0).sum()) == int(0.6 * v.numel()), k
-    for bad, needle in ((["--sparsity", "1.2", "--rewind-update", "2"], "'1.2' is outside [0, 1)"),
-                        (["--sparsity", "0.5", "--rewind-update", "x"], "--rewind-update 'x'"),
-                        (["--sparsity", "0.5", "--rewind-update", "1", "--beam", "4"], "unknown option --beam")):
+            assert int(v.eq(0).sum()) == n_pruned(v.numel(), 0.4), k
+    for bad, needle in ((["--kept", "1.2", "--rewind-update", "2"], "'1.2' is outside (0, 1]"),
+                        (["--kept", "0.5", "--rewind-update", "x"], "--rewind-update 'x'"),
+                        (["--kept", "0.5", "--rewind-update", "1", "--beam", "4"], "unknown option --beam")):
         r = sh("scripts/lottery-ticket.sh", "iwslt14_dense_small", os.path.join(data, "bin"), tmp_path / "bad", *bad,
                check=False)
         assert r.returncode == 1 and needle in r.stderr and not (tmp_path / "bad").exists()

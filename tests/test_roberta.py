@@ -141,7 +141,7 @@ def test_pretrained_roberta_embeddings_frozen_and_bad_ones_refused(tiny_glue, de
              (tmp_path / "more_rows.pt", [], f"its table has {rows + 8} rows, the dictionary {rows} symbols"),
              (tmp_path / "other_dict.pt", [], "dictionary differs from"),
              (dense, ["--encoder-embed-dim", "32"], "embedding dim is 64, the model's is 32"),
-             (tmp_path / "missing.pt", [], "no such file"))
+             (tmp_path / "missing.pt", [], "does not exist"))
     for path, extra, needle in cases:
         r = run_cli("fairseq-train", tiny_glue, *CLS, "--arch", "one_layer_supermask_roberta_tiny", "--optimizer",
                     "masked_adam", "--pretrained-embeddings", path, "--max-update", "1", "--save-dir",

@@ -127,8 +127,11 @@ def test_bad_coat_ratios(coats):
 def test_annealed_ratio_schedule_and_exact_counts():
     from conftest import build_model
 
-    from one_layer_lottery.models.supermask_transformer import annealed_ratio
+    from one_layer_lottery.masks import cubic_schedule
     from one_layer_lottery.supermask import SupermaskModule
+
+    def annealed_ratio(k, updates, t):
+        return cubic_schedule(k, 0, updates, t)
 
     assert annealed_ratio(0.5, 100, 0) == 1.0
     assert annealed_ratio(0.5, 100, 50) == pytest.approx(0.5 + 0.5 * 0.5 ** 3)

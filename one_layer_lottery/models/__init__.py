@@ -1,1 +1,1 @@
-from . import supermask_roberta, supermask_transformer  # noqa: F401
+from . import pruned_transformer, supermask_roberta, supermask_transformer  # noqa: F401

@@ -10,7 +10,7 @@ import weakref
 
 from fairseq.optim import OPTIMIZER_DATACLASS_REGISTRY, OPTIMIZER_REGISTRY, register_optimizer
 
-from ..errors import ConfigError
+from ..errors import ConfigError, install_excepthook
 
 _MODELS = []  # weak references to supermask models built in this process, newest last
 
@@ -27,7 +27,7 @@ def check_scores_only(model) -> None:
     if others:
         raise ConfigError(f"masked-only optimizer: {len(others)} non-score tensors require grad "
                           f"(first: {others[0]}); only supermask scores may be trained "
-                          f"(drop --affine-layernorm / --learned-output-scale, or use the plain optimizer)")
+                          f"(drop --learned-output-scale, or use the plain optimizer)")
 
 
 def _latest_model():
@@ -42,6 +42,7 @@ def _latest_model():
 def _wrap(name: str, cls):
     class MaskedOnly(cls):
         def __init__(self, cfg, params, *args, **kwargs):
+            install_excepthook()
             model = _latest_model()
             if model is None:
                 raise ConfigError(f"--optimizer masked_{name} trains supermask models only; "

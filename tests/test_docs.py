@@ -1,0 +1,23 @@
+"""The generated reference stays in step with the code."""
+
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_options_page_is_current():
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "docs", "options.py"), "--check"], capture_output=True,
+                       text=True, check=False)
+    assert r.returncode == 0, r.stderr
+
+
+def test_readme_is_short_and_links_resolve():
+    import re
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    assert len(text.splitlines()) <= 150
+    for target in re.findall(r"\]\(((?:docs|benchmarks|scripts|models|examples)/[^)#]+)", text):
+        assert os.path.exists(os.path.join(ROOT, target)), target
