@@ -28,6 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+
+from common import add_parallel_args, add_shape_args
 
 from one_layer_lottery.classify import predict, scores
 from one_layer_lottery.errors import ConfigError
@@ -128,14 +131,9 @@ def main(argv=None) -> int:
     p.add_argument("glue_dir")
     p.add_argument("--tasks", default="SST-2,MRPC,RTE")
     p.add_argument("--work", default="work/glue")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
+    add_parallel_args(p, jobs=2, threads=1)
+    add_shape_args(p, vocab=8000)
     p.add_argument("--max-positions", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--scale", type=float, default=1.0, help="multiplies every update budget")
     p.add_argument("--layer-score-lr-scales", default="", help="comma-separated --layer-score-lr-scale values: "

@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
-import speed
+from common import DICT_SIZES, dictionary, median_range
 
 from one_layer_lottery import semi_structured as ss
 from one_layer_lottery.masks import NM
@@ -52,15 +52,15 @@ def rounds_of(fn_dense, fn_sparse, rounds: int) -> dict:
         t = [cuda_ms(f) for f in pair]
         d, s = t if r % 2 == 0 else t[::-1]
         ups.append(d / s)
-    return speed.median_range(ups)
+    return median_range(ups)
 
 
 def build_24(shape: str):
     from fairseq import options
     from fairseq.models import ARCH_MODEL_REGISTRY
 
-    n_src, n_tgt = next(v for k, v in speed.DICT_SIZES.items() if shape.startswith(k))
-    task = argparse.Namespace(source_dictionary=speed.dictionary(n_src), target_dictionary=speed.dictionary(n_tgt))
+    n_src, n_tgt = next(v for k, v in DICT_SIZES.items() if shape.startswith(k))
+    task = argparse.Namespace(source_dictionary=dictionary(n_src), target_dictionary=dictionary(n_tgt))
     arch = f"one_layer_supermask_transformer_{shape}"
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, ["x", "--task", "translation", "--arch", arch, "--mask-structure",
@@ -155,7 +155,7 @@ def one_shape(shape: str, a) -> dict:
     for r in range(a.rounds):
         d, s = tok_s(with_storage(False)(decode)), tok_s(with_storage(True)(decode))
         ratios.append(s / d)
-    out["decoding_tok_s_ratio"] = speed.median_range(ratios)
+    out["decoding_tok_s_ratio"] = median_range(ratios)
     return out
 
 

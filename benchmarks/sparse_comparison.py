@@ -2,9 +2,9 @@
 
     python benchmarks/sparse_comparison.py RAW_DIR [--kept 0.5,0.3,0.1] [--updates 500] [--rewind-update 50]
         [--methods one_layer,standard,magnitude,ticket[,ticket_sign]] [--jobs 2] [--work work/sparse]
-        [--dim 128 --ffn 256 --layers 3 ...: benchmarks/convergence.py's shape options]
+        [--dim 128 --ffn 256 --layers 3 ...: the shape options every training benchmark shares]
 
-Trains with one shape and one update budget (stock fairseq-train runs, benchmarks/convergence.py's helpers):
+Trains with one shape and one update budget (stock fairseq-train runs, benchmarks/common.py's helpers):
   dense        fairseq's dense Transformer, saving its weights at updates 0 and --rewind-update
   one_layer    the one-layer supermask model (masked random embeddings) at k = the kept fraction
   standard     the standard supermask model (a random layer per depth) at the same k
@@ -35,13 +35,23 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import convergence
+from common import DENSE_ARGS as DENSE
+from common import (
+    SUPERMASK_ARGS,
+    add_run_args,
+    check_run_args,
+    command,
+    prepare_once,
+    run_guarded,
+    save_plot,
+    score_checkpoints,
+    train,
+)
 
-from one_layer_lottery import data
 from one_layer_lottery.errors import ConfigError
+from one_layer_lottery.io import atomic_path
 
-DENSE_ARGS = [("pruned_transformer" if x == "transformer" else x) for x in convergence.MODELS["dense"][2]]
-SUPERMASK_ARGS = convergence.MODELS["random_emb"][2]
+DENSE_ARGS = [("pruned_transformer" if x == "transformer" else x) for x in DENSE]  # the flags of pruning
 METHODS = {
     "one_layer": "one-layer supermask (random weights)",
     "standard": "standard supermask (random weights)",
@@ -54,19 +64,14 @@ METHODS = {
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("raw_dir")
-    p.add_argument("--kept", default="0.5,0.3,0.1", help="fractions of the weights kept (k; sparsity 1 - k)")
+    add_run_args(p, work="work/sparse", updates=500, eval_every=500)  # 13 runs in about 90 minutes on 2 cores
+    p.set_defaults(jobs=2)
+    p.add_argument("--kept", default="0.5,0.3,0.1", help="fractions of the weights kept (k)")
     p.add_argument("--methods", default="one_layer,standard,magnitude,ticket",
                    help=f"any of {', '.join(METHODS)}")
     p.add_argument("--rewind-update", type=int, default=50)
     p.add_argument("--analysis-sentences", type=int, default=500)
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--work", default="work/sparse")
-    # the rest: convergence.py's options (shape, budget, seed, threads)
-    a, rest = p.parse_known_args(argv)
-    if not any(r == "--updates" or r.startswith("--updates=") for r in rest):
-        rest += ["--updates", "500"]  # the comparison's own default: 13 runs in about 90 minutes on 2 cores
-    c = convergence.parse_args([a.raw_dir, "--models", "dense", "--work", a.work, *rest])
+    a = p.parse_args(argv)
     try:
         a.kept_list = [float(v) for v in a.kept.split(",")]
     except ValueError:
@@ -77,83 +82,69 @@ def parse_args(argv=None):
     unknown = [m for m in a.method_list if m not in METHODS]
     if unknown or not a.method_list:
         p.error(f"--methods: unknown {unknown}; allowed: {', '.join(METHODS)}")
-    if not 0 <= a.rewind_update < c.updates:
-        p.error(f"--rewind-update {a.rewind_update} must lie in [0, --updates {c.updates})")
-    if a.jobs < 1:
-        p.error(f"--jobs {a.jobs} must be at least 1")
-    c.eval_every, c.extra_args, c.jobs = c.updates, "", a.jobs
-    return a, c
+    check_run_args(p, a)
+    if not 0 <= a.rewind_update < a.updates:
+        p.error(f"--rewind-update {a.rewind_update} must lie in [0, --updates {a.updates})")
+    a.eval_every = a.updates  # the comparison scores each run's last checkpoint only
+    return a
 
 
 def run_name(method: str, k: float) -> str:
     return f"{method}_{k:g}"
 
 
-def flags(a, c, method: str, k: float) -> list[str]:
-    """fairseq-train arguments of one run (on top of convergence.py's shape and common arguments)."""
+def flags(a, method: str, k: float) -> list[str]:
+    """fairseq-train arguments of one run (on top of the shape and common arguments, common.train)."""
     if method == "one_layer":
         return [*SUPERMASK_ARGS, "--remaining-ratio", str(k)]
     if method == "standard":
         return [*SUPERMASK_ARGS, "--arch", "supermask_transformer_tiny", "--remaining-ratio", str(k)]
     if method.startswith("magnitude"):
-        return [*DENSE_ARGS, "--remaining-ratio", str(k), "--prune-start-update", str(c.updates // 5),
-                "--prune-end-update", str(3 * c.updates // 5)] + (["--prune-scope", "global"] if "global" in method
+        return [*DENSE_ARGS, "--remaining-ratio", str(k), "--prune-start-update", str(a.updates // 5),
+                "--prune-end-update", str(3 * a.updates // 5)] + (["--prune-scope", "global"] if "global" in method
                                                                    else [])
-    ticket = os.path.abspath(os.path.join(c.work, "tickets", f"{run_name(method, k)}.pt"))
+    ticket = os.path.abspath(os.path.join(a.work, "tickets", f"{run_name(method, k)}.pt"))
     return [*DENSE_ARGS, "--restore-file", ticket, "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
             "--reset-meters", "--remaining-ratio", str(k)]
 
 
 def stored_bytes(ckpt: str) -> int:
-    """Bytes under the one rule (position bits + fp16 stored values) for any checkpoint here."""
+    """Bytes under the one rule (io.stored_bytes: mask positions, kept values and other tensors in fp16, the seed)
+    for any checkpoint here: a supermask, a pruned model (its zeros are its mask) or a dense one."""
     import torch
 
-    from one_layer_lottery.pruning import is_prunable, sparse_bytes
+    from one_layer_lottery.io import read_checkpoint
+    from one_layer_lottery.io import stored_bytes as rule
+    from one_layer_lottery.pruning import is_prunable
 
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
-    scores = {k: v for k, v in state.items() if k.endswith(".scores")}
-    if scores:  # a supermask: its masks' positions, and whatever it stores besides regenerated random weights
-        kept = {k: v for k, v in state.items() if not (k.endswith((".frozen_weight", ".version"))
-                                                        or ".shared_layer_weights." in k)}
-        return sparse_bytes(kept, {k: 0 for k in scores}) + 8  # + the weight seed
-    masked = {k: int(torch.count_nonzero(v)) for k, v in state.items() if is_prunable(k, v)}
-    return sparse_bytes(state, masked if any(n < state[k].numel() for k, n in masked.items()) else {})
+    state = read_checkpoint(ckpt)["model"]
+    kept = {k: int(torch.count_nonzero(v)) for k, v in state.items() if is_prunable(k, v)}
+    return rule(state, kept if any(n < state[k].numel() for k, n in kept.items()) else None)
 
 
 def main(argv=None) -> int:
-    a, c = parse_args(argv)
-    try:
-        return run(a, c)
-    except ConfigError as e:
-        print(f"sparse_comparison: error: {e}", file=sys.stderr)
-        return 1
+    return run_guarded("sparse_comparison", run, parse_args(argv))
 
 
-def run(a, c) -> int:
-    if not os.path.isdir(c.raw_dir):
-        raise ConfigError(f"data directory {c.raw_dir!r} does not exist")
+def run(a) -> int:
     t0 = time.time()
-    os.makedirs(c.work, exist_ok=True)
-    prepared = os.path.join(c.work, "data")
-    if not os.path.isdir(os.path.join(prepared, "bin")):
-        data.prepare(c.raw_dir, prepared, c.src, c.tgt, vocab_size=c.vocab)
+    prepared = prepare_once(a)
     bin_dir = os.path.join(prepared, "bin")
-    convergence.MODELS["dense"] = ("dense Transformer", 1, [*DENSE_ARGS, "--save-weights-at-updates",
-                                                            f"0,{a.rewind_update}"])
+    runs = {"dense": ("dense Transformer", [*DENSE_ARGS, "--save-weights-at-updates", f"0,{a.rewind_update}"])}
     for method in a.method_list:
         for k in a.kept_list:
-            convergence.MODELS[run_name(method, k)] = (f"{METHODS[method]}, k={k:g}", 1, flags(a, c, method, k))
+            runs[run_name(method, k)] = (f"{METHODS[method]}, k={k:g}", flags(a, method, k))
 
     def one(name: str) -> dict:
-        done = os.path.join(c.work, f"{name}.rows.json")
+        done = os.path.join(a.work, f"{name}.rows.json")
         if os.path.exists(done):
             with open(done, encoding="utf-8") as f:
                 return json.load(f)
         if name.startswith("ticket"):
             dense_done.result()
             method, k = name.rsplit("_", 1)
-            ticket = os.path.join(c.work, "tickets", f"{name}.pt")
-            cmd = [os.path.join(convergence.BIN, "one-layer-lottery"), "ticket", os.path.join(c.work, "dense"),
+            ticket = os.path.join(a.work, "tickets", f"{name}.pt")
+            cmd = [command("one-layer-lottery"), "ticket", os.path.join(a.work, "dense"),
                    ticket, "--remaining-ratio", k, "--rewind-update", str(a.rewind_update), "--json"]
             if method == "ticket_sign":
                 cmd.append("--sign-only")
@@ -161,8 +152,8 @@ def run(a, c) -> int:
             if r.returncode != 0:
                 raise ConfigError(f"ticket {name}: {r.stderr.strip()[-400:]}")
             print(f"[{name}] {r.stdout.strip()}", flush=True)
-        start = convergence.train(c, name, bin_dir)
-        row = convergence.score(c, name, start, prepared, {})[-1]
+        start = train(a, name, runs[name][1], bin_dir)
+        row = score_checkpoints(a, name, runs[name][0], start, prepared, {})[-1]
         with open(done, "w", encoding="utf-8") as f:
             json.dump(row, f)
         return row
@@ -175,19 +166,19 @@ def run(a, c) -> int:
         rows = {n: f.result() for n, f in futures.items()}
     dense_bleu = dense_row["bleu"]
     results = {"dense": {"method": "dense", "kept": 1.0, "bleu": dense_bleu,
-                         "bytes": stored_bytes(os.path.join(c.work, "dense", "checkpoint_last.pt"))}}
+                         "bytes": stored_bytes(os.path.join(a.work, "dense", "checkpoint_last.pt"))}}
     for method in a.method_list:
         for k in a.kept_list:
             n = run_name(method, k)
             results[n] = {"method": method, "kept": k, "bleu": rows[n]["bleu"],
                           "ratio_to_dense": round(rows[n]["bleu"] / dense_bleu, 4) if dense_bleu else None,
-                          "bytes": stored_bytes(os.path.join(c.work, n, "checkpoint_last.pt"))}
-    write_csv(results, os.path.join(c.work, "sparse.csv"))
-    png = plot(results, a, os.path.join(c.work, "sparse.png"))
-    analysis = analyze(a, c, names, bin_dir)
+                          "bytes": stored_bytes(os.path.join(a.work, n, "checkpoint_last.pt"))}
+    write_csv(results, os.path.join(a.work, "sparse.csv"))
+    png = plot(results, a, os.path.join(a.work, "sparse.png"))
+    analysis = analyze(a, names, bin_dir)
     seconds = int(time.time() - t0)
-    print(f"\n{c.raw_dir}: {c.updates} updates per run, {c.layers}+{c.layers} layers, {c.dim}/{c.ffn}, "
-          f"{seconds} s in all -> {os.path.join(c.work, 'sparse.csv')}, {png}")
+    print(f"\n{a.raw_dir}: {a.updates} updates per run, {a.layers}+{a.layers} layers, {a.dim}/{a.ffn}, "
+          f"{seconds} s in all -> {os.path.join(a.work, 'sparse.csv')}, {png}")
     print(f"{'method':>12} {'kept':>5} {'BLEU':>6} {'ratio':>6} {'bytes':>11}  "
           f"{'mean CKA':>8} {'attn agreement':>14}")
     for n, r in results.items():
@@ -200,28 +191,27 @@ def run(a, c) -> int:
         print(f"{r['method']:>12} {r['kept']:>5.2f} {r['bleu']:>6.2f} {ratio:>6} {r['bytes']:>11,}  "
               f"{r['mean_cka'] if cka is not None else '-':>8} "
               f"{r['mean_attention_agreement'] if agree is not None else '-':>14}")
-    print(json.dumps({"updates": c.updates, "seconds": seconds, "rewind_update": a.rewind_update,
+    print(json.dumps({"updates": a.updates, "seconds": seconds, "rewind_update": a.rewind_update,
                       "results": results}))
     return 0
 
 
 def write_csv(results: dict, path: str) -> None:
     keys = ["run", "method", "kept", "bleu", "ratio_to_dense", "bytes"]
-    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         for n, r in results.items():
             w.writerow({"run": n, **{k: r.get(k, "") for k in keys[1:]}})
-    os.replace(path + ".tmp", path)
 
 
-def analyze(a, c, names: list[str], bin_dir: str) -> dict | None:
-    out = os.path.join(c.work, "analysis.json")
-    cmd = [os.path.join(convergence.BIN, "one-layer-lottery"), "analyze",
-           os.path.join(c.work, "dense", "checkpoint_last.pt"),
-           *[os.path.join(c.work, n, "checkpoint_last.pt") for n in names], "--data", bin_dir,
+def analyze(a, names: list[str], bin_dir: str) -> dict | None:
+    out = os.path.join(a.work, "analysis.json")
+    cmd = [command("one-layer-lottery"), "analyze",
+           os.path.join(a.work, "dense", "checkpoint_last.pt"),
+           *[os.path.join(a.work, n, "checkpoint_last.pt") for n in names], "--data", bin_dir,
            "--labels", ",".join(names), "--sentences", str(a.analysis_sentences), "--json",
-           "--png", os.path.join(c.work, "analysis.png")]
+           "--png", os.path.join(a.work, "analysis.png")]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         raise ConfigError(f"analyze failed: {r.stderr.strip()[-400:]}")
@@ -256,9 +246,7 @@ def plot(results: dict, a, png: str) -> str:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(png + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(png + ".tmp.png", png)
+    save_plot(fig, png)
     return png
 
 

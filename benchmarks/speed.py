@@ -34,17 +34,8 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-DICT_SIZES = {"iwslt_de_en": (8848, 6632), "wmt_en_de": (40000, 40000), "tiny": (2000, 2000)}
 
-
-def dictionary(n):
-    from fairseq.data import Dictionary
-
-    d = Dictionary()
-    for i in range(n - d.nspecial):
-        d.add_symbol(f"w{i}")
-    return d
-
+from common import DICT_SIZES, dictionary, median_range
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -251,11 +242,6 @@ def in_subprocess(args: list[str]) -> dict:
         raise SystemExit(f"benchmark subprocess {' '.join(map(str, args[:3]))} failed")
     sys.stderr.write("".join(line + "\n" for line in r.stderr.splitlines() if line.startswith("[")))
     return json.loads(r.stdout.strip().splitlines()[-1])
-
-
-def median_range(values: list[float], digits: int = 3) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits)}
 
 
 def summarize(run: dict, variant: str = "supermask") -> list[dict]:

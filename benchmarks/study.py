@@ -2,7 +2,9 @@
 
     python benchmarks/study.py RAW_DIR [--parts tune,core,width] [--work work/study] [--jobs 2] [--threads 1]
     python benchmarks/study.py RAW_DIR --status        # where every run stands, with an ETA; launches nothing
-    python benchmarks/study.py RAW_DIR --report        # the tables from what has finished (partial rows marked)
+    python benchmarks/study.py RAW_DIR --report        # the tables and plots from what has finished (partial rows
+                                                       # marked): WORK/report.md, report.json, curves.png, bytes.png
+    python benchmarks/study.py RAW_DIR --publish models/multi30k-de-en   # the converged models a user would try
 
 The protocol (one for every run): fairseq-train validates every --eval-every updates with fairseq's own BLEU
 validation (--eval-bleu, beam 5, sentencepiece removed, detokenized sacreBLEU on the `val` split), keeps the best
@@ -18,7 +20,10 @@ Parts:
   width  masks-only with a multicoated mask, masks-only at twice the width, dense at half and twice the width, the
          standard supermask (a random layer per depth); 2 seeds
 Everything lives under WORK/runs/<run>/: an interrupted command continues where it stopped (a run resumes from its
-last checkpoint), finished runs are reused. Runs train --jobs at a time on --threads threads each.
+last checkpoint; a run still training when its runner stopped is adopted by the next runner), finished runs are
+reused. Runs train --jobs at a time on --threads threads each. Every converged dense model is also scored in int8
+(torch's dynamic quantization, evaluated as quantized) for the byte frontier; every supermask model is exported
+and its artifact's bytes counted.
 """
 
 import argparse
@@ -26,19 +31,31 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from common import (
+    GENERATION,
+    ROOT,
+    add_corpus_args,
+    add_parallel_args,
+    add_shape_args,
+    artifact_bytes,
+    command,
+    generate,
+    read_json,
+    run_guarded,
+    thread_env,
+    write_json,
+)
 
 from one_layer_lottery import data
 from one_layer_lottery.errors import ConfigError
+from one_layer_lottery.io import write_text
 
-BIN = os.path.dirname(sys.executable)
-GENERATION = {"beam": 5, "max_len_a": 1.2, "max_len_b": 10}
 VALID = re.compile(r"valid on 'valid' subset \|.*\| bleu ([\d.]+) \|.*\| num_updates (\d+)")
 EARLY_STOP = "early stop since valid performance hasn't improved"
 
@@ -97,10 +114,9 @@ WORK = "work/study"
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("raw_dir", help="raw parallel text (train/val/test*.{de,en}[.gz]), e.g. ../shared/data/multi30k")
-    p.add_argument("--src", default="de")
-    p.add_argument("--tgt", default="en")
-    p.add_argument("--work", default="work/study")
+    add_corpus_args(p, "work/study")
+    add_shape_args(p)
+    add_parallel_args(p, jobs=2, threads=1)
     p.add_argument("--parts", default="tune,core", help=f"comma-separated, of: {', '.join(PARTS)}")
     p.add_argument("--stages", default="1500:3,4000:1",
                    help="successive halving: BUDGET:KEPT,... (validation BLEU at BUDGET updates keeps the best KEPT "
@@ -110,16 +126,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=int, default=500, help="updates between validations (and saves)")
     p.add_argument("--patience", type=int, default=4, help="validations without a better BLEU before a run stops")
     p.add_argument("--cap", type=int, default=20000, help="the most updates any run trains")
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--ffn", type=int, default=256)
-    p.add_argument("--layers", type=int, default=3)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=6000)
-    p.add_argument("--max-tokens", type=int, default=4096)
-    p.add_argument("--jobs", type=int, default=2, help="runs trained at once")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--seeds", type=int, default=0, help="at most this many seeds a row (default: each row's own)")
     p.add_argument("--status", action="store_true", help="print where every run stands and exit")
-    p.add_argument("--report", action="store_true", help="write the tables from finished runs and exit")
+    p.add_argument("--report", action="store_true", help="write the tables and plots from finished runs and exit")
+    p.add_argument("--publish", metavar="DIR", help="copy the converged models a user would try into DIR and exit")
     a = p.parse_args(argv)
     a.parts = [x for x in a.parts.split(",") if x]
     bad = [x for x in a.parts if x not in PARTS]
@@ -156,15 +166,26 @@ def validations(run: Run) -> list[tuple[int, float]]:
 
 
 def best(vals: list[tuple[int, float]], upto: int | None = None) -> tuple[int, float] | None:
-    """The best validation (the earliest of equals, as fairseq's checkpoint_best keeps it) up to an update."""
+    """The best validation up to an update: the latest of equals, as fairseq's checkpoint_best.pt holds it (fairseq
+    copies a checkpoint there whenever its score is at least the best so far)."""
     vals = [v for v in vals if upto is None or v[0] <= upto]
-    return max(vals, key=lambda v: (v[1], -v[0])) if vals else None
+    return max(vals, key=lambda v: (v[1], v[0])) if vals else None
+
+
+def since_improvement(vals: list[tuple[int, float]]) -> int:
+    """Validations since the score last strictly improved (fairseq's --patience counts these)."""
+    top, count = None, 0
+    for _, b in vals:
+        if top is None or b > top:
+            top, count = b, 0
+        else:
+            count += 1
+    return count
 
 
 def stopped(vals: list[tuple[int, float]], patience: int) -> bool:
-    """Whether patience ran out: `patience` validations after the best, none better."""
-    b = best(vals)
-    return b is not None and sum(1 for u, _ in vals if u > b[0]) >= patience
+    """Whether patience ran out: `patience` validations in a row without a strictly better score."""
+    return bool(vals) and since_improvement(vals) >= patience
 
 
 def trained(run: Run) -> int:
@@ -211,16 +232,19 @@ def grid(a, family: str) -> list[str]:
 def tuning(a, family: str) -> tuple[list[Run], str | None]:
     """The family's tuning runs at the budgets they have earned so far, and its winner once it is known."""
     alive = grid(a, family)
+    if not alive:
+        return [], None
     runs = {s: Run(f"{family}-{s}-s1", setting_args(family, s), 0, a.patience, (0, 0)) for s in alive}
+    order = {s: n for n, s in enumerate(alive)}  # the families' settings alternate: both advance together
     for i, (budget, kept) in enumerate(a.stages):
         for s in alive:
-            runs[s].max_update, runs[s].priority = budget, (0, i)
+            runs[s].max_update, runs[s].priority = budget, (0, i, order[s])
         if not all(complete(runs[s]) for s in alive):
             return list(runs.values()), None
         ranked = sorted(alive, key=lambda s: -best(validations(runs[s]), budget)[1])
         alive = ranked[:kept]
     winner = alive[0]
-    runs[winner].max_update, runs[winner].priority = a.cap, (0, len(a.stages))
+    runs[winner].max_update, runs[winner].priority = a.cap, (0, len(a.stages), 0)
     return list(runs.values()), winner
 
 
@@ -236,7 +260,7 @@ def plan(a) -> tuple[list[Run], dict]:
         for row, (_, family, width, extra, seeds, row_part) in ROWS.items():
             if row_part != part or winners[family] is None:
                 continue
-            for seed in seeds:
+            for seed in seeds[:a.seeds or None]:
                 name = f"{row}-s{seed}"
                 needs = ()
                 if width == 1 and not extra:  # the tuned setting itself: seed 1 is the tuning run
@@ -249,7 +273,7 @@ def plan(a) -> tuple[list[Run], dict]:
                     args = [x.replace("{dense}", os.path.join(WORK, "runs", dense, "checkpoint_best.pt"))
                             for x in args]
                     needs = (dense,)
-                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, (part_no, seed), seed, width,
+                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, (part_no, seed, 0), seed, width,
                                 needs))
     unique = {}
     for r in runs:
@@ -259,9 +283,9 @@ def plan(a) -> tuple[list[Run], dict]:
 
 # ---------------------------------------------------------------- training and scoring
 
-def command(a, run: Run, bin_dir: str) -> list[str]:
-    remaining = a.patience - sum(1 for u, _ in validations(run) if u > (best(validations(run)) or (0,))[0])
-    cmd = [os.path.join(BIN, "fairseq-train"), bin_dir, *run.args, *shape(a, run.width),
+def train_command(a, run: Run, bin_dir: str) -> list[str]:
+    remaining = a.patience - since_improvement(validations(run))
+    cmd = [command("fairseq-train"), bin_dir, *run.args, *shape(a, run.width),
            "--task", "translation", "--adam-betas", "(0.9,0.98)", "--lr-scheduler", "inverse_sqrt",
            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
            "--max-tokens", a.max_tokens, "--max-update", run.max_update,
@@ -276,25 +300,75 @@ def command(a, run: Run, bin_dir: str) -> list[str]:
     return [str(c) for c in cmd]
 
 
-def launch(a, run: Run, bin_dir: str) -> subprocess.Popen:
+class Job:
+    """A fairseq-train process of one run: launched by this runner, or adopted from an earlier one (its pid file)."""
+
+    def __init__(self, run: Run, pid: int, start: float, first: int, proc: subprocess.Popen | None = None):
+        self.run, self.pid, self.start, self.first, self.proc, self.returncode = run, pid, start, first, proc, None
+
+    def poll(self) -> int | None:
+        if self.proc is not None:
+            self.returncode = self.proc.poll()
+        elif not _alive(self.pid, self.run.dir):
+            self.returncode = 0  # an adopted process's exit status is unknown: the plan judges it by its log
+        return self.returncode
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+        else:
+            try:
+                os.kill(self.pid, 15)
+            except ProcessLookupError:
+                pass
+            while _alive(self.pid, self.run.dir):
+                time.sleep(1)
+        self.returncode = 0
+
+
+def _alive(pid: int, run_dir: str) -> bool:
+    """Whether a fairseq-train of this run directory is still running under this pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "fairseq-train" in cmdline and run_dir in cmdline
+
+
+def launch(a, run: Run, bin_dir: str) -> Job:
     os.makedirs(run.dir, exist_ok=True)
-    cmd = command(a, run, bin_dir)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
-    log = open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8")  # noqa: SIM115 (closed in account)
-    log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fairseq-train {' '.join(cmd[1:])}\n")
-    log.flush()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-    proc.log, proc.run, proc.start, proc.first = log, run, time.time(), trained(run)
-    return proc
+    cmd = train_command(a, run, bin_dir)
+    with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as log:  # a resumed run adds to its log
+        log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fairseq-train {' '.join(cmd[1:])}\n")
+        log.flush()
+        # its own session: it outlives this runner, whose successor adopts it (pid file)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(a.threads),
+                                start_new_session=True)
+    job = Job(run, proc.pid, time.time(), trained(run), proc)
+    write_json(os.path.join(run.dir, "pid.json"), {"pid": job.pid, "start": job.start, "first": job.first})
+    return job
 
 
-def account(a, proc) -> None:
+def adopt(run: Run) -> Job | None:
+    """The run's fairseq-train if an earlier runner started it and it still runs."""
+    path = os.path.join(run.dir, "pid.json")
+    if not os.path.exists(path):
+        return None
+    p = read_json(path)
+    return Job(run, p["pid"], p["start"], p["first"]) if _alive(p["pid"], run.dir) else None
+
+
+def account(a, job: Job) -> None:
     """Adds a finished launch's wall time (and threads) to the run's compute record."""
-    proc.log.close()
-    with open(os.path.join(proc.run.dir, "compute.jsonl"), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"start": round(proc.start), "seconds": round(time.time() - proc.start, 1),
-                            "threads": a.threads, "updates_from": proc.first, "updates_to": trained(proc.run),
-                            "exit": proc.returncode}) + "\n")
+    with open(os.path.join(job.run.dir, "compute.jsonl"), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"start": round(job.start), "seconds": round(time.time() - job.start, 1),
+                            "threads": a.threads, "updates_from": job.first, "updates_to": trained(job.run),
+                            "exit": job.returncode}) + "\n")
+    pid = os.path.join(job.run.dir, "pid.json")
+    if os.path.exists(pid):
+        os.unlink(pid)
 
 
 def cpu_hours(run_dir: str) -> float:
@@ -305,47 +379,44 @@ def cpu_hours(run_dir: str) -> float:
         return sum(r["seconds"] * r["threads"] for r in map(json.loads, f)) / 3600
 
 
-def generate(ckpt: str, bin_dir: str, threads: int) -> list[str]:
-    """Detokenized hypotheses of the test split (fairseq-generate with the validation's generation settings)."""
-    cmd = [os.path.join(BIN, "fairseq-generate"), bin_dir, "--user-dir", os.path.join(ROOT, "one_layer_lottery"),
-           "--path", ckpt, "--beam", GENERATION["beam"], "--max-len-a", GENERATION["max_len_a"], "--max-len-b",
-           GENERATION["max_len_b"], "--batch-size", "128", "--required-batch-size-multiple", "1",
-           "--remove-bpe", "sentencepiece", "--gen-subset", "test"]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env, check=False)
-    if r.returncode != 0:
-        raise ConfigError(f"fairseq-generate failed on {ckpt}: {r.stderr.strip().splitlines()[-1:]}")
-    return data.read_hypotheses(r.stdout)
-
-
 def score(a, run: Run, prepared: str) -> dict:
-    """Test BLEU of the checkpoint chosen on validation, scored once; hypotheses kept for the bootstrap."""
+    """Test BLEU of the checkpoint chosen on validation, scored once; hypotheses kept for the bootstrap; the bytes
+    it takes to store (the artifact of a supermask model; a dense model in fp16, and in int8 scored as such)."""
     vals = validations(run)
     chosen = best(vals)
-    hyps = generate(os.path.join(run.dir, "checkpoint_best.pt"), os.path.join(prepared, "bin"), a.threads)
+    ckpt, bin_dir = os.path.join(run.dir, "checkpoint_best.pt"), os.path.join(prepared, "bin")
+    hyps = generate(ckpt, bin_dir, threads=a.threads)
     refs = data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}"))
     bleu, signature = data.bleu(hyps, refs)
-    write_atomic(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
-    result = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
-              "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
-              "cpu_hours": round(cpu_hours(run.dir), 2), "signature": signature}
-    write_atomic(os.path.join(run.dir, "result.json"), json.dumps(result, indent=1))
-    return result
+    write_text(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
+    out = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
+           "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
+           "cpu_hours": round(cpu_hours(run.dir), 2), "signature": signature}
+    if run.name.startswith("dense"):
+        out.update(dense_bytes(ckpt, bin_dir, refs, run.dir, a.threads))
+    else:
+        out.update(artifact_bytes(ckpt, os.path.join(run.dir, "model.olt")))
+    write_json(os.path.join(run.dir, "result.json"), out)
+    return out
 
 
-def write_atomic(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def dense_bytes(ckpt: str, bin_dir: str, refs: list[str], run_dir: str, threads: int) -> dict:
+    """fp16 bytes of a dense model, and its int8 form (dynamic quantization): bytes and test BLEU, as quantized."""
+    import torch
+    from common import fp16_bytes, int8_bytes, load_for_inference, quantize_int8, translate_in_process
+
+    torch.set_num_threads(max(threads, 1))
+    model, task = load_for_inference(ckpt, bin_dir)
+    fp16 = fp16_bytes(model.state_dict())
+    q = quantize_int8(model)
+    hyps = translate_in_process(q, task)
+    write_text(os.path.join(run_dir, "test.int8.hyp"), "".join(h + "\n" for h in hyps))
+    return {"fp16_bytes": fp16, "int8_bytes": int8_bytes(q), "int8_test_bleu": round(data.bleu(hyps, refs)[0], 2)}
 
 
 def result(run_name: str) -> dict | None:
     path = os.path.join(WORK, "runs", run_name, "result.json")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    return read_json(path) if os.path.exists(path) else None
 
 
 # ---------------------------------------------------------------- progress
@@ -441,12 +512,8 @@ def tuning_table(a, lines: list[str]) -> dict:
     return winners
 
 
-def report(a) -> str:
-    """The tuning tables, the results table (partial rows marked) and a JSON of the same, under WORK."""
-    lines = [(f"# Converged study ({time.strftime('%Y-%m-%d')}; `python benchmarks/study.py {a.raw_dir} "
-              f"--parts {','.join(a.parts)}`)")]
-    winners = tuning_table(a, lines)
-    refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
+def row_results(a, winners: dict) -> dict:
+    """Every row with at least one scored seed: per-seed test BLEU, mean and spread, compute, bytes."""
     runs = {r.name: r for r in plan(a)[0]}
     rows = {}
     for row, (label, family, width, extra, seeds, part) in ROWS.items():
@@ -454,22 +521,33 @@ def report(a) -> str:
             continue
         names = [n for n in runs if n.startswith(f"{row}-s") or (width == 1 and not extra and
                  n.startswith(f"{family}-{winners[family]}-s"))]
-        done = [n for n in names if result(n)]
-        if not done:
+        res = [result(n) for n in names if result(n)]
+        if not res:
             continue
-        res = [result(n) for n in done]
         bleus = [r["test_bleu"] for r in res]
-        rows[row] = {"label": label, "part": part, "seeds_done": len(done), "seeds_planned": len(seeds),
+        rows[row] = {"label": label, "part": part, "seeds_done": len(res),
+                     "seeds_planned": len(seeds[:a.seeds or None]),
                      "test_bleu": bleus, "mean": round(statistics.mean(bleus), 2),
                      "spread": [min(bleus), max(bleus)], "valid_bleu": [r["valid_bleu"] for r in res],
                      "best_update": [r["best_update"] for r in res], "updates": [r["updates"] for r in res],
-                     "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2), "runs": done}
+                     "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2), "runs": [r["run"] for r in res]}
+        for key in ("artifact_bytes", "model_bytes", "fp16_bytes", "int8_bytes", "int8_test_bleu"):
+            if key in res[0]:
+                rows[row][key] = round(statistics.mean(r[key] for r in res), 2)
+    return rows
+
+
+def ratios_(rows: dict, refs: list[str]) -> None:
+    """Each row's mean test BLEU over dense's, with its paired bootstrap interval over the test sentences."""
     dense = rows.get("dense")
     for row, r in rows.items():
         if dense and dense["mean"] > 0 and row != "dense":
             r["ratio"] = round(r["mean"] / dense["mean"], 3)
             r["interval"] = [round(x, 3) for x in bootstrap_ratio(
                 [read_hyps(n) for n in r["runs"]], [read_hyps(n) for n in dense["runs"]], refs)]
+
+
+def results_table(rows: dict, lines: list[str]) -> None:
     lines += ["\n### Results (test_2016_flickr, checkpoint chosen on validation BLEU)\n",
               ("| model | seeds | test BLEU per seed | mean [spread] | ratio to dense [95 % paired bootstrap] | "
                "best update / trained | CPU h |"), "|---|---|---|---|---|---|---|"]
@@ -483,10 +561,109 @@ def report(a) -> str:
                      f"[{r['spread'][0]:.2f}, {r['spread'][1]:.2f}] | {ratio} | "
                      f"{' / '.join(f'{b:,}' for b in r['best_update'])} of {' / '.join(f'{u:,}' for u in r['updates'])}"
                      f" | {r['cpu_hours']:.1f}{reuse} |")
+
+
+def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
+    """(label, stored bytes, test BLEU) of every stored form: a supermask artifact's model (without the sentencepiece
+    models and dictionaries, which a dense model needs as well), dense weights in fp16 and in int8."""
+    out = []
+    for row, r in rows.items():
+        if "model_bytes" in r:
+            out.append((row, r["model_bytes"], r["mean"]))
+        if "fp16_bytes" in r:
+            out += [(f"{row} fp16", r["fp16_bytes"], r["mean"]), (f"{row} int8", r["int8_bytes"], r["int8_test_bleu"])]
+    return sorted(out, key=lambda p: p[1])
+
+
+def plots(a, rows: dict) -> list[str]:
+    """curves.png (validation BLEU against updates, seed 1 of every row) and bytes.png (test BLEU against bytes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import save_plot
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for row, r in rows.items():
+        vals = validations(Run(r["runs"][0], [], 0, 0, ()))
+        ax.plot([u for u, _ in vals], [b for _, b in vals], label=row, lw=1.2)
+    ax.set_xlabel("updates")
+    ax.set_ylabel("validation BLEU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_plot(fig, os.path.join(a.work, "curves.png"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    points = bytes_points(rows)
+    for kind, marker in (("fp16", "s"), ("int8", "^")):
+        pts = [p for p in points if p[0].endswith(kind)]
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (half/same/twice width)")
+    for label, x, y in points:
+        if not label.endswith(("fp16", "int8")):
+            ax.scatter([x], [y], s=40, zorder=3)
+            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("stored bytes (supermask: its artifact without tokenizer and dictionaries; dense: weights)")
+    ax.set_ylabel("test BLEU (checkpoint chosen on validation)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    save_plot(fig, os.path.join(a.work, "bytes.png"))
+    return [os.path.join(a.work, "curves.png"), os.path.join(a.work, "bytes.png")]
+
+
+def report(a) -> str:
+    """The tuning tables, the results table (partial rows marked), the bytes frontier, two plots and a JSON of the
+    same, under WORK."""
+    lines = [(f"# Converged study ({time.strftime('%Y-%m-%d')}; `python benchmarks/study.py {a.raw_dir} "
+              f"--parts {','.join(a.parts)}`)")]
+    winners = tuning_table(a, lines)
+    rows = row_results(a, winners)
+    ratios_(rows, data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}")))
+    results_table(rows, lines)
+    points = bytes_points(rows)
+    if points:
+        lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
+                  "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
+    if rows:
+        lines.append("\n" + ", ".join(plots(a, rows)))
     text = "\n".join(lines) + "\n"
-    write_atomic(os.path.join(a.work, "report.md"), text)
-    write_atomic(os.path.join(a.work, "report.json"), json.dumps({"winners": winners, "rows": rows}, indent=1))
+    write_text(os.path.join(a.work, "report.md"), text)
+    write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points})
     return text
+
+
+def publish(a, out: str) -> list[str]:
+    """The converged models a user would try: the median seed's masks-only and coated artifacts (each carrying its
+    sentencepiece models) and the tuned dense model in fp16, with a README of their test BLEU and commands."""
+    import torch
+
+    rows = row_results(a, plan(a)[1])
+    os.makedirs(out, exist_ok=True)
+    written, notes = [], []
+    for row, name in (("masks_only", "masks_only.olt"), ("coats", "coats.olt"), ("dense", "dense_fp16.pt")):
+        if row not in rows:
+            continue
+        r = rows[row]
+        median = sorted(zip(r["test_bleu"], r["runs"]))[(len(r["runs"]) - 1) // 2]
+        src = os.path.join(WORK, "runs", median[1])
+        if name.endswith(".olt"):
+            shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
+        else:
+            state = torch.load(os.path.join(src, "checkpoint_best.pt"), map_location="cpu", weights_only=True)
+            state = {"cfg": state["cfg"], "model": {k: v.half() if v.is_floating_point() else v
+                                                    for k, v in state["model"].items()}}
+            torch.save(state, os.path.join(out, name))
+        written.append(name)
+        notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {os.path.getsize(os.path.join(out, name)):,} |")
+    for folder, prefix in (("bin", "dict."), ("spm", "spm.")):  # what the dense model needs to read raw text
+        for f in sorted(os.listdir(os.path.join(WORK, "data", folder))):
+            if f.startswith(prefix) and f.endswith((".txt", ".model")):
+                shutil.copyfile(os.path.join(WORK, "data", folder, f), os.path.join(out, f))
+    write_text(os.path.join(out, "README.md"), "\n".join([
+        "# Multi30k de-en models (converged study, benchmarks/study.py)", "",
+        "| file | model | test BLEU (test_2016_flickr, median seed) | bytes |", "|---|---|---|---|", *notes, "",
+        ("`one-layer-lottery translate FILE.olt \"Ein Hund läuft durch den Park.\"`; the dense model: "
+        "`fairseq-interactive DIR --path dense_fp16.pt` over this folder's dictionaries."), ""]))
+    return written
 
 
 # ---------------------------------------------------------------- the loop
@@ -495,14 +672,12 @@ def main(argv=None) -> int:
     global WORK
     a = parse_args(argv)
     WORK = a.work
-    try:
-        if a.report:
-            print(report(a))
-            return 0
-        return loop(a)
-    except ConfigError as e:
-        print(f"study: error: {e}", file=sys.stderr)
-        return 1
+    if a.report:
+        return run_guarded("study", lambda: print(report(a)))
+    if a.publish:
+        return run_guarded("study", lambda: print(f"[study] published {', '.join(publish(a, a.publish)) or 'nothing'}"
+                                                  f" -> {a.publish}"))
+    return run_guarded("study", loop, a)
 
 
 def loop(a) -> int:
@@ -512,43 +687,30 @@ def loop(a) -> int:
     prepared = os.path.join(a.work, "data")
     if not a.status and not os.path.isdir(os.path.join(prepared, "bin")):
         data.prepare(a.raw_dir, prepared, a.src, a.tgt, vocab_size=a.vocab)
-    bin_dir = os.path.join(prepared, "bin")
-    active, last_status, failures = {}, 0.0, {}
+    if a.status:
+        runs, winners = plan(a)
+        print(status(a, runs, {r.name: j for r in runs if (j := adopt(r))}))
+        print("  winners so far: " + ", ".join(f"{f}: {w or 'not yet'}" for f, w in winners.items()))
+        return 0
+    active = {r.name: j for r in plan(a)[0] if (j := adopt(r))}
+    for name in active:
+        print(f"[study] {name}: still training (started by an earlier runner), followed", flush=True)
+    last_status, failures = 0.0, {}
     while True:
         runs, winners = plan(a)
-        if a.status:
-            print(status(a, runs, {}))
-            print("  winners so far: " + ", ".join(f"{f}: {w or 'not yet'}" for f, w in winners.items()))
-            return 0
-        for name, proc in list(active.items()):
-            if proc.poll() is None:
-                if stopped(validations(proc.run), a.patience) and saved(proc.run):
-                    # patience counted over the whole log: fairseq's own count restarts when a run resumes
-                    proc.terminate()
-                    proc.wait()
-                    proc.returncode = 0
-                else:
-                    continue
-            account(a, proc)
-            del active[name]
-            if proc.returncode != 0:
-                failures[name] = failures.get(name, 0) + 1
-                print(f"[study] {name}: fairseq-train exited {proc.returncode} (see {proc.run.dir}/train.log)",
-                      flush=True)
-                if failures[name] >= 2:
-                    raise ConfigError(f"run {name} failed twice; see {proc.run.dir}/train.log")
-        by_name = {r.name: r for r in runs}
+        reap(a, active, failures)
         for r in runs:  # score what has converged, once
             if r.name not in active and r.max_update == a.cap and converged(r, a) and result(r.name) is None:
                 res = score(a, r, prepared)
                 print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
                       f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
+        by_name = {r.name: r for r in runs}
         ready = [r for r in runs if r.name not in active and not complete(r)
                  and all(by_name.get(n) and converged(by_name[n], a) for n in r.needs)]
         for r in sorted(ready, key=lambda r: (r.priority, r.name))[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
-            active[r.name] = launch(a, r, bin_dir)
+            active[r.name] = launch(a, r, os.path.join(prepared, "bin"))
         if not active:
             break
         if time.time() - last_status > 1800:
@@ -560,6 +722,23 @@ def loop(a) -> int:
     print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
           ", ".join(f"{f}: {w}" for f, w in winners.items()))
     return 0
+
+
+def reap(a, active: dict, failures: dict) -> None:
+    """Account for finished jobs; stop those whose patience ran out (counted over the whole log: fairseq's own
+    count restarts when a run resumes) once the checkpoint of their last validation is written."""
+    for name, job in list(active.items()):
+        if job.poll() is None:
+            if not (stopped(validations(job.run), a.patience) and saved(job.run)):
+                continue
+            job.stop()
+        account(a, job)
+        del active[name]
+        if job.returncode != 0:
+            failures[name] = failures.get(name, 0) + 1
+            print(f"[study] {name}: fairseq-train exited {job.returncode} (see {job.run.dir}/train.log)", flush=True)
+            if failures[name] >= 2:
+                raise ConfigError(f"run {name} failed twice; see {job.run.dir}/train.log")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@ import argparse
 import json
 import sys
 
-from .errors import ConfigError
-from .io import read_checkpoint, save
+from .errors import ConfigError, run_main
+from .io import read_checkpoint, save, stored_bytes
 
 
 def _make_corpus(a) -> None:
@@ -48,7 +48,7 @@ def _bleu(a) -> None:
 
 def _summary(a) -> None:
 
-    from .stats import state_dict_stats
+    from .report import state_dict_stats
 
     state = read_checkpoint(a.checkpoint)
     cfg = (state.get("cfg") or {}).get("model") or {}
@@ -61,7 +61,7 @@ def _summary(a) -> None:
 def _demo_report(a) -> None:
     import os
 
-    from .stats import state_dict_stats
+    from .report import state_dict_stats
 
     def load(name, what):
         with open(os.path.join(a.work, f"{name}.{what}.json"), encoding="utf-8") as f:
@@ -73,6 +73,7 @@ def _demo_report(a) -> None:
     cfg = state["cfg"]["model"]
     st = state_dict_stats(state["model"])
     dense_params = sum(t.numel() for k, t in dstate["model"].items() if t.is_floating_point() and "version" not in k)
+    dense_bytes = stored_bytes({k: t for k, t in dstate["model"].items() if "version" not in k})
     ratio = sm["bleu"] / dense["bleu"] if dense["bleu"] > 0 else float("nan")
     bits = load("supermask", "export")["mask_bits"]  # what the artifact stores: every coat's plane counts
     rows = [
@@ -86,7 +87,7 @@ def _demo_report(a) -> None:
         ("mask bits", f"{bits:,} ({bits / 8 / 2**20:.2f} MiB packed)"),
         ("dense params, same shape", f"{dense_params:,}"),
         ("stored bytes supermask", f"{load('supermask', 'export')['bytes']:,} (seed-plus-bits artifact)"),
-        ("stored bytes dense", f"{2 * dense_params:,} (fp16 weights)"),
+        ("stored bytes dense", f"{dense_bytes:,} (fp16 weights)"),
         ("BLEU supermask", f"{sm['bleu']:.2f}"),
         ("BLEU dense", f"{dense['bleu']:.2f}"),
         ("BLEU ratio supermask/dense", f"{ratio:.3f}"),
@@ -118,9 +119,12 @@ def _export(a) -> None:
 
 
 def _translate(a) -> None:
+    import logging
+
     from . import artifact
 
-    translator = artifact.hub(a.artifact, beam=a.beam)
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # its batching chatter is not a translation
+    translator = artifact.hub(a.artifact, beam=a.beam, max_len_a=a.max_len_a, max_len_b=a.max_len_b)
     if not artifact.read(a.artifact)[0].get("sentencepiece") and not a.pieces:
         raise ConfigError(f"artifact {a.artifact!r} carries no sentencepiece models, so it cannot read plain text: "
                           f"export it again with --spm DIR, or give sentencepiece pieces with --pieces")
@@ -261,6 +265,8 @@ def _add_models_commands(sub) -> None:
     s.add_argument("artifact")
     s.add_argument("text", nargs="*", help="sentences to translate (default: one a line from stdin)")
     s.add_argument("--beam", type=int, default=5)
+    s.add_argument("--max-len-a", type=float, default=1.2, help="at most A x source length + B target tokens")
+    s.add_argument("--max-len-b", type=int, default=10)
     s.add_argument("--pieces", action="store_true", help="the input is already in the model's sentencepiece pieces")
     s.set_defaults(func=_translate)
 
@@ -328,12 +334,7 @@ def _add_baselines_commands(sub) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ConfigError as e:
-        print(f"one-layer-lottery: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("one-layer-lottery", args.func, args)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,16 @@ def _excepthook(kind, value, tb, _previous=sys.excepthook):
     _previous(kind, value, tb)
 
 
+def run_main(prog: str, fn, *args) -> int:
+    """Run a command's body: a ConfigError becomes one line on stderr and exit status 1."""
+    try:
+        result = fn(*args)
+    except ConfigError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    return result or 0
+
+
 def install_excepthook() -> None:
     # fairseq-train & co. let exceptions from model building escape; turn ours into one line
     if sys.excepthook is not _excepthook:

@@ -61,3 +61,29 @@ def save(obj, path: str) -> None:
 def is_regenerated(key: str) -> bool:
     """Whether a supermask state-dict entry is rebuilt from the weight seed (so no artifact or byte count holds it)."""
     return key.endswith((".frozen_weight", ".version")) or ".shared_layer_weights." in key
+
+
+def stored_bytes(state: dict, kept: dict[str, int] | None = None, value_bytes: int = 2) -> int:
+    """The one rule for the bytes a model takes to store, for every kind of model here: each float tensor in fp16
+    (each storage once), except what is regenerated from the weight seed (nothing); a supermask's scores as its
+    mask, 1 bit a weight; a tensor named in `kept` (a pruned weight) as 1 bit a position plus its kept values.
+
+    A supermask's artifact stores just this, with its weight seed (8 bytes), config, dictionaries and sentencepiece
+    models."""
+    import math
+
+    kept = kept or {}
+    total, seen = 0, set()
+    if any(is_regenerated(k) and not k.endswith(".version") for k in state):
+        total += 8  # the weight seed
+    for k, v in state.items():
+        if not v.is_floating_point() or is_regenerated(k) or v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        if k.endswith(".scores"):
+            total += math.ceil(v.numel() / 8)
+        elif k in kept:
+            total += math.ceil(v.numel() / 8) + value_bytes * kept[k]
+        else:
+            total += value_bytes * v.numel()
+    return total

@@ -13,7 +13,6 @@ tickets rewind to. The flags live on the registered `pruned_transformer` model (
   updates; 0 is the initialisation. `one-layer-lottery ticket` rewinds to them (Brix et al. 2020).
 """
 
-import math
 import os
 import weakref
 
@@ -242,25 +241,6 @@ def make_ticket(final: dict[str, Tensor], rewind: dict[str, Tensor], names, rema
             w = torch.where(w >= 0, magnitudes[n], -magnitudes[n]).to(w.dtype)
         out[n] = torch.where(keep, w, torch.zeros((), dtype=w.dtype))
     return out, magnitudes
-
-
-def sparse_bytes(state: dict[str, Tensor], masked: dict[str, int] | None = None, value_bytes: int = 2) -> int:
-    """Bytes to store a model as 1-bit position masks plus fp16 values, counted the same way for every method.
-
-    `masked` maps each masked tensor to the number of values stored for it (the kept weights of a pruned
-    tensor; 0 for a supermask's regenerated random weights); every other float tensor is stored whole.
-    """
-    masked = masked or {}
-    total, seen = 0, set()
-    for k, v in state.items():
-        if not v.is_floating_point() or v.data_ptr() in seen:
-            continue
-        seen.add(v.data_ptr())
-        if k in masked:
-            total += math.ceil(v.numel() / 8) + value_bytes * masked[k]
-        else:
-            total += value_bytes * v.numel()
-    return total
 
 
 def write_ticket(save_dir: str, out: str, remaining_ratio: float, rewind_update: int, sign_only: bool = False,

@@ -43,6 +43,19 @@ def masks_of(path: str):
     return masks, cfg, stored, None, {"heads": artifact.heads_in_state(state["model"]), "input_rows": rows}
 
 
+def state_dict_stats(state: dict) -> dict[str, int]:
+    """Counts from a model state dict (each shared weight appears once in it)."""
+    scores = sum(t.numel() for k, t in state.items() if k.endswith(".scores"))
+    frozen = sum(t.numel() for k, t in state.items()
+                 if k.endswith(".frozen_weight") or ".shared_layer_weights." in k)
+    tables = {t.data_ptr(): t for k, t in state.items()
+              if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and t.dim() == 2}
+    pretrained = sum(t.numel() for t in tables.values())  # a table shared by encoder and decoder counts once
+    other = sum(t.numel() for k, t in state.items() if t.is_floating_point()) - scores - frozen - pretrained
+    return {"scores": scores, "mask_bits": scores, "frozen_random": frozen, "frozen_pretrained": pretrained,
+            "other_float": other}
+
+
 def dense_param_count(cfg: dict, n_src: int, n_tgt: int) -> int:
     """Parameters of fairseq's dense model of the same shape (biases and LayerNorms included), as its family counts
     them."""

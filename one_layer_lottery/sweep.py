@@ -16,7 +16,7 @@ from collections import defaultdict
 import yaml
 
 from . import data
-from .errors import ConfigError
+from .errors import ConfigError, run_main
 from .io import atomic_path, save_figure
 
 
@@ -96,27 +96,25 @@ def main() -> int:
     p.add_argument("--csv", required=True)
     p.add_argument("--png")
     p.add_argument("--x", default="model.remaining_ratio", help="the swept value on the plot's x axis")
-    a = p.parse_args()
-    try:
-        rows, metric = [], "bleu"
-        for overrides, ckpt in runs(a.sweep_dir):
-            metric, value = score(ckpt, a.data_dir)
-            rows.append({**overrides, "checkpoint": ckpt, metric: round(value, 2)})
-            print(f"[sweep] {overrides} {metric} {rows[-1][metric]}", flush=True)
-        if not rows:
-            raise ConfigError(f"no finished runs under {a.sweep_dir!r}")
-        keys = sorted({k for r in rows for k in r})
-        with atomic_path(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(rows)
-        if a.png and all(a.x in r for r in rows):
-            plot(rows, a.x, a.png, metric)
-        print(f"[sweep] {len(rows)} runs -> {a.csv}" + (f", {a.png}" if a.png else ""))
-    except ConfigError as e:
-        print(f"one_layer_lottery.sweep: error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_main("one_layer_lottery.sweep", collect, p.parse_args())
+
+
+def collect(a) -> None:
+    rows, metric = [], "bleu"
+    for overrides, ckpt in runs(a.sweep_dir):
+        metric, value = score(ckpt, a.data_dir)
+        rows.append({**overrides, "checkpoint": ckpt, metric: round(value, 2)})
+        print(f"[sweep] {overrides} {metric} {rows[-1][metric]}", flush=True)
+    if not rows:
+        raise ConfigError(f"no finished runs under {a.sweep_dir!r}")
+    keys = sorted({k for r in rows for k in r})
+    with atomic_path(a.csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)
+    if a.png and all(a.x in r for r in rows):
+        plot(rows, a.x, a.png, metric)
+    print(f"[sweep] {len(rows)} runs -> {a.csv}" + (f", {a.png}" if a.png else ""))
 
 
 if __name__ == "__main__":

@@ -36,8 +36,9 @@ for k in "${LEVELS[@]}"; do
   awk -v k="$k" 'BEGIN { exit !(k ~ /^[0-9]*\.?[0-9]+$/ && k > 0 && k <= 1) }' \
     || fail "--kept value '$k' is outside (0, 1]: it is the fraction of each weight tensor kept"
 done
-[[ -f "configs/$CONFIG.yaml" ]] || fail "no config configs/$CONFIG.yaml"
-ARCH=$(awk '/^model:/ {m = 1; next} /^[a-z]/ {m = 0} m && $1 == "_name:" {print $2; exit}' "configs/$CONFIG.yaml")
+source scripts/config.sh
+recipe_args "$CONFIG"
+ARCH=$(awk '/^model:/ {m = 1; next} /^[a-z]/ {m = 0} m && $1 == "_name:" {print $2; exit}' "$CONFIG_MODEL_FILE")
 [[ "$ARCH" == transformer* ]] || fail "config $CONFIG is not a dense fairseq transformer recipe (model._name: $ARCH)"
 PRUNED="model._name=pruned_$ARCH"
 [[ -d "$DATA" ]] || fail "data directory '$DATA' does not exist"

@@ -20,11 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:?usage: sweep.sh CONFIG DATA_DIR SWEEP_DIR [sweep overrides]}; DATA=${2:?DATA_DIR}; SWEEP=${3:?SWEEP_DIR}
 shift 3
+source scripts/config.sh
+recipe_args "$CONFIG"
 BIN=$DATA/bin; [[ -d "$DATA/label" ]] && BIN=$DATA  # a GLUE task: sentence_prediction reads DATA itself
 [[ -d "$BIN" ]] || { echo "sweep.sh: error: '$DATA/bin' does not exist" >&2; exit 1; }
 SWEEP=$(realpath -m "$SWEEP")
 export PYTHONUNBUFFERED=1
-fairseq-hydra-train -m --config-dir "$PWD/configs" --config-name "$CONFIG" task.data="$(realpath "$BIN")" \
+fairseq-hydra-train -m --config-dir "$PWD/configs" "${CONFIG_ARGS[@]}" task.data="$(realpath "$BIN")" \
   common.user_dir="$PWD/one_layer_lottery" hydra.sweep.dir="$SWEEP" hydra.sweep.subdir='${hydra.job.num}' \
   'checkpoint.save_dir=${hydra:sweep.dir}/${hydra:job.num}/ckpt' "$@"
 python3 -m one_layer_lottery.sweep "$SWEEP" "$DATA" --csv "$SWEEP/results.csv" --png "$SWEEP/results.png"

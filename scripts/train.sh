@@ -8,9 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONFIG=${1:?usage: train.sh CONFIG DATA_BIN SAVE_DIR [overrides]}; DATA=${2:?DATA_BIN}; SAVE=${3:?SAVE_DIR}; shift 3
-[[ -f "configs/$CONFIG.yaml" ]] || { echo "train.sh: error: no config configs/$CONFIG.yaml" >&2; exit 1; }
+source scripts/config.sh
+recipe_args "$CONFIG"
 [[ -d "$DATA" ]] || { echo "train.sh: error: data directory '$DATA' does not exist" >&2; exit 1; }
 export PYTHONUNBUFFERED=1
-fairseq-hydra-train --config-dir "$PWD/configs" --config-name "$CONFIG" task.data="$(realpath "$DATA")" \
+fairseq-hydra-train --config-dir "$PWD/configs" "${CONFIG_ARGS[@]}" task.data="$(realpath "$DATA")" \
   common.user_dir="$PWD/one_layer_lottery" checkpoint.save_dir="$(realpath -m "$SAVE")" \
   hydra.run.dir="$(realpath -m "$SAVE")/hydra" "$@"

@@ -22,6 +22,7 @@ def _fails_one_line(r, out, *needles):
     assert not os.path.exists(out)
 
 
+@pytest.mark.e2e
 def test_round_trip_is_byte_identical(trained, tiny_corpus, tmp_path):
     art, back = tmp_path / "model.olt", tmp_path / "expanded.pt"
     r = run_cli("one-layer-lottery", "export", trained, art, "--json")
@@ -47,17 +48,35 @@ def test_round_trip_is_byte_identical(trained, tiny_corpus, tmp_path):
     json.loads(raw[8:8 + n])
 
 
-def test_python_api_translates(trained, tmp_path):
+@pytest.mark.e2e
+def test_artifact_translates_plain_text_as_fairseq_generate_does(trained, tiny_corpus, tmp_path):
+    """The artifact carries its sentencepiece models: plain text in and out, the same as fairseq-generate on the
+    expanded checkpoint; `translate` refuses a missing or corrupt artifact in one line."""
     art = tmp_path / "m.olt"
     artifact.export(str(trained), str(art))
-    hub = artifact.hub(str(art), beam=2, max_len_b=8)
-    src = "▁D er ▁ , ▁das s"
-    out = hub.translate(src)
-    assert isinstance(out, str)
     model, _, _, meta = artifact.load_model(str(art))
     assert not model.training and meta["format_version"] == 2 and "coats" not in meta  # plain masks: still 2
+    assert len(meta["sentencepiece"]) == 2
+    sources = (tiny_corpus.root / "prep" / "raw" / "test.src").read_text(encoding="utf-8").splitlines()
+    hub = artifact.hub(str(art), beam=5, max_len_a=1.2, max_len_b=10)
+    ours = [hub.translate(s) for s in sources]
+    run_cli("one-layer-lottery", "expand", art, tmp_path / "back.pt")
+    r = run_cli("fairseq-generate", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path", tmp_path / "back.pt",
+                "--beam", "5", "--max-len-a", "1.2", "--max-len-b", "10", "--batch-size", "1",
+                "--required-batch-size-multiple", "1", "--remove-bpe", "sentencepiece")
+    from one_layer_lottery.data import read_hypotheses
+
+    assert ours == read_hypotheses(r.stdout)
+    cli = run_cli("one-layer-lottery", "translate", art, sources[0], sources[1])
+    assert cli.stdout.splitlines() == ours[:2]
+    (tmp_path / "broken.olt").write_bytes(art.read_bytes()[:1000])
+    for bad, needle in ((tmp_path / "missing.olt", "does not exist"),
+                        (tmp_path / "broken.olt", "is truncated, corrupt or not an artifact")):
+        r = run_cli("one-layer-lottery", "translate", bad, "x", check=False)
+        assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.e2e
 def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_path):
     save = tmp_path / "sm"
     run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "2", "--save-dir", save,
@@ -76,6 +95,7 @@ def test_pretrained_embeddings_stored_fp16_or_fp32(tiny_corpus, dense_ckpt, tmp_
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
 
 
+@pytest.mark.e2e
 def test_masked_pretrained_embeddings(tiny_corpus, dense_ckpt, tmp_path):
     """The authors' mode: the pre-trained tables masked like every other weight, scaled by sqrt(1/k)."""
     save = tmp_path / "sm"
@@ -95,6 +115,7 @@ def test_masked_pretrained_embeddings(tiny_corpus, dense_ckpt, tmp_path):
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
 
 
+@pytest.mark.e2e
 def test_learned_output_scale_is_trained_and_stored(tiny_corpus, tmp_path):
     save = tmp_path / "sm"
     run_cli("fairseq-train", tiny_corpus.bin, *SM, *TRAIN, "--max-update", "3", "--save-dir", save,
@@ -128,6 +149,7 @@ def good_artifact(trained, tmp_path_factory):
     return art
 
 
+@pytest.mark.e2e
 def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
     raw = good_artifact.read_bytes()
     truncated = tmp_path / "truncated.olt"
@@ -153,6 +175,7 @@ def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
                     "differs from the artifact's tgt dictionary")
 
 
+@pytest.mark.e2e
 def test_export_refuses_non_supermask_and_broken_checkpoints(dense_ckpt, tmp_path):
     out = tmp_path / "x.olt"
     _fails_one_line(run_cli("one-layer-lottery", "export", dense_ckpt, out, check=False), out,
@@ -163,6 +186,7 @@ def test_export_refuses_non_supermask_and_broken_checkpoints(dense_ckpt, tmp_pat
                     "is not a readable fairseq checkpoint")
 
 
+@pytest.mark.e2e
 def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path):
     png = tmp_path / "overlap.png"
     a = json.loads(run_cli("one-layer-lottery", "inspect", trained, "--json").stdout)
@@ -199,6 +223,7 @@ def test_shared_embedding_table_stored_once(tmp_path):
             assert torch.equal(back.state_dict()[k], v), k
 
 
+@pytest.mark.e2e
 def test_example_translates_from_an_artifact(trained, tiny_corpus):
     import subprocess
     import sys
@@ -212,6 +237,7 @@ def test_example_translates_from_an_artifact(trained, tiny_corpus):
     assert r.stdout.count("hypothesis:") == 2 and "-> artifact" in r.stdout
 
 
+@pytest.mark.e2e
 def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
     """Multicoated masks trained with k annealed: the log shows k, the artifact stores every coat exactly."""
     save = tmp_path / "sm"
@@ -246,6 +272,7 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
         artifact.read(str(bad))
 
 
+@pytest.mark.e2e
 def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
     """2:4 supermasks through fairseq's trainer; the artifact stores pattern indices (2/3 bit a weight)."""
     save = tmp_path / "sm"

@@ -6,7 +6,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
+
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
 TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
         "--vocab", "600", "--max-tokens", "1024", "--warmup", "2"]

@@ -7,33 +7,47 @@ import sys
 import pytest
 from conftest import ROOT
 
-ALL = sorted(f[:-5] for f in os.listdir(os.path.join(ROOT, "configs")) if f.endswith(".yaml"))
-CONFIGS = [c for c in ALL if not c.startswith("glue_")]
-GLUE_CONFIGS = [c for c in ALL if c.startswith("glue_")]
+sys.path.insert(0, os.path.join(ROOT, "configs"))
+import generate
+
+RECIPES = generate.recipes()  # name -> (primary config, group, model, the full recipe)
+CONFIGS = sorted(n for n in RECIPES if not n.startswith("glue_")) + ["cpu_tiny"]
+GLUE_CONFIGS = sorted(n for n in RECIPES if n.startswith("glue_"))
 
 
-def test_configs_are_generated_from_the_recipes(tmp_path):
-    sys.path.insert(0, os.path.join(ROOT, "configs"))
-    import generate
-
-    configs = {**generate.all_configs(), **generate.glue_configs()}
-    assert set(generate.all_configs()) <= set(CONFIGS) and len(generate.all_configs()) == 28
-    assert set(generate.glue_configs()) == set(GLUE_CONFIGS) and len(GLUE_CONFIGS) == 10
-    for name, cfg in configs.items():
-        with open(os.path.join(ROOT, "configs", f"{name}.yaml"), encoding="utf-8") as f:
-            assert f.read() == generate.render(name, cfg), f"{name}.yaml is stale: run python configs/generate.py"
+def test_configs_are_hydra_groups_generated_from_the_recipes():
+    """One primary config per task and one group of models per task family (task x model), not a file a pair;
+    each recipe composes to exactly its full config."""
+    assert len([n for n in RECIPES if not n.startswith("glue_")]) == 28 and len(GLUE_CONFIGS) == 10
+    files = generate.files()
+    on_disk = {os.path.relpath(os.path.join(d, f), os.path.join(ROOT, "configs"))
+               for d, _, fs in os.walk(os.path.join(ROOT, "configs")) for f in fs if f.endswith(".yaml")}
+    assert on_disk == set(files) | {"cpu_tiny.yaml"}, "stale or extra configs: run python configs/generate.py"
+    for path, text in files.items():
+        with open(os.path.join(ROOT, "configs", path), encoding="utf-8") as f:
+            assert f.read() == text, f"{path} is stale: run python configs/generate.py"
+    assert {p for p in files if "/" not in p} == {"iwslt14.yaml", "wmt14.yaml", "glue_qqp.yaml", "glue_mnli.yaml"}
+    for name, (task, group, model, full) in RECIPES.items():
+        task_part, model_part = generate.split(full)
+        merged = {k: {**task_part.get(k, {}), **model_part.get(k, {})} for k in full}
+        assert merged == full, name
 
 
 def _compose(name, overrides):
+    """A recipe composed as fairseq-hydra-train composes it: TASK_MODEL is the task's config with MODEL chosen."""
     from fairseq.dataclass.initialize import add_defaults, hydra_init
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
+    config_name, choice = name, []
+    if name in RECIPES:
+        task, group, model, _ = RECIPES[name]
+        config_name, choice = task, [f"{group}={model}"]
     GlobalHydra.instance().clear()
-    hydra_init(name)
+    hydra_init(config_name)
     with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base=None):
-        cfg = compose(config_name=name, overrides=overrides)
+        cfg = compose(config_name=config_name, overrides=choice + overrides)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(cfg, True)
     add_defaults(cfg)
@@ -41,6 +55,7 @@ def _compose(name, overrides):
 
 
 @pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.e2e
 def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
     import torch
     from fairseq import tasks, utils
@@ -78,6 +93,7 @@ def test_config_composes_and_builds(name, tiny_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("name", GLUE_CONFIGS)
+@pytest.mark.e2e
 def test_glue_config_composes_and_builds(name, tiny_glue, tmp_path):
     import torch
     from fairseq import tasks, utils

@@ -9,6 +9,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+
 SCRIPT = os.path.join(ROOT, "benchmarks", "convergence.py")
 TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
         "--vocab", "600", "--max-tokens", "1024", "--warmup", "2"]

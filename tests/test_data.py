@@ -1,6 +1,9 @@
 import os
 
+import pytest
 from conftest import run_cli
+
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
 
 def _write(d, name, lines):

@@ -38,6 +38,7 @@ def test_model_weights_are_pinned():
     assert _model_sha(paper) == PINNED_MODEL_FORMAT_1
 
 
+@pytest.mark.e2e
 def test_format_1_artifacts_are_refused_in_one_line(trained, tmp_path):
     """Format 1 (before per-role inits) was written only by this repository's early commits: refused, one line."""
     import json
@@ -67,6 +68,7 @@ def test_moving_keeps_generated_values(dtype):
     assert torch.equal(w.to(dtype), generate_weight(7, "x", (8, 8), InitSpec()).to(dtype))
 
 
+@pytest.mark.e2e
 def test_exact_resume(tiny_corpus, tmp_path):
     """6 updates in one go == 3 updates, stop, resume from checkpoint_last.pt, 3 more; bit for bit."""
     common = [*SM, *MASKED, "--seed", "4", "--dropout", "0.1", "--save-interval-updates", "3"]

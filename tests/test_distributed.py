@@ -13,6 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+pytestmark = pytest.mark.e2e  # two processes (torch.distributed, gloo)
+
 STEPS = 3
 
 

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import ROOT, SM, TRAIN, run_cli
 
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+
 
 def _fresh_build(ckpt_path, seed):
     """The model fairseq-train built before its first update, rebuilt from the checkpoint's config."""

@@ -6,10 +6,13 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 from conftest import BIN, ROOT, TRAIN, run_cli
 
 from one_layer_lottery import artifact
+
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
 
 def _start(*args):

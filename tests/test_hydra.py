@@ -1,5 +1,8 @@
+import pytest
 import torch
 from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
 
 def test_hydra_train_composes_config_and_keeps_arch_defaults(tiny_corpus, tmp_path):

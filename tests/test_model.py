@@ -28,6 +28,7 @@ def expected_counts(layers, d, f, one_layer):
 
 @pytest.mark.parametrize("one_layer", [False, True])
 @pytest.mark.parametrize("name", list(TABLE))
+@pytest.mark.e2e
 def test_parameter_counts_match_formula(name, one_layer):
     layers, d, f, heads = TABLE[name]
     arch = f"{'one_layer_' if one_layer else ''}supermask_transformer_{name}"

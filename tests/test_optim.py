@@ -1,5 +1,8 @@
+import pytest
 import torch
 from conftest import MASKED, SM, run_cli
+
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
 
 def test_masked_adam_trains_scores_and_keeps_state_for_scores_only(tiny_corpus, tmp_path):

@@ -119,6 +119,7 @@ def test_grouped_selection_on_cuda_matches_cpu():
 
 
 @pytest.mark.parametrize("case", LOW)
+@pytest.mark.e2e
 def test_masked_adam_trains_in_low_precision(runs, case):
     ckpt, log, stdout = runs(case)
     device, _, wrapper, dtype = CASES[case]
@@ -143,6 +144,7 @@ def test_masked_adam_trains_in_low_precision(runs, case):
 
 
 @pytest.mark.parametrize("case", LOW)
+@pytest.mark.e2e
 def test_low_precision_checkpoint_exports_and_round_trips(runs, tiny_corpus, tmp_path, case):
     ckpt, _, _ = runs(case)
     device, _, _, dtype = CASES[case]
@@ -170,6 +172,7 @@ def test_low_precision_checkpoint_exports_and_round_trips(runs, tiny_corpus, tmp
 
 
 @pytest.mark.parametrize("case", ["cpu-bf16", pytest.param("cuda-fp16", marks=needs_cuda)])
+@pytest.mark.e2e
 def test_low_precision_resume_continues_the_run(tiny_corpus, tmp_path, case):
     # --update-freq 1: fairseq resumes runs with --update-freq > 1 on slightly different micro-batch
     # randomness, dense models too (measured: loss 6.870 vs 6.864 five updates after a resume)
@@ -186,6 +189,7 @@ def test_low_precision_resume_continues_the_run(tiny_corpus, tmp_path, case):
             assert abs(resumed[u] - straight[u]) < 0.02 * straight[u], (u, resumed, straight)
 
 
+@pytest.mark.e2e
 def test_bf16_on_the_command_line_is_not_a_tpu_run(runs):
     _, _, stdout = runs("cpu-bf16")
     assert "torch_xla is not installed, so this is not a TPU run" in stdout

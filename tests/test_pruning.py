@@ -136,15 +136,6 @@ def test_ticket_rewinds_exactly_under_the_final_mask():
     assert torch.equal(kept.sign(), rewind["a.weight"][keep].sign())
 
 
-def test_sparse_bytes_counts_positions_and_values():
-    from one_layer_lottery.pruning import sparse_bytes
-
-    state = {"w": torch.zeros(10, 8), "b": torch.zeros(10), "steps": torch.zeros(1, dtype=torch.long)}
-    assert sparse_bytes(state, {"w": 20}) == 10 + 2 * 20 + 2 * 10
-    assert sparse_bytes(state, {"w": 0}) == 10 + 2 * 10  # a supermask: positions only
-    assert sparse_bytes(state) == 2 * 90
-
-
 @pytest.fixture(scope="module")
 def pruned_run(tiny_corpus, tmp_path_factory):
     save = tmp_path_factory.mktemp("pruned")
@@ -154,6 +145,7 @@ def pruned_run(tiny_corpus, tmp_path_factory):
     return save
 
 
+@pytest.mark.e2e
 def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_corpus, pruned_run):
     from one_layer_lottery.masks import n_pruned
     from one_layer_lottery.pruning import is_prunable
@@ -180,6 +172,7 @@ def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_cor
     assert len(hyps) == 37
 
 
+@pytest.mark.e2e
 def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tmp_path):
     from one_layer_lottery.masks import n_pruned
     from one_layer_lottery.pruning import is_prunable
@@ -211,6 +204,7 @@ def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tm
     assert r.returncode == 1 and "outside (0, 1]" in r.stderr
 
 
+@pytest.mark.e2e
 def test_fairseq_train_refuses_bad_sparsity_in_one_line(tiny_corpus, tmp_path):
     r = run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "1", "--remaining-ratio", "1.5",
                 "--save-dir", tmp_path, check=False)
@@ -218,6 +212,7 @@ def test_fairseq_train_refuses_bad_sparsity_in_one_line(tiny_corpus, tmp_path):
     assert not list(tmp_path.glob("*.pt"))
 
 
+@pytest.mark.e2e
 def test_analyze_compares_layers_with_the_reference(tiny_corpus, pruned_run, trained, tmp_path):
     ref = pruned_run / "checkpoint_last.pt"
     r = run_cli("one-layer-lottery", "analyze", ref, ref, trained, "--data", tiny_corpus.bin, "--labels",

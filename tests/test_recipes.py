@@ -8,6 +8,8 @@ import subprocess
 import pytest
 from conftest import BIN, ROOT, SHARED_DATA
 
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+
 ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONWARNINGS="ignore")
 MULTI30K = os.path.join(SHARED_DATA, "multi30k")
 

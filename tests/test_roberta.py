@@ -6,6 +6,8 @@ import pytest
 import torch
 from conftest import run_cli
 
+pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+
 CLS = ["--user-dir", "one_layer_lottery", "--task", "sentence_prediction", "--num-classes", "2", "--init-token", "0",
        "--separator-token", "2", "--max-positions", "128", "--criterion", "sentence_prediction", "--lr", "3e-3",
        "--max-tokens", "4096", "--required-batch-size-multiple", "1", "--log-format", "simple", "--num-workers", "0",
@@ -138,7 +140,7 @@ def test_pretrained_roberta_embeddings_frozen_and_bad_ones_refused(tiny_glue, de
     state["cfg"]["task"]["data"] = str(other)
     torch.save(state, tmp_path / "other_dict.pt")
     cases = ((dense_ckpt, [], "a translation checkpoint"),
-             (tmp_path / "more_rows.pt", [], f"its table has {rows + 8} rows, the dictionary {rows} symbols"),
+             (tmp_path / "more_rows.pt", [], f"embedding has {rows + 8} rows, the dictionary has {rows} symbols"),
              (tmp_path / "other_dict.pt", [], "dictionary differs from"),
              (dense, ["--encoder-embed-dim", "32"], "embedding dim is 64, the model's is 32"),
              (tmp_path / "missing.pt", [], "does not exist"))

@@ -116,6 +116,7 @@ def test_converted_layers_take_the_sparse_path_and_give_the_same_outputs(monkeyp
     assert all(m._inference_weight is None for m in model.modules() if isinstance(m, MaskedLinear))
 
 
+@pytest.mark.e2e
 def test_gpu_benchmark_refuses_a_machine_without_sparse_tensor_cores():
     import os
     import subprocess

@@ -27,7 +27,7 @@ from ..io import read_checkpoint
 from ..supermask import group_masks_
 from .builders import anneal_, finish_, masked_linear, register_shaped_archs, token_embedding
 from .options import SupermaskOptions, add_flags, as_namespace, defaults_, record, supermask_of
-from .pretrained import compare_dictionary
+from .pretrained import compare_dictionary, read_table
 from .supermask_transformer import SupermaskTransformerEncoder, pretrained_in_checkpoint
 
 HEADS = ("trained", "masked")
@@ -234,20 +234,14 @@ def load_roberta_embeddings(path: str, dictionary, dim: int, n_positions: int):
         kind = "a translation checkpoint" if "decoder.embed_tokens.weight" in model else "not a RoBERTa checkpoint"
         raise ConfigError(f"--pretrained-embeddings {path!r} has no {TOKENS_KEY}: {kind}; give a fairseq RoBERTa "
                           f"checkpoint (e.g. roberta.base/model.pt)")
-    tokens = model[TOKENS_KEY].float()
-    if tokens.shape[1] != dim:
-        raise ConfigError(f"--pretrained-embeddings {path!r}: embedding dim is {tokens.shape[1]}, the model's is "
-                          f"{dim}; they must match (choose the architecture of that size)")
-    if tokens.shape[0] != len(dictionary):
-        raise ConfigError(f"--pretrained-embeddings {path!r}: its table has {tokens.shape[0]} rows, the dictionary "
-                          f"{len(dictionary)} symbols; prepare the data with that model's BPE and dict.txt")
+    tokens = read_table(path, {"model": model}, TOKENS_KEY, dictionary, dim)
     _check_dictionary(path, state, dictionary)
     positions = model.get(POSITIONS_KEY)
     if positions is None or tuple(positions.shape) != (n_positions, dim):
         have = "none" if positions is None else "x".join(map(str, positions.shape))
         raise ConfigError(f"--pretrained-embeddings {path!r}: position table {have}, the model needs "
                           f"{n_positions}x{dim} (--max-positions {n_positions - dictionary.pad() - 1})")
-    return tokens.clone(), positions.float().clone()
+    return tokens, positions.float().clone()
 
 
 def _check_dictionary(path: str, state: dict, dictionary) -> None:

@@ -1,0 +1,39 @@
+"""io.py: checkpoint reading with one-line errors, atomic writes, and the one rule for stored bytes."""
+
+import pytest
+import torch
+
+from one_layer_lottery.errors import ConfigError
+from one_layer_lottery.io import atomic_path, read_checkpoint, stored_bytes, write_text
+
+
+def test_stored_bytes_counts_positions_values_and_fp16_tensors_under_one_rule():
+    state = {"w": torch.zeros(10, 8), "b": torch.zeros(10), "steps": torch.zeros(1, dtype=torch.long)}
+    assert stored_bytes(state, {"w": 20}) == 10 + 2 * 20 + 2 * 10  # a pruned weight: positions and kept values
+    assert stored_bytes(state, {"w": 0}) == 10 + 2 * 10  # positions only
+    assert stored_bytes(state) == 2 * 90  # a dense model: fp16 weights
+    shared = torch.zeros(4, 4)
+    supermask = {"enc.scores": torch.zeros(8, 16), "enc.frozen_weight": torch.zeros(8, 16), "emb.weight": shared,
+                 "out.weight": shared, "encoder.version": torch.ones(1)}
+    # a supermask: its mask (1 bit a weight), the seed (8 bytes), a tied table once; random weights regenerated
+    assert stored_bytes(supermask) == 16 + 8 + 2 * 16
+
+
+def test_read_checkpoint_names_the_file_in_one_line(tmp_path):
+    with pytest.raises(ConfigError, match="checkpoint '.*missing.pt' does not exist"):
+        read_checkpoint(str(tmp_path / "missing.pt"))
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="--pretrained-embeddings '.*bad.pt' is not a readable fairseq checkpoint"):
+        read_checkpoint(str(tmp_path / "bad.pt"), "--pretrained-embeddings")
+    torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "ok.pt")
+    assert read_checkpoint(str(tmp_path / "ok.pt"))["model"]["w"].item() == 1
+
+
+def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "out.txt"
+    write_text(str(path), "first")
+    with pytest.raises(RuntimeError), atomic_path(str(path)) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("half")
+        raise RuntimeError("killed midway")
+    assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]

@@ -1,0 +1,184 @@
+"""benchmarks/study.py, the converged study: its bookkeeping from logs (unit) and the runner on a tiny budget (e2e)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import ROOT, make_dictionary
+
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import common
+import study
+
+SCRIPT = os.path.join(ROOT, "benchmarks", "study.py")
+TINY = ["--src", "src", "--tgt", "tgt", "--vocab", "600", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads",
+        "2", "--max-tokens", "1024", "--eval-every", "4", "--grid", "lr1e-3-d0.1,lr4e-3-d0.1-c0"]
+
+
+def _valid_line(update: int, bleu: float) -> str:
+    return (f"2026-12-02 10:00:00 | INFO | valid | epoch 001 | valid on 'valid' subset | loss 9.1 | nll_loss 9 | "
+            f"ppl 512 | bleu {bleu} | wps 1 | wpb 5 | bsz 2 | num_updates {update} | best_bleu {bleu}\n")
+
+
+def _run_with_log(work, name, points):
+    run = study.Run(name, [], 0, 3, ())
+    os.makedirs(run.dir, exist_ok=True)
+    with open(os.path.join(run.dir, "train.log"), "w", encoding="utf-8") as f:
+        f.writelines(_valid_line(u, b) for u, b in points)
+    return run
+
+
+def test_best_patience_and_halving_read_from_the_logs(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    run = _run_with_log(tmp_path, "r", [(4, 1.0), (8, 3.0), (12, 3.0), (16, 2.0), (20, 2.5)])
+    vals = study.validations(run)
+    assert study.best(vals) == (12, 3.0)  # the latest of equals: what fairseq's checkpoint_best.pt holds
+    assert study.best(vals, upto=8) == (8, 3.0)
+    # patience counts validations without a strictly better score, as fairseq's --patience: 12, 16 and 20
+    assert study.stopped(vals, 3) and not study.stopped(vals, 4)
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "3",
+                          "--grid", "lr1e-3-d0.1,lr2e-3-d0.1"])
+    # halving ranks by the best validation up to the budget: lr2e-3 leads at 8 updates, lr1e-3 only later
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0), (12, 9.0)])
+    _run_with_log(tmp_path, "dense-lr2e-3-d0.1-s1", [(4, 3.0), (8, 2.5)])
+    runs, winner = study.tuning(a, "dense")
+    assert winner == "lr2e-3-d0.1"
+    assert {r.name: r.max_update for r in runs} == {"dense-lr1e-3-d0.1-s1": 8, "dense-lr2e-3-d0.1-s1": a.cap}
+
+
+def test_seeds_aggregate_to_mean_and_spread(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1",
+                          "--parts", "core"])
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])  # the tuning run: seed 1 of the row
+    for seed, bleu in ((1, 30.0), (2, 33.0), (3, 31.5)):
+        name = f"dense-lr1e-3-d0.1-s{seed}"
+        os.makedirs(tmp_path / "runs" / name, exist_ok=True)
+        common.write_json(str(tmp_path / "runs" / name / "result.json"),
+                          {"run": name, "test_bleu": bleu, "valid_bleu": bleu + 1, "best_update": 8, "updates": 20,
+                           "cpu_hours": 0.5, "fp16_bytes": 1000, "int8_bytes": 600, "int8_test_bleu": bleu - 1})
+    rows = study.row_results(a, {"dense": "lr1e-3-d0.1", "mask": None})
+    r = rows["dense"]
+    assert r["test_bleu"] == [30.0, 33.0, 31.5] and r["mean"] == 31.5 and r["spread"] == [30.0, 33.0]
+    assert r["seeds_done"] == r["seeds_planned"] == 3 and r["cpu_hours"] == 1.5 and r["int8_test_bleu"] == 30.5
+
+
+def test_bootstrap_interval_comes_from_the_sentences():
+    refs = [f"the cat {i} sat on the mat number {i}" for i in range(40)]
+    same = study.bootstrap_ratio([refs], [refs], refs, samples=200)
+    assert same == (1.0, 1.0)
+    worse = [r if i % 2 else "a dog" for i, r in enumerate(refs)]
+    lo, hi = study.bootstrap_ratio([worse, worse], [refs], refs, samples=200)
+    assert 0 < lo < hi < 1  # every resample of sentences keeps the worse system below dense
+    # one sentence more wrong moves the interval: it is computed from per-sentence statistics
+    worse2 = list(worse)
+    worse2[1] = "a dog"
+    assert study.bootstrap_ratio([worse2], [refs], refs, samples=200) != study.bootstrap_ratio([worse], [refs], refs,
+                                                                                              samples=200)
+
+
+def test_int8_bytes_are_counted_from_the_quantized_model():
+    from fairseq import options
+    from fairseq.models.transformer import TransformerModel
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "x", "--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256",
+        "--decoder-ffn-embed-dim", "256", "--share-decoder-input-output-embed"])
+    task = type("Task", (), {"source_dictionary": make_dictionary(30), "target_dictionary": make_dictionary(30)})
+    model = TransformerModel.build_model(args, task)
+    fp16 = common.fp16_bytes(model.state_dict())
+    q = common.quantize_int8(model)
+    linears = [m for m in q.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    assert linears and not any(n.endswith("output_projection") for n, m in q.named_modules()
+                               if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))  # the tied table stays float
+    by_hand = sum(m.weight().numel() + 8 + 2 * m.bias().numel() for m in linears)
+    prefixes = tuple(n + "." for n, m in q.named_modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear))
+    rest = {k: v for k, v in q.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+            and not k.startswith(prefixes) and not k.endswith("version")}
+    by_hand += 2 * sum(v.numel() for v in {v.data_ptr(): v for v in rest.values()}.values())
+    assert common.int8_bytes(q) == by_hand < fp16
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tiny_corpus, tmp_path_factory):
+    work = tmp_path_factory.mktemp("study")
+    os.symlink(tiny_corpus.root / "prep", work / "data")
+    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "4:1",
+            "--patience", "1", "--cap", "40", "--parts", "core", "--seeds", "1"]
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return work, args, r
+
+
+@pytest.mark.e2e
+def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
+    work, args, r = tiny_study
+    assert "[study] pretrained_frozen-s1: converged" in r.stdout
+    results = {p.parent.name: json.loads(p.read_text()) for p in (work / "runs").glob("*/result.json")}
+    assert set(results) == {"dense-lr1e-3-d0.1-s1", "mask-lr4e-3-d0.1-c0-s1", "pretrained_frozen-s1",
+                            "pretrained_masked-s1"}
+    for name, res in results.items():
+        ckpt = torch.load(work / "runs" / name / "checkpoint_best.pt", map_location="cpu", weights_only=True)
+        assert ckpt["optimizer_history"][-1]["num_updates"] == res["best_update"]  # scored: the validation's pick
+        assert res["stopped_by"] == "patience" and res["updates"] < 40  # patience stopped it, not the cap
+        if name.startswith("dense"):
+            assert 0 < res["int8_bytes"] < res["fp16_bytes"] and "int8_test_bleu" in res
+        else:
+            assert 0 < res["model_bytes"] < res["artifact_bytes"]
+        assert len((work / "runs" / name / "test.hyp").read_text().splitlines()) == 37
+    rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
+    assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
+    pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
+                         timeout=600, check=False)
+    assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
+    assert (tmp_path / "models" / "dense_fp16.pt").exists() and (tmp_path / "models" / "README.md").exists()
+    out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
+                          "eine kleine Katze"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip()
+
+
+@pytest.mark.e2e
+def test_checkpoint_chosen_on_validation_not_the_last(tiny_study, tmp_path, monkeypatch):
+    """A run whose best validation is not its last: the test split is scored on checkpoint_best.pt."""
+    work, _, _ = tiny_study
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args([str(work / "data" / "raw"), *TINY, "--work", str(tmp_path), "--patience", "1"])
+    run = _run_with_log(tmp_path, "dense-constructed", [(4, 5.0), (8, 1.0)])
+    early, late = work / "runs" / "dense-lr1e-3-d0.1-s1", work / "runs" / "mask-lr4e-3-d0.1-c0-s1"
+    os.link(early / "checkpoint_best.pt", os.path.join(run.dir, "checkpoint_best.pt"))
+    os.link(late / "checkpoint_best.pt", os.path.join(run.dir, "checkpoint_last.pt"))
+    res = study.score(a, run, str(work / "data"))
+    assert res["best_update"] == 4 and res["updates"] == 8
+    hyps = (tmp_path / "runs" / "dense-constructed" / "test.hyp").read_text().splitlines()
+    bin_dir = str(work / "data" / "bin")
+    assert hyps == common.generate(os.path.join(run.dir, "checkpoint_best.pt"), bin_dir)
+    assert hyps != common.generate(os.path.join(run.dir, "checkpoint_last.pt"), bin_dir)
+
+
+@pytest.mark.e2e
+def test_an_interrupted_runner_resumes_and_adopts_what_still_trains(tiny_corpus, tmp_path):
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(tiny_corpus.root / "prep", work / "data")
+    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "8:1",
+            "--grid", "lr1e-3-d0.1", "--patience", "50", "--cap", "16", "--parts", "tune", "--jobs", "1"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    pid = work / "runs" / "dense-lr1e-3-d0.1-s1" / "pid.json"
+    deadline = time.time() + 300
+    while not pid.exists() and time.time() < deadline:
+        time.sleep(0.5)
+    first.kill()  # the runner dies; its fairseq-train lives on
+    first.wait()
+    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "dense-lr1e-3-d0.1-s1: still training (started by an earlier runner), followed" in r.stdout
+    log = (work / "runs" / "dense-lr1e-3-d0.1-s1" / "train.log").read_text()
+    assert "Loaded checkpoint" in log  # the second stage resumed from the first stage's checkpoint
+    updates = [int(line.split("num_updates ")[1].split()[0]) for line in log.splitlines() if "valid on 'valid'" in line]
+    assert updates == [4, 8, 12, 16]  # each validated once: nothing trained twice, nothing restarted from 0
