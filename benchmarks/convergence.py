@@ -92,11 +92,12 @@ def train_model(a, name: str, bin_dir: str) -> float:
 
 
 def stored_bytes(a, name: str) -> int:
-    """Bytes to ship the final model: the seed-plus-bits artifact, or the dense model's weights in fp16."""
+    """Bytes to store the final model: the seed-plus-bits artifact without what a dense model needs as well (its
+    sentencepiece models and dictionaries), or the dense model's weights in fp16."""
     ckpt = os.path.join(a.work, name, "checkpoint_last.pt")
     if name == "dense":
         return fp16_bytes(read_checkpoint(ckpt)["model"])
-    return artifact_bytes(ckpt, os.path.join(a.work, f"{name}.olt"))["artifact_bytes"]
+    return artifact_bytes(ckpt, os.path.join(a.work, f"{name}.olt"))["model_bytes"]
 
 
 def plot(rows: list[dict], results: dict, work: str) -> list[str]:

@@ -11,7 +11,6 @@ import argparse
 import json
 import math
 import os
-import re
 
 import numpy as np
 import torch
@@ -68,16 +67,6 @@ def supermask_cfg(cfg: dict, where: str) -> dict:
                           f"export takes checkpoints of the supermask_transformer and supermask_roberta "
                           f"architectures")
     return dict(model_cfg)
-
-
-def heads_in_state(sd: dict) -> dict:
-    """{name: [classes, inner dim]} of the classification heads a state dict holds (none for translation)."""
-    out = {}
-    for k, v in sd.items():
-        m = re.match(r"^classification_heads\.([^.]+)\.(dense|out_proj)\.(?:weight|scores)$", k)
-        if m:
-            out.setdefault(m[1], [0, 0])[0 if m[2] == "out_proj" else 1] = v.shape[0]
-    return out
 
 
 def load_dictionaries(cfg: dict, data: str | None):
@@ -166,7 +155,8 @@ def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype:
     state = read_checkpoint(checkpoint)
     model_cfg = supermask_cfg(state.get("cfg"), f"checkpoint {checkpoint!r}")
     src_dict, tgt_dict, langs = load_dictionaries(state["cfg"], data)
-    model = model_class(model_cfg).build_from_config(model_cfg, src_dict, tgt_dict, heads_in_state(state["model"]))
+    family = model_class(model_cfg)
+    model = family.build_from_config(model_cfg, src_dict, tgt_dict, family.heads_in_state(state["model"]))
     fresh = model.state_dict()
     sd = state["model"]
     if set(sd) != set(fresh):

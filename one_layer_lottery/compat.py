@@ -16,7 +16,6 @@
 import argparse
 import importlib.util
 import logging
-import os
 import shutil
 
 import numpy as np
@@ -37,9 +36,10 @@ def allow_fairseq_checkpoints() -> None:
 def _atomic_copy(src_path: str, dst_path: str, overwrite: bool = False, _original=None) -> bool:
     if "://" in str(dst_path):  # remote paths: leave them to iopath
         return _original(src_path, dst_path, overwrite)
-    tmp = f"{dst_path}.tmp"
-    shutil.copyfile(src_path, tmp)
-    os.replace(tmp, dst_path)
+    from .io import atomic_path
+
+    with atomic_path(dst_path) as tmp:
+        shutil.copyfile(src_path, tmp)
     return True
 
 

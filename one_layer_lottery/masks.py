@@ -243,7 +243,7 @@ class TopK:
 
 @dataclass(frozen=True)
 class RowTopK(TopK):
-    """The k fraction of largest |score| in every output row (each row drops exactly int((1 - k) columns))."""
+    """The k fraction of largest |score| in every output row (each row drops exactly int((1 - k) x columns) entries)."""
 
     groupable = False
 

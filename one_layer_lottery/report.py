@@ -40,7 +40,8 @@ def masks_of(path: str):
     stored += sum(v.numel() * 4 for k, v in state["model"].items()  # a trained classification head, fp32
                   if k.startswith("classification_heads.") and k.endswith((".weight", ".bias")))
     rows = next((v.shape[0] for k, v in state["model"].items() if ".embed_tokens." in k and v.dim() == 2), None)
-    return masks, cfg, stored, None, {"heads": artifact.heads_in_state(state["model"]), "input_rows": rows}
+    heads = artifact.model_class(cfg).heads_in_state(state["model"])
+    return masks, cfg, stored, None, {"heads": heads, "input_rows": rows}
 
 
 def state_dict_stats(state: dict) -> dict[str, int]:

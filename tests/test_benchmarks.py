@@ -74,7 +74,6 @@ def test_glue_benchmark_on_a_tiny_budget(tiny_glue, tmp_path):
     assert "layer_score_lr_scale=1.0" in (tmp_path / "w" / "RTE" / "random_emb@1.log").read_text()
     for m in result.values():
         assert m["examples"] == 60 and 0 <= m["accuracy"] <= 100 and m["majority_accuracy"] >= 50
-    assert result["dense"]["ratio_to_dense"] == 1.0
     assert (tmp_path / "w" / "RTE" / "mlm" / "checkpoint_last.pt").exists()
     assert "ratio to dense" in r.stdout
     bad = _run("glue_accuracy.py", glue, "--tasks", "CoLA", timeout=60)

@@ -166,8 +166,9 @@ def test_an_interrupted_runner_resumes_and_adopts_what_still_trains(tiny_corpus,
     work = tmp_path / "w"
     work.mkdir()
     os.symlink(tiny_corpus.root / "prep", work / "data")
-    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "8:1",
-            "--grid", "lr1e-3-d0.1", "--patience", "50", "--cap", "16", "--parts", "tune", "--jobs", "1"]
+    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "24:1",
+            "--grid", "lr1e-3-d0.1", "--patience", "50", "--cap", "32", "--eval-every", "8", "--parts", "tune",
+            "--jobs", "1"]
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = work / "runs" / "dense-lr1e-3-d0.1-s1" / "pid.json"
     deadline = time.time() + 300
@@ -181,4 +182,4 @@ def test_an_interrupted_runner_resumes_and_adopts_what_still_trains(tiny_corpus,
     log = (work / "runs" / "dense-lr1e-3-d0.1-s1" / "train.log").read_text()
     assert "Loaded checkpoint" in log  # the second stage resumed from the first stage's checkpoint
     updates = [int(line.split("num_updates ")[1].split()[0]) for line in log.splitlines() if "valid on 'valid'" in line]
-    assert updates == [4, 8, 12, 16]  # each validated once: nothing trained twice, nothing restarted from 0
+    assert updates == [8, 16, 24, 32]  # each validated once: nothing trained twice, nothing restarted from 0

@@ -11,7 +11,7 @@ from omegaconf import II, OmegaConf, open_dict
 
 from ..errors import ConfigError
 from ..init import PRESETS, ROLES, SCORE_INITS, WEIGHT_INITS, InitSpec, role_specs
-from ..masks import TopK, check_coat_ratios, check_remaining_ratio, make_rule, parse_structure
+from ..masks import STRUCTURES, TopK, check_coat_ratios, check_remaining_ratio, make_rule, parse_structure
 
 ROLE_HELP = {"qkv": "attention q/k/v projections", "attn_out": "attention output projection",
              "ffn": "FFN (fc1, fc2)", "embed": "masked random token embedding tables",
@@ -55,10 +55,10 @@ class SupermaskOptions(FairseqDataclass):
                                         "ratios of inner coats, decreasing, below --remaining-ratio; a weight "
                                         "counts once per coat that keeps it (1 + coats mask bits per weight)"})
     mask_structure: str = dataclasses.field(
-        default="unstructured", metadata={"help": "unstructured (top-k over each tensor), row (top-k within every "
-                                                  "output row) or N:M (in every group of M consecutive weights "
-                                                  "along the input dimension keep N, e.g. 2:4 for sparse tensor "
-                                                  "cores; --remaining-ratio must be N/M)"})
+        default="unstructured", metadata={"help": "the mask rule (masks.py): " + "; ".join(
+            f"{name}: {rule.__doc__.splitlines()[0].rstrip('.')}" for name, rule in STRUCTURES.items()) +
+            "; or N:M: n of every m consecutive weights along the input dimension, e.g. 2:4 for sparse tensor "
+            "cores (--remaining-ratio must be N/M)"})
     ratio_anneal_updates: int = dataclasses.field(
         default=0, metadata={"help": "anneal k from 1 to --remaining-ratio over this many updates (the cubic "
                                      "gradual schedule of Zhu & Gupta 2017); 0: k fixed from the start"})

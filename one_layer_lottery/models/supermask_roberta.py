@@ -14,6 +14,7 @@ random embeddings; with `--pretrained-embeddings ROBERTA.pt`, RoBERTa's token an
 import argparse
 import dataclasses
 import os
+import re
 
 import torch
 from fairseq.models import register_model
@@ -219,6 +220,16 @@ class SupermaskRobertaModel(RobertaModel):
         heads = list((meta.get("heads") or {}).values())
         rows = len(dictionary_from_text(meta["dicts"]["src"])) if "dicts" in meta else meta.get("input_rows")
         return rows, heads[0][0] if heads else 2
+
+    @staticmethod
+    def heads_in_state(sd: dict) -> dict:
+        """{name: [classes, inner dim]} of the classification heads a state dict holds."""
+        out = {}
+        for k, v in sd.items():
+            m = re.match(r"^classification_heads\.([^.]+)\.(dense|out_proj)\.(?:weight|scores)$", k)
+            if m:
+                out.setdefault(m[1], [0, 0])[0 if m[2] == "out_proj" else 1] = v.shape[0]
+        return out
 
     def classification_heads_shape(self) -> dict:
         """{name: [classes, inner dim]} of the heads, which an artifact records to rebuild them."""

@@ -186,6 +186,10 @@ class SupermaskTransformerModel(TransformerModel):
                               "inspect its exported artifact instead")
         return src.shape[0], tgt.shape[0]
 
+    @staticmethod
+    def heads_in_state(sd: dict) -> dict:
+        return {}  # translation models have no classification heads
+
     def classification_heads_shape(self) -> dict:
         return {}
 
