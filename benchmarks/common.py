@@ -215,18 +215,12 @@ def artifact_bytes(ckpt: str, out: str) -> dict:
     """Bytes of the seed-plus-bits artifact of a supermask checkpoint (exported by the CLI users run): the file, and
     the model in it without what a dense model needs as well (the sentencepiece models and the dictionaries), the
     figure to set against a dense model's weights."""
-    from one_layer_lottery import artifact
-
     r = subprocess.run([command("one-layer-lottery"), "export", ckpt, out, "--json"], capture_output=True, text=True,
                        check=False)
     if r.returncode != 0:
         raise ConfigError(f"export failed for {ckpt}: {r.stderr.strip()[-500:]}")
-    meta, tensors = artifact.read(out)
-    shared = sum(len(text.encode()) for text in meta["dicts"].values())
-    if "sentencepiece" in tensors:
-        shared += tensors["sentencepiece"].numel()
-    size = json.loads(r.stdout.strip().splitlines()[-1])["bytes"]
-    return {"artifact_bytes": size, "model_bytes": size - shared}
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"artifact_bytes": report["bytes"], "model_bytes": report["model_bytes"]}
 
 
 def fp16_bytes(state: dict) -> int:

@@ -292,6 +292,7 @@ def train_command(a, run: Run, bin_dir: str) -> list[str]:
            "--eval-bleu", "--eval-bleu-args", json.dumps(GENERATION), "--eval-bleu-remove-bpe", "sentencepiece",
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
            "--patience", max(remaining, 1), "--save-interval-updates", a.eval_every,
+           "--validate-interval-updates", a.eval_every,  # else a save at an epoch's end would go unvalidated
            "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--save-interval", "1000000",
            "--validate-interval", "1000000", "--log-format", "simple", "--log-interval", "100",
            "--num-workers", "0", "--user-dir", os.path.join(ROOT, "one_layer_lottery"), "--save-dir", run.dir]

@@ -136,13 +136,16 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     if pieces:  # both sides' sentencepiece models in one xz stream: they share their normalization table
         import lzma
 
-        blob = lzma.compress(b"".join(pieces), preset=9 | lzma.PRESET_EXTREME)
+        blob = lzma.compress(b"".join(pieces), preset=9)
         tensors["sentencepiece"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
         meta["sentencepiece"] = [len(p) for p in pieces]
         floor += len(blob)
     with atomic_path(out) as tmp:  # a crash never leaves a half-written artifact at `out`
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta, default=str)})
-    return {"bytes": os.path.getsize(out), "floor": floor, "mask_bits": mask_bits}
+    shared = sum(len(t.encode()) for t in meta_core["dicts"].values()) + (len(blob) if pieces else 0)
+    size = os.path.getsize(out)
+    # model_bytes: the model without what a dense model needs as well (its sentencepiece models, dictionaries)
+    return {"bytes": size, "floor": floor, "mask_bits": mask_bits, "model_bytes": size - shared}
 
 
 def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16",

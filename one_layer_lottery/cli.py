@@ -108,14 +108,15 @@ def _export(a) -> None:
     cfg = meta["cfg"]["model"]
     dense = 4 * dense_param_count(cfg, *vocab_sizes({}, cfg, meta))
     r.update(dense_fp32_bytes=dense, ratio_to_floor=round(r["bytes"] / r["floor"], 4),
-             ratio_to_dense=round(r["bytes"] / dense, 4))
+             ratio_to_dense=round(r["model_bytes"] / dense, 4))
     if a.json:
         print(json.dumps(r))
     else:
         print(f"wrote {a.out}: {r['bytes']:,} bytes ({r['mask_bits']:,} mask bits)\n"
-              f"  floor (mask bits/8 + stored tensors + dictionaries + config): {r['floor']:,} bytes, "
+              f"  floor (mask bits/8 + stored tensors + dictionaries + sentencepiece + config): {r['floor']:,} bytes, "
               f"ratio {r['ratio_to_floor']:.4f}\n"
-              f"  dense fp32 checkpoint of the same architecture: {dense:,} bytes, ratio {r['ratio_to_dense']:.4f}")
+              f"  the model without its sentencepiece models and dictionaries: {r['model_bytes']:,} bytes; a dense fp32 "
+              f"checkpoint of the same architecture: {dense:,} bytes, ratio {r['ratio_to_dense']:.4f}")
 
 
 def _translate(a) -> None:
