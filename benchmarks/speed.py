@@ -366,7 +366,7 @@ def plot_sweep(rows: list[dict], png: str) -> None:
     os.replace(png + ".tmp.png", png)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     from one_layer_lottery.models.supermask_transformer import ARCHS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -387,7 +387,7 @@ def main() -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--_interleave", help=argparse.SUPPRESS)
     p.add_argument("--_memory", help=argparse.SUPPRESS)
-    a = p.parse_args()
+    a = p.parse_args(argv)
     if a.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible to torch")
     if a.dtype != "fp32" and a.device == "cpu":

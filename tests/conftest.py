@@ -25,6 +25,45 @@ def run_cli(*args, check=True, cwd=ROOT, timeout=600):
     return r
 
 
+def olt(*args, check=True):
+    """`one-layer-lottery ARGS` run in this process (the command's own main), for the many checks of what a command
+    does or refuses; a subprocess costs 4-5 s of start-up each. The e2e tests still run it as a command too."""
+    import contextlib
+    import io
+
+    from one_layer_lottery import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    r = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"one-layer-lottery {' '.join(map(str, args))} exited {code}\n{r.stderr[-4000:]}")
+    return r
+
+
+def benchmark_main(script, *argv):
+    """benchmarks/<script>'s main(argv) in this process, for checks that end before any work: (exit status,
+    stderr). Its command line ends the same way: argparse exits 2, a ConfigError prints one line and returns 1."""
+    import contextlib
+    import importlib
+    import io
+
+    if os.path.join(ROOT, "benchmarks") not in sys.path:
+        sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+    module = importlib.import_module(script.removesuffix(".py"))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = module.main([str(a) for a in argv])
+        except SystemExit as e:
+            code = e.code
+    return code, err.getvalue()
+
+
 def make_dictionary(n_words=40):
     from fairseq.data import Dictionary
 
@@ -93,9 +132,21 @@ GEN = ["--beam", "5", "--batch-size", "16", "--required-batch-size-multiple", "1
 
 
 def hypotheses(bin_dir, ckpt, *extra):
-    """fairseq-generate's hypothesis lines (H-...) for the test set, sorted."""
-    r = run_cli("fairseq-generate", bin_dir, "--user-dir", "one_layer_lottery", "--path", ckpt, *GEN, *extra)
-    return sorted(line for line in r.stdout.splitlines() if line.startswith("H-"))
+    """fairseq-generate's hypothesis lines (H-...) for the test set, sorted: the command's own main run in this
+    process, to compare two checkpoints' translations without two process starts (tests of the command itself
+    run it with run_cli)."""
+    import contextlib
+    import io
+
+    from fairseq import options
+    from fairseq_cli import generate
+
+    argv = [bin_dir, "--user-dir", os.path.join(ROOT, "one_layer_lottery"), "--path", ckpt, *GEN, *extra]
+    args = options.parse_args_and_arch(options.get_generation_parser(), [str(a) for a in argv])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        generate.main(args)
+    return sorted(line for line in out.getvalue().splitlines() if line.startswith("H-"))
 
 
 @pytest.fixture(scope="session")

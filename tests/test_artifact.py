@@ -7,7 +7,7 @@ import struct
 
 import pytest
 import torch
-from conftest import MASKED, SM, TRAIN, build_model, hypotheses, make_dictionary, run_cli
+from conftest import MASKED, SM, TRAIN, build_model, hypotheses, make_dictionary, olt, run_cli
 
 from one_layer_lottery import artifact
 from one_layer_lottery.errors import ConfigError
@@ -60,7 +60,7 @@ def test_artifact_translates_plain_text_as_fairseq_generate_does(trained, tiny_c
     sources = (tiny_corpus.root / "prep" / "raw" / "test.src").read_text(encoding="utf-8").splitlines()
     hub = artifact.hub(str(art), beam=5, max_len_a=1.2, max_len_b=10)
     ours = [hub.translate(s) for s in sources]
-    run_cli("one-layer-lottery", "expand", art, tmp_path / "back.pt")
+    olt("expand", art, tmp_path / "back.pt")
     r = run_cli("fairseq-generate", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path", tmp_path / "back.pt",
                 "--beam", "5", "--max-len-a", "1.2", "--max-len-b", "10", "--batch-size", "1",
                 "--required-batch-size-multiple", "1", "--remove-bpe", "sentencepiece")
@@ -165,32 +165,30 @@ def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
              (future, "format version 99"), (tmp_path / "missing.olt", "does not exist")]
     for path, needle in cases:
         out = tmp_path / "out.pt"
-        _fails_one_line(run_cli("one-layer-lottery", "expand", path, out, check=False), out, needle)
+        _fails_one_line(olt("expand", path, out, check=False), out, needle)
     other = tmp_path / "otherbin"
     shutil.copytree(tiny_corpus.bin, other)
     with open(other / "dict.tgt.txt", "a", encoding="utf-8") as f:
         f.write("extra 1\n")
     out = tmp_path / "out.pt"
-    _fails_one_line(run_cli("one-layer-lottery", "expand", good_artifact, out, "--data", other, check=False), out,
+    _fails_one_line(olt("expand", good_artifact, out, "--data", other, check=False), out,
                     "differs from the artifact's tgt dictionary")
 
 
 @pytest.mark.e2e
 def test_export_refuses_non_supermask_and_broken_checkpoints(dense_ckpt, tmp_path):
     out = tmp_path / "x.olt"
-    _fails_one_line(run_cli("one-layer-lottery", "export", dense_ckpt, out, check=False), out,
-                    "is not a supermask model", "'transformer'")
+    _fails_one_line(olt("export", dense_ckpt, out, check=False), out, "is not a supermask model", "'transformer'")
     broken = tmp_path / "broken.pt"
     broken.write_bytes(dense_ckpt.read_bytes()[:1000])
-    _fails_one_line(run_cli("one-layer-lottery", "export", broken, out, check=False), out,
-                    "is not a readable fairseq checkpoint")
+    _fails_one_line(olt("export", broken, out, check=False), out, "is not a readable fairseq checkpoint")
 
 
 @pytest.mark.e2e
 def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path):
     png = tmp_path / "overlap.png"
-    a = json.loads(run_cli("one-layer-lottery", "inspect", trained, "--json").stdout)
-    b = json.loads(run_cli("one-layer-lottery", "inspect", good_artifact, "--json", "--png", png).stdout)
+    a = json.loads(olt("inspect", trained, "--json").stdout)
+    b = json.loads(olt("inspect", good_artifact, "--json", "--png", png).stdout)
     assert a["modules"] == b["modules"] and a["overlap"] == b["overlap"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     t = b["totals"]
@@ -199,7 +197,7 @@ def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path)
     # one-layer tiny: 2 depths; each depth's mask of a module type is itself (1.0) and differs from the other
     enc = b["overlap"]["encoder.fc1"]
     assert enc[0][0] == 1.0 and 0.2 < enc[0][1] < 0.6
-    text = run_cli("one-layer-lottery", "inspect", good_artifact).stdout
+    text = olt("inspect", good_artifact).stdout
     assert "Table-1 row" in text and "encoder.layers.1.fc1" in text
 
 
@@ -298,6 +296,6 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
     artifact.expand(str(art), str(back))
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
     for path in (ckpt, art):  # inspect reads the structured masks from either file
-        r = run_cli("one-layer-lottery", "inspect", path, "--json")
+        r = olt("inspect", path, "--json")
         rep = json.loads(r.stdout.strip().splitlines()[-1])
         assert {round(m["remaining_ratio"], 6) for m in rep["modules"]} == {0.5}

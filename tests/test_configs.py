@@ -46,7 +46,8 @@ def _compose(name, overrides):
         config_name, choice = task, [f"{group}={model}"]
     GlobalHydra.instance().clear()
     hydra_init(config_name)
-    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base=None):
+    # version_base 1.1: as fairseq-hydra-train composes (and fairseq's own in-process composing expects it)
+    with initialize_config_dir(config_dir=os.path.join(ROOT, "configs"), version_base="1.1"):
         cfg = compose(config_name=config_name, overrides=choice + overrides)
     cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
     OmegaConf.set_struct(cfg, True)

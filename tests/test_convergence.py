@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
-
-pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+from conftest import ROOT, benchmark_main
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "convergence.py")
 TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
@@ -32,6 +30,7 @@ def tiny_run(tiny_corpus, tmp_path_factory):
     return work, r
 
 
+@pytest.mark.e2e
 def test_csv_png_json_and_tensorboard(tiny_run):
     work, r = tiny_run
     with open(work / "convergence.csv", encoding="utf-8") as f:
@@ -52,6 +51,7 @@ def test_csv_png_json_and_tensorboard(tiny_run):
     assert "[dense] update 2: valid loss" in r.stdout  # progress while it runs
 
 
+@pytest.mark.e2e
 def test_extra_test_uses_the_runs_own_vocabulary(tiny_run):
     """The extra set here is the test split itself: scored through its own preprocessing, same BLEU."""
     work, r = tiny_run
@@ -61,24 +61,7 @@ def test_extra_test_uses_the_runs_own_vocabulary(tiny_run):
         work / "data" / "bin" / "dict.src.txt").read_text()
 
 
-@pytest.mark.parametrize("args, needle, code", [
-    (["--models", "dense,huge"], "unknown ['huge']; allowed: dense, random_emb", 2),
-    (["--models", "pretrained_emb"], "pretrained_emb needs dense", 2),
-    (["--extra-test", "broken"], "expected NAME=SOURCE_FILE,REFERENCE_FILE", 2),
-    (["--eval-every", "0"], "--eval-every 0 must be a positive number", 2),
-    (["--extra-test", "x=missing.de,missing.en"], "extra test file 'missing.de' does not exist", 1),
-])
-def test_bad_input(tiny_corpus, tmp_path, args, needle, code):
-    r = _run(tiny_corpus.root / "raw", *TINY, "--work", tmp_path / "w", *args)
-    assert r.returncode == code and needle in r.stderr, r.stderr
-    assert not (tmp_path / "w" / "convergence.csv").exists()
-
-
-def test_missing_data_directory(tmp_path):
-    r = _run(tmp_path / "nowhere", "--work", tmp_path / "w")
-    assert r.returncode == 1 and "data directory" in r.stderr and "does not exist" in r.stderr
-
-
+@pytest.mark.e2e
 def test_ablation_table_on_a_tiny_budget(tiny_corpus, tmp_path):
     script = os.path.join(ROOT, "benchmarks", "ablation.py")
     (tmp_path / "abl").mkdir()
@@ -94,11 +77,9 @@ def test_ablation_table_on_a_tiny_budget(tiny_corpus, tmp_path):
     # the run with --embed-gain 2 really trained with it
     log = (tmp_path / "abl" / "embed_gain_2.seed1" / "random_emb.train.log").read_text()
     assert "'embed_gain': 2.0" in log or "embed_gain=2.0" in log
-    bad = subprocess.run([sys.executable, script, str(tiny_corpus.root / "raw"), "--settings", "best"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
-    assert bad.returncode == 2 and "unknown ['best']; allowed: tuned, paper" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_ratio_sweep_on_a_tiny_budget(tiny_corpus, tmp_path):
     """The Fig. 2 sweep: one run per (variant, k), the dense model trained once and lending its embeddings."""
     script = os.path.join(ROOT, "benchmarks", "ablation.py")
@@ -118,6 +99,31 @@ def test_ratio_sweep_on_a_tiny_budget(tiny_corpus, tmp_path):
     log = (work / "k0.9.standard.pretrained.seed1" / "pretrained_emb.train.log").read_text()
     assert "remaining_ratio=0.9" in log and "'_name': 'supermask_transformer_tiny'" in log
     assert len(list(work.glob("*/dense/checkpoint_last.pt"))) == 1 + 1  # trained once, linked once
-    bad = subprocess.run([sys.executable, script, str(tiny_corpus.root / "raw"), "--ratios", "0.5,1.5"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
-    assert bad.returncode == 2 and "every k must lie in (0, 1]" in bad.stderr
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["--models", "dense,huge"], "unknown ['huge']; allowed: dense, random_emb", 2),
+    (["--models", "pretrained_emb"], "pretrained_emb needs dense", 2),
+    (["--extra-test", "broken"], "expected NAME=SOURCE_FILE,REFERENCE_FILE", 2),
+    (["--eval-every", "0"], "--eval-every 0 must be a positive number", 2),
+    (["--extra-test", "x=missing.de,missing.en"], "extra test file 'missing.de' does not exist", 1),
+])
+def test_bad_input(tmp_path, args, needle, code):
+    (tmp_path / "raw").mkdir()
+    got, err = benchmark_main("convergence.py", tmp_path / "raw", *TINY, "--work", tmp_path / "w", *args)
+    assert got == code and needle in err, err
+    assert not (tmp_path / "w" / "convergence.csv").exists()
+
+
+def test_missing_data_directory(tmp_path):
+    code, err = benchmark_main("convergence.py", tmp_path / "nowhere", "--work", tmp_path / "w")
+    assert code == 1 and "data directory" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--settings", "best"], "unknown ['best']; allowed: tuned, paper"),
+    (["--ratios", "0.5,1.5"], "every k must lie in (0, 1]"),
+])
+def test_ablation_bad_arguments(args, needle):
+    code, err = benchmark_main("ablation.py", "raw", *args)
+    assert code == 2 and needle in err, err

@@ -1,9 +1,7 @@
 import os
 
 import pytest
-from conftest import run_cli
-
-pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
+from conftest import olt, run_cli
 
 
 def _write(d, name, lines):
@@ -21,6 +19,7 @@ def _corpus(tmp_path, train_src, train_tgt):
     return raw
 
 
+@pytest.mark.e2e
 def test_prepare_drops_empty_and_overlong_pairs(tmp_path):
     src = [f"der hund {i} läuft schnell" for i in range(200)] + ["", "wort " * 40, "noch ein satz"]
     tgt = [f"the dog {i} runs fast" for i in range(200)] + ["an empty source", "word", ""]
@@ -34,16 +33,15 @@ def test_prepare_drops_empty_and_overlong_pairs(tmp_path):
 
 
 def test_prepare_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
-    r = run_cli("one-layer-lottery", "prepare", tmp_path / "nope", tmp_path / "out", "--src", "de", "--tgt", "en",
-                check=False)
+    r = olt("prepare", tmp_path / "nope", tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
     assert r.returncode == 1 and r.stderr.strip().endswith(f"data directory '{tmp_path / 'nope'}' does not exist")
     raw = _corpus(tmp_path, ["a b", "c d", "e f"], ["a b", "c d"])
-    r = run_cli("one-layer-lottery", "prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
+    r = olt("prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
     assert r.returncode == 1 and "has 3 lines but" in r.stderr and "must match line for line" in r.stderr
     _write(raw, "train.en", ["a b", "c d", "e f"])
     os.remove(raw / "valid.en")
-    r = run_cli("one-layer-lottery", "prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
+    r = olt("prepare", raw, tmp_path / "out", "--src", "de", "--tgt", "en", check=False)
     assert r.returncode == 1 and "no valid file for language 'en'" in r.stderr
     assert not (tmp_path / "out").exists()
-    r = run_cli("one-layer-lottery", "export", tmp_path / "missing.pt", tmp_path / "x.olt", check=False)
+    r = olt("export", tmp_path / "missing.pt", tmp_path / "x.olt", check=False)
     assert r.returncode == 1 and "does not exist" in r.stderr and not (tmp_path / "x.olt").exists()

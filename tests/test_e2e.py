@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import ROOT, SM, TRAIN, run_cli
+from conftest import ROOT, SM, TRAIN, olt, run_cli
 
 pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
@@ -48,7 +48,7 @@ def test_generate_and_bleu(trained, tiny_corpus, tmp_path):
     assert r.stdout.count("\nD-") + r.stdout.startswith("D-") == 37
     out = tmp_path / "gen.txt"
     out.write_text(r.stdout)
-    b = run_cli("one-layer-lottery", "bleu", out, os.path.join(tiny_corpus.raw, "test.tgt"), "--json")
+    b = olt("bleu", out, os.path.join(tiny_corpus.raw, "test.tgt"), "--json")
     res = json.loads(b.stdout)
     assert res["sentences"] == 37 and 0 <= res["bleu"] <= 100 and res["signature"].startswith("nrefs:1")
 
@@ -68,7 +68,7 @@ def test_interactive_translates(trained, tiny_corpus):
 
 
 def test_summary_counts(trained):
-    r = run_cli("one-layer-lottery", "summary", trained, "--json")
+    r = olt("summary", trained, "--json")
     s = json.loads(r.stdout)
     assert s["arch"] == "one_layer_supermask_transformer_tiny" and s["share_layer_weights"] is True
     assert s["scores"] > s["frozen_random"] > 0
@@ -101,15 +101,11 @@ def _fails_one_line(r, *needles):
         assert n in errors[0], errors[0]
 
 
+# one case of each path a bad value takes out of fairseq-train (our validation, fairseq's argparse choices, an
+# architecture name, a missing file); every other value's message is checked in-process in test_model.py
 @pytest.mark.parametrize("flags, needles", [
     (["--remaining-ratio", "0"], ["remaining ratio 0.0 is outside (0, 1]"]),
-    (["--remaining-ratio", "1.2"], ["1.2", "(0, 1]"]),
-    (["--weight-init", "gaussian"], ["--weight-init 'gaussian' is unknown; allowed: kaiming_uniform"]),
-    (["--embed-init", "zeros"], ["--embed-init 'zeros' is unknown"]),
-    (["--ffn-gain", "-1"], ["--ffn-gain -1.0 must be a positive finite number"]),
     (["--init-preset", "best"], ["invalid choice: 'best'", "tuned"]),
-    (["--score-init", "zeros"], ["invalid choice: 'zeros'"]),
-    (["--mask-structure", "2:4", "--remaining-ratio", "0.3"], ["--remaining-ratio 0.3 must equal N/M = 0.5"]),
     (["--arch", "one_layer_supermask_transformer_huge"], ["invalid choice: 'one_layer_supermask_transformer_huge'"]),
     (["--pretrained-embeddings", "missing.pt"], ["'missing.pt' does not exist"]),
 ])

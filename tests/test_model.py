@@ -127,12 +127,23 @@ def test_forward_backward_through_fairseq_model():
 @pytest.mark.parametrize("flags, message", [
     (["--remaining-ratio", "0"], "--remaining-ratio: remaining ratio 0.0 is outside (0, 1]"),
     (["--remaining-ratio", "1.5"], "remaining ratio 1.5 is outside (0, 1]"),
+    (["--remaining-ratio", "1.2"], "remaining ratio 1.2 is outside (0, 1]"),
     (["--pretrained-embeddings", "/nonexistent/ckpt.pt"], "'/nonexistent/ckpt.pt' does not exist"),
+    (["--weight-init", "gaussian"], "--weight-init 'gaussian' is unknown; allowed: kaiming_uniform"),
+    (["--embed-init", "zeros"], "--embed-init 'zeros' is unknown"),
+    (["--ffn-gain", "-1"], "--ffn-gain -1.0 must be a positive finite number"),
+    (["--mask-structure", "2:4", "--remaining-ratio", "0.3"], "--remaining-ratio 0.3 must equal N/M = 0.5"),
 ])
 def test_bad_options_raise_config_error(flags, message):
     with pytest.raises(ConfigError) as e:
         build_model("supermask_transformer_tiny", *flags)
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_choices_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_model("one_layer_supermask_transformer_tiny", "--score-init", "zeros")
+    assert e.value.code == 2 and "invalid choice: 'zeros'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, needle", [

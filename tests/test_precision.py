@@ -12,7 +12,7 @@ import re
 
 import pytest
 import torch
-from conftest import MASKED, SM, build_model, hypotheses, run_cli
+from conftest import MASKED, SM, build_model, hypotheses, olt, run_cli
 
 from one_layer_lottery import artifact
 from one_layer_lottery.io import is_regenerated
@@ -150,9 +150,9 @@ def test_low_precision_checkpoint_exports_and_round_trips(runs, tiny_corpus, tmp
     device, _, _, dtype = CASES[case]
     art, back = tmp_path / "m.olt", tmp_path / "back.pt"
     # export refuses a checkpoint whose random weights are not the seed's, rounded as training rounded them
-    run_cli("one-layer-lottery", "export", ckpt, art)
+    olt("export", ckpt, art)
     assert artifact.read(str(art))[0]["weights_dtype"] == str(dtype).replace("torch.", "")
-    run_cli("one-layer-lottery", "expand", art, back)
+    olt("expand", art, back)
     a = torch.load(ckpt, map_location="cpu", weights_only=True)["model"]
     b = torch.load(back, map_location="cpu", weights_only=True)["model"]
     for k in a:
@@ -166,7 +166,7 @@ def test_low_precision_checkpoint_exports_and_round_trips(runs, tiny_corpus, tmp
         key = next(k for k in a if is_regenerated(k) and not k.endswith(".version"))
         state["model"][key] = state["model"][key] * 3
         torch.save(state, tmp_path / "edited.pt")
-        r = run_cli("one-layer-lottery", "export", tmp_path / "edited.pt", tmp_path / "x.olt", check=False)
+        r = olt("export", tmp_path / "edited.pt", tmp_path / "x.olt", check=False)
         assert r.returncode == 1 and "does not regenerate from weight seed" in r.stderr
         assert not (tmp_path / "x.olt").exists()
 

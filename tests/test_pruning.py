@@ -5,7 +5,7 @@ import re
 
 import pytest
 import torch
-from conftest import TRAIN, argparse, hypotheses, make_dictionary, run_cli
+from conftest import TRAIN, argparse, hypotheses, make_dictionary, olt, run_cli
 
 DENSE = ["--arch", "pruned_transformer_tiny", "--user-dir", "one_layer_lottery"]
 
@@ -178,8 +178,7 @@ def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tm
     from one_layer_lottery.pruning import is_prunable
 
     # the mask of the final (25 % kept) weights at 20 % kept, over the initialisation
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "ticket.pt", "--remaining-ratio", "0.2",
-                "--rewind-update", "0", "--json")
+    r = olt("ticket", pruned_run, tmp_path / "ticket.pt", "--remaining-ratio", "0.2", "--rewind-update", "0", "--json")
     info = json.loads(r.stdout)
     final = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
     assert info["rewind_update"] == 0 and info["kept"] == info["total"] - sum(
@@ -195,12 +194,10 @@ def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tm
         assert torch.equal(out[n].eq(0), ticket[n].eq(0)), n  # the ticket's mask, unchanged
     assert any(not torch.equal(out[n], ticket[n]) for n in names)
     # a rewind point that was not saved: one line, exit 1, nothing written
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t2.pt", "--remaining-ratio", "0.5",
-                "--rewind-update", "2", check=False)
+    r = olt("ticket", pruned_run, tmp_path / "t2.pt", "--remaining-ratio", "0.5", "--rewind-update", "2", check=False)
     assert r.returncode == 1 and "rewind update 2 was not saved" in r.stderr and "saved: 0, 3" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "t2.pt").exists()
-    r = run_cli("one-layer-lottery", "ticket", pruned_run, tmp_path / "t3.pt", "--remaining-ratio", "1.5",
-                check=False)
+    r = olt("ticket", pruned_run, tmp_path / "t3.pt", "--remaining-ratio", "1.5", check=False)
     assert r.returncode == 1 and "outside (0, 1]" in r.stderr
 
 
@@ -215,8 +212,8 @@ def test_fairseq_train_refuses_bad_sparsity_in_one_line(tiny_corpus, tmp_path):
 @pytest.mark.e2e
 def test_analyze_compares_layers_with_the_reference(tiny_corpus, pruned_run, trained, tmp_path):
     ref = pruned_run / "checkpoint_last.pt"
-    r = run_cli("one-layer-lottery", "analyze", ref, ref, trained, "--data", tiny_corpus.bin, "--labels",
-                "itself,supermask", "--sentences", "30", "--json", "--png", tmp_path / "a.png")
+    r = olt("analyze", ref, ref, trained, "--data", tiny_corpus.bin, "--labels",
+        "itself,supermask", "--sentences", "30", "--json", "--png", tmp_path / "a.png")
     out = json.loads(r.stdout)
     itself, sm = out["models"]["itself"], out["models"]["supermask"]
     assert out["sentences"] >= 30
@@ -230,5 +227,5 @@ def test_analyze_compares_layers_with_the_reference(tiny_corpus, pruned_run, tra
     assert all(v < 0.999 for v in sm["cka_by_layer"].values())
     assert all(0 < v < 0.999 for v in sm["attention_agreement"].values())
     assert (tmp_path / "a.png").stat().st_size > 10_000
-    r = run_cli("one-layer-lottery", "analyze", ref, tmp_path / "missing.pt", "--data", tiny_corpus.bin, check=False)
+    r = olt("analyze", ref, tmp_path / "missing.pt", "--data", tiny_corpus.bin, check=False)
     assert r.returncode == 1 and "does not exist" in r.stderr

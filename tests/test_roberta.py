@@ -1,10 +1,11 @@
 """The one-layer supermask RoBERTa classifier, trained through fairseq's own sentence_prediction task."""
 
 import json
+import os
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import ROOT, olt, run_cli
 
 pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
@@ -19,6 +20,17 @@ SMALL_DENSE = ["--arch", "roberta", "--encoder-layers", "1", "--encoder-embed-di
 def train(data, save, *extra, updates=6):
     run_cli("fairseq-train", data, *CLS, "--max-update", str(updates), "--save-dir", save, *extra)
     return save / "checkpoint_last.pt"
+
+
+def build(data, *extra):
+    """The one-layer classifier built from these flags as fairseq-train builds it, in this process."""
+    from fairseq import options, tasks
+
+    flags = [os.path.join(ROOT, a) if a == "one_layer_lottery" else a for a in CLS]
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        str(data), *flags, "--arch", "one_layer_supermask_roberta_tiny", "--optimizer", "masked_adam",
+        *map(str, extra)])
+    return tasks.setup_task(args).build_model(args)
 
 
 def frozen_and_scores(sd):
@@ -85,12 +97,12 @@ def test_classifier_layer_scores_learn_at_a_tenth_of_the_lr_by_default(tiny_glue
 def test_predicts_through_stock_loading_and_round_trips_exactly(tiny_glue, one_layer, tmp_path):
     r = json.loads(run_cli("one-layer-lottery", "classify", one_layer, tiny_glue, "--json").stdout)
     assert r["examples"] == 60 and 0 <= r["accuracy"] <= 100 and r["majority_accuracy"] >= 50
-    run_cli("one-layer-lottery", "export", one_layer, tmp_path / "m.olt")
-    run_cli("one-layer-lottery", "expand", tmp_path / "m.olt", tmp_path / "back.pt", "--data", tiny_glue)
-    a = run_cli("one-layer-lottery", "classify", one_layer, tiny_glue, "--predictions", tmp_path / "a.txt")
-    b = run_cli("one-layer-lottery", "classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
+    olt("export", one_layer, tmp_path / "m.olt")
+    olt("expand", tmp_path / "m.olt", tmp_path / "back.pt", "--data", tiny_glue)
+    a = olt("classify", one_layer, tiny_glue, "--predictions", tmp_path / "a.txt")
+    b = olt("classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() and a.stdout == b.stdout
-    info = json.loads(run_cli("one-layer-lottery", "inspect", tmp_path / "m.olt", "--json").stdout)
+    info = json.loads(olt("inspect", tmp_path / "m.olt", "--json").stdout)
     assert info["totals"]["mask_bits"] == sum(m["bits"] for m in info["modules"])
     assert "encoder.sentence_encoder.fc1" in info["overlap"]
 
@@ -104,10 +116,10 @@ def test_masked_head_and_standard_arch(tiny_glue, tmp_path):
     frozen, _ = frozen_and_scores(sd)
     w0 = frozen["encoder.sentence_encoder.layers.0.fc1.frozen_weight"]
     assert not torch.equal(w0, frozen["encoder.sentence_encoder.layers.1.fc1.frozen_weight"])  # a layer per depth
-    run_cli("one-layer-lottery", "export", ckpt, tmp_path / "m.olt")
-    run_cli("one-layer-lottery", "expand", tmp_path / "m.olt", tmp_path / "back.pt")
-    a = run_cli("one-layer-lottery", "classify", ckpt, tiny_glue, "--predictions", tmp_path / "a.txt")
-    b = run_cli("one-layer-lottery", "classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
+    olt("export", ckpt, tmp_path / "m.olt")
+    olt("expand", tmp_path / "m.olt", tmp_path / "back.pt")
+    a = olt("classify", ckpt, tiny_glue, "--predictions", tmp_path / "a.txt")
+    b = olt("classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() and a.stdout == b.stdout
 
 
@@ -119,10 +131,10 @@ def test_pretrained_roberta_embeddings_frozen_and_bad_ones_refused(tiny_glue, de
     for key in ("encoder.sentence_encoder.embed_tokens.weight", "encoder.sentence_encoder.embed_positions.weight"):
         assert torch.equal(sd[key], d[key]), key
     assert not any("embed_tokens.scores" in k for k in sd)
-    run_cli("one-layer-lottery", "export", ckpt, tmp_path / "m.olt", "--embeddings-dtype", "float32")
-    run_cli("one-layer-lottery", "expand", tmp_path / "m.olt", tmp_path / "back.pt")
-    a = run_cli("one-layer-lottery", "classify", ckpt, tiny_glue, "--predictions", tmp_path / "a.txt")
-    b = run_cli("one-layer-lottery", "classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
+    olt("export", ckpt, tmp_path / "m.olt", "--embeddings-dtype", "float32")
+    olt("expand", tmp_path / "m.olt", tmp_path / "back.pt")
+    a = olt("classify", ckpt, tiny_glue, "--predictions", tmp_path / "a.txt")
+    b = olt("classify", tmp_path / "back.pt", tiny_glue, "--predictions", tmp_path / "b.txt")
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() and a.stdout == b.stdout
     import one_layer_lottery  # noqa: F401  (fairseq checkpoints pickle an argparse.Namespace: the safe-load allow-list)
 
@@ -144,12 +156,18 @@ def test_pretrained_roberta_embeddings_frozen_and_bad_ones_refused(tiny_glue, de
              (tmp_path / "other_dict.pt", [], "dictionary differs from"),
              (dense, ["--encoder-embed-dim", "32"], "embedding dim is 64, the model's is 32"),
              (tmp_path / "missing.pt", [], "does not exist"))
-    for path, extra, needle in cases:
-        r = run_cli("fairseq-train", tiny_glue, *CLS, "--arch", "one_layer_supermask_roberta_tiny", "--optimizer",
-                    "masked_adam", "--pretrained-embeddings", path, "--max-update", "1", "--save-dir",
-                    tmp_path / "bad", *extra, check=False)
-        assert r.returncode == 1 and needle in r.stderr, (needle, r.stderr[-500:])
-        assert r.stderr.strip().splitlines()[-1].startswith("one_layer_lottery: error:")
+    from one_layer_lottery.errors import ConfigError
+
+    for path, extra, needle in cases:  # as fairseq-train builds the model, in this process
+        with pytest.raises(ConfigError) as e:
+            build(tiny_glue, "--pretrained-embeddings", path, *extra)
+        assert needle in str(e.value) and "\n" not in str(e.value), (needle, str(e.value))
+    # and as the command: one line, exit 1, nothing written
+    r = run_cli("fairseq-train", tiny_glue, *CLS, "--arch", "one_layer_supermask_roberta_tiny", "--optimizer",
+                "masked_adam", "--pretrained-embeddings", tmp_path / "more_rows.pt", "--max-update", "1", "--save-dir",
+                tmp_path / "bad", check=False)
+    assert r.returncode == 1 and f"embedding has {rows + 8} rows" in r.stderr, r.stderr[-500:]
+    assert r.stderr.strip().splitlines()[-1].startswith("one_layer_lottery: error:")
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").glob("*.pt"))
 
 
@@ -158,7 +176,7 @@ def test_prepare_glue_refuses_wrong_columns_in_one_line(tmp_path):
     raw.mkdir()
     (raw / "train.tsv").write_text("sentence\tlabel\nfine film\t1\n", encoding="utf-8")
     (raw / "dev.tsv").write_text("sentence\tlabel\nbad film\t0\n", encoding="utf-8")
-    r = run_cli("one-layer-lottery", "prepare-glue", "RTE", raw, tmp_path / "out", check=False)
+    r = olt("prepare-glue", "RTE", raw, tmp_path / "out", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
     assert "has no column 'sentence1' (its columns: sentence, label)" in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -165,21 +166,29 @@ def test_an_interrupted_runner_resumes_and_adopts_what_still_trains(tiny_corpus,
     work = tmp_path / "w"
     work.mkdir()
     os.symlink(tiny_corpus.root / "prep", work / "data")
-    # a first stage long enough to be still training when the second runner starts
-    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "120:1",
-            "--grid", "lr1e-3-d0.1", "--patience", "50", "--cap", "160", "--eval-every", "40", "--parts", "tune",
+    args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "40:1",
+            "--grid", "lr1e-3-d0.1", "--patience", "50", "--cap", "80", "--eval-every", "20", "--parts", "tune",
             "--jobs", "1"]
     first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     pid = work / "runs" / "dense-lr1e-3-d0.1-s1" / "pid.json"
     deadline = time.time() + 300
     while not pid.exists() and time.time() < deadline:
-        time.sleep(0.5)
+        time.sleep(0.2)
     first.kill()  # the runner dies; its fairseq-train lives on
     first.wait()
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "dense-lr1e-3-d0.1-s1: still training (started by an earlier runner), followed" in r.stdout
+    trainer = json.loads(pid.read_text())["pid"]
+    os.kill(trainer, signal.SIGSTOP)  # held until the next runner has seen it: still training, whatever the timing
+    out = tmp_path / "second.log"
+    with open(out, "w", encoding="utf-8") as f:
+        second = subprocess.Popen(args, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        while "followed" not in out.read_text(encoding="utf-8") and second.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        os.kill(trainer, signal.SIGCONT)
+        second.wait(timeout=1200)
+    text = out.read_text(encoding="utf-8")
+    assert second.returncode == 0, text[-3000:]
+    assert "dense-lr1e-3-d0.1-s1: still training (started by an earlier runner), followed" in text
     log = (work / "runs" / "dense-lr1e-3-d0.1-s1" / "train.log").read_text()
     assert "Loaded checkpoint" in log  # the second stage resumed from the first stage's checkpoint
     updates = [int(line.split("num_updates ")[1].split()[0]) for line in log.splitlines() if "valid on 'valid'" in line]
-    assert updates == [40, 80, 120, 160]  # each validated once: nothing trained twice, nothing restarted from 0
+    assert updates == [20, 40, 60, 80]  # each validated once: nothing trained twice, nothing restarted from 0
