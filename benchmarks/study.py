@@ -67,8 +67,11 @@ FAMILIES = {
     "mask": (["--arch", "one_layer_supermask_transformer_tiny", "--optimizer", "masked_adam", "--warmup-updates",
               "200"],
              {f"lr{lr}-d{d}-c{c}": ["--lr", lr, "--dropout", d, "--clip-norm", c]
-              for lr, d, c in (("4e-3", "0.1", "0"), ("4e-3", "0.1", "0.5"), ("4e-3", "0", "0.5"),
-                               ("8e-3", "0.1", "0.5"), ("8e-3", "0", "0.5"), ("2e-3", "0", "0.5"))}),
+              # masks-only score gradients have a norm of 0.08-0.16 at this shape (fairseq's gnorm, logged from
+              # update 100 on): a clip at 0.5 never binds (clip=0 % of updates; it trained update for update as no
+              # clip), so the clip setting is 0.05, which binds throughout
+              for lr, d, c in (("4e-3", "0.1", "0"), ("4e-3", "0.1", "0.05"), ("4e-3", "0", "0"),
+                               ("8e-3", "0.1", "0"), ("8e-3", "0", "0"), ("2e-3", "0", "0"))}),
 }
 # row: (label, family whose tuned setting it takes, width multiplier, extra arguments, seeds, part)
 ROWS = {
