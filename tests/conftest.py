@@ -25,43 +25,41 @@ def run_cli(*args, check=True, cwd=ROOT, timeout=600):
     return r
 
 
-def olt(*args, check=True):
-    """`one-layer-lottery ARGS` run in this process (the command's own main), for the many checks of what a command
-    does or refuses; a subprocess costs 4-5 s of start-up each. The e2e tests still run it as a command too."""
+def _main_in_process(main, argv):
+    """A command's main(argv) run in this process: (exit status, stdout, stderr), ending as its command line would
+    (argparse exits 2, a ConfigError prints one line and returns 1)."""
     import contextlib
     import io
-
-    from one_layer_lottery import cli
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
-            code = cli.main([str(a) for a in args])
+            code = main([str(a) for a in argv])
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-    r = SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+    return code or 0, out.getvalue(), err.getvalue()
+
+
+def olt(*args, check=True):
+    """`one-layer-lottery ARGS` run in this process (the command's own main), for the many checks of what a command
+    does or refuses; a subprocess costs 4-5 s of start-up each. The e2e tests still run it as a command too."""
+    from one_layer_lottery import cli
+
+    code, out, err = _main_in_process(cli.main, args)
     if check and code != 0:
-        raise AssertionError(f"one-layer-lottery {' '.join(map(str, args))} exited {code}\n{r.stderr[-4000:]}")
-    return r
+        raise AssertionError(f"one-layer-lottery {' '.join(map(str, args))} exited {code}\n{err[-4000:]}")
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def benchmark_main(script, *argv):
     """benchmarks/<script>'s main(argv) in this process, for checks that end before any work: (exit status,
-    stderr). Its command line ends the same way: argparse exits 2, a ConfigError prints one line and returns 1."""
-    import contextlib
+    stderr)."""
     import importlib
-    import io
 
     if os.path.join(ROOT, "benchmarks") not in sys.path:
         sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
-    module = importlib.import_module(script.removesuffix(".py"))
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = module.main([str(a) for a in argv])
-        except SystemExit as e:
-            code = e.code
-    return code, err.getvalue()
+    code, _, err = _main_in_process(importlib.import_module(script.removesuffix(".py")).main, argv)
+    return code, err
 
 
 def make_dictionary(n_words=40):
