@@ -5,8 +5,6 @@ import gzip
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 from .errors import ConfigError
 from .io import write_text
@@ -94,15 +92,34 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
 
 
 def run_preprocess(args: list[str], log=None) -> None:
-    """fairseq-preprocess of this virtual environment (even off PATH)."""
-    beside = os.path.join(os.path.dirname(sys.executable), "fairseq-preprocess")
-    cmd = [beside if os.path.exists(beside) else "fairseq-preprocess", *args]
+    """fairseq-preprocess with these arguments, its own main run in this process (a second process would pay
+    fairseq's start-up again, 4-5 s); its log goes to DESTDIR/preprocess.log as the command's does, not to ours."""
+    import logging
+
+    from fairseq import options
+
     if log:
         log("[prepare] fairseq-preprocess " + " ".join(args))
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        sys.stderr.write(r.stderr[-3000:])
-        raise ConfigError(f"fairseq-preprocess failed with exit code {r.returncode}")
+    root = logging.getLogger()
+    root_state = list(root.handlers), root.level
+    from fairseq_cli import preprocess  # its import configures the root logger (stdout, INFO): undone below
+
+    root.handlers[:] = root_state[0]
+    root.setLevel(root_state[1])
+    logger = logging.getLogger("fairseq_cli.preprocess")
+    state = list(logger.handlers), logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        preprocess.main(options.get_preprocessing_parser().parse_args(args))
+    except Exception as e:  # what the command would have printed as its traceback's last line
+        raise ConfigError(f"fairseq-preprocess failed: {type(e).__name__}: {e}") from e
+    finally:
+        for h in logger.handlers[len(state[0]):]:  # main adds a file handler per call
+            h.close()
+        logger.handlers[:] = state[0]
+        logger.setLevel(state[1])
+        logger.propagate = state[2]
 
 
 def _preprocess(args: list[str], work: str, out_dir: str, log=None) -> None:

@@ -61,44 +61,47 @@ def test_extra_test_uses_the_runs_own_vocabulary(tiny_run):
         work / "data" / "bin" / "dict.src.txt").read_text()
 
 
-@pytest.mark.e2e
-def test_ablation_table_on_a_tiny_budget(tiny_corpus, tmp_path):
-    script = os.path.join(ROOT, "benchmarks", "ablation.py")
-    (tmp_path / "abl").mkdir()
-    os.symlink(tiny_corpus.root / "prep", tmp_path / "abl" / "data")
-    args = [sys.executable, script, str(tiny_corpus.root / "raw"), *TINY, "--work", str(tmp_path / "abl"),
-            "--settings", "tuned,embed_gain_2", "--seeds", "1", "--updates", "2"]
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
+@pytest.fixture(scope="module")
+def ablation_work(tiny_corpus, tmp_path_factory):
+    """One work directory for both uses of benchmarks/ablation.py: the dense run of seed 1 is trained once and
+    reused, as a user's second ablation.py run in the same WORK reuses it."""
+    work = tmp_path_factory.mktemp("ablation")
+    os.symlink(tiny_corpus.root / "prep", work / "data")
+    return work
+
+
+def _ablation(tiny_corpus, work, *args):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ablation.py"), str(tiny_corpus.root / "raw"),
+                        *TINY, "--work", str(work), "--seeds", "1", "--updates", "2", *args], capture_output=True,
+                       text=True, cwd=ROOT, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.e2e
+def test_ablation_table_on_a_tiny_budget(tiny_corpus, ablation_work):
+    result = _ablation(tiny_corpus, ablation_work, "--settings", "tuned,embed_gain_2")
     rows = {row["setting"]: row for row in result["settings"]}
     assert rows["tuned"]["delta_vs_tuned"] == 0 and rows["embed_gain_2"]["flags"] == "--embed-gain 2"
     assert len(result["dense_bleu"]) == 1  # a dense BLEU of 0 after 2 updates prints "-" for the ratio
     # the run with --embed-gain 2 really trained with it
-    log = (tmp_path / "abl" / "embed_gain_2.seed1" / "random_emb.train.log").read_text()
+    log = (ablation_work / "embed_gain_2.seed1" / "random_emb.train.log").read_text()
     assert "'embed_gain': 2.0" in log or "embed_gain=2.0" in log
 
 
 @pytest.mark.e2e
-def test_ratio_sweep_on_a_tiny_budget(tiny_corpus, tmp_path):
+def test_ratio_sweep_on_a_tiny_budget(tiny_corpus, ablation_work):
     """The Fig. 2 sweep: one run per (variant, k), the dense model trained once and lending its embeddings."""
-    script = os.path.join(ROOT, "benchmarks", "ablation.py")
-    work = tmp_path / "sweep"
-    work.mkdir()
-    os.symlink(tiny_corpus.root / "prep", work / "data")
-    args = [sys.executable, script, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--seeds", "1",
-            "--updates", "2", "--ratios", "0.9", "--variants", "one_layer:random,standard:pretrained"]
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900, check=False)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    result = json.loads(r.stdout.strip().splitlines()[-1])
+    result = _ablation(tiny_corpus, ablation_work, "--ratios", "0.9", "--variants",
+                       "one_layer:random,standard:pretrained")
     got = {(row["variant"], row["remaining_ratio"]) for row in result["ratios"]}
     assert got == {("one_layer:random", 0.9), ("standard:pretrained", 0.9)}
-    assert (work / "ratio_sweep.png").stat().st_size > 0
-    with open(work / "ratio_sweep.csv", newline="") as f:
+    assert (ablation_work / "ratio_sweep.png").stat().st_size > 0
+    with open(ablation_work / "ratio_sweep.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 2
-    log = (work / "k0.9.standard.pretrained.seed1" / "pretrained_emb.train.log").read_text()
+    log = (ablation_work / "k0.9.standard.pretrained.seed1" / "pretrained_emb.train.log").read_text()
     assert "remaining_ratio=0.9" in log and "'_name': 'supermask_transformer_tiny'" in log
-    assert len(list(work.glob("*/dense/checkpoint_last.pt"))) == 1 + 1  # trained once, linked once
+    assert len(list(ablation_work.glob("*/dense/checkpoint_last.pt"))) == 1 + 1  # trained once, linked once
 
 
 @pytest.mark.parametrize("args, needle, code", [

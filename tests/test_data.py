@@ -45,3 +45,26 @@ def test_prepare_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
     r = olt("export", tmp_path / "missing.pt", tmp_path / "x.olt", check=False)
     assert r.returncode == 1 and "does not exist" in r.stderr and not (tmp_path / "x.olt").exists()
+
+
+def test_preprocess_runs_in_process_quietly_and_fails_in_one_line(tmp_path, capsys):
+    """fairseq-preprocess's main in this process: its binaries and its own log file, nothing on our stdout or
+    logging; a failure is one ConfigError line."""
+    import logging
+
+    from one_layer_lottery.data import run_preprocess
+    from one_layer_lottery.errors import ConfigError
+
+    _write(tmp_path, "train.x", ["a b c", "b c d"])
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    run_preprocess(["--only-source", "--trainpref", str(tmp_path / "train.x"), "--destdir", str(tmp_path / "bin"),
+                    "--workers", "1"])
+    assert (tmp_path / "bin" / "train.bin").exists() and (tmp_path / "bin" / "dict.txt").exists()
+    assert "Wrote preprocessed data" in (tmp_path / "bin" / "preprocess.log").read_text()
+    assert capsys.readouterr().out == "" and root.handlers == handlers and root.level == level
+    assert logging.getLogger("fairseq_cli.preprocess").handlers == []
+    with pytest.raises(ConfigError, match="fairseq-preprocess failed: FileNotFoundError") as e:
+        run_preprocess(["--only-source", "--trainpref", str(tmp_path / "missing"), "--destdir",
+                        str(tmp_path / "bin2"), "--workers", "1"])
+    assert "\n" not in str(e.value)
