@@ -212,14 +212,16 @@ def read_json(path: str):
 # ---- stored bytes: one rule ---------------------------------------------------------------------
 
 def artifact_bytes(ckpt: str, out: str) -> dict:
-    """Bytes of the seed-plus-bits artifact of a supermask checkpoint (exported by the CLI users run): the file, and
-    the model in it without what a dense model needs as well (the sentencepiece models and the dictionaries), the
-    figure to set against a dense model's weights."""
-    r = subprocess.run([command("one-layer-lottery"), "export", ckpt, out, "--json"], capture_output=True, text=True,
-                       check=False)
-    if r.returncode != 0:
-        raise ConfigError(f"export failed for {ckpt}: {r.stderr.strip()[-500:]}")
-    report = json.loads(r.stdout.strip().splitlines()[-1])
+    """Bytes of the seed-plus-bits artifact of a supermask checkpoint (written by artifact.export, the function
+    `one-layer-lottery export` runs, here in this process): the file, and the model in it without what a dense model
+    needs as well (the sentencepiece models and the dictionaries), the figure to set against a dense model's
+    weights."""
+    from one_layer_lottery import artifact
+
+    try:
+        report = artifact.export(ckpt, out)
+    except ConfigError as e:
+        raise ConfigError(f"export failed for {ckpt}: {e}") from e
     return {"artifact_bytes": report["bytes"], "model_bytes": report["model_bytes"]}
 
 

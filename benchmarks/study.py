@@ -309,6 +309,22 @@ class Job:
 
     def __init__(self, run: Run, pid: int, start: float, first: int, proc: subprocess.Popen | None = None):
         self.run, self.pid, self.start, self.first, self.proc, self.returncode = run, pid, start, first, proc, None
+        self.cpu_s, self.written = None, 0.0
+
+    def meter(self, every: float = 60) -> None:
+        """Samples the process's CPU time (what /proc says it has used: paused time does not count) and writes it
+        to the run's cpu.json at most every `every` seconds, so a run killed with its runner loses a minute at
+        most."""
+        cpu = process_cpu_seconds(self.pid)
+        if cpu is not None:
+            self.cpu_s = cpu
+        if self.cpu_s is not None and time.time() - self.written >= every:
+            path = os.path.join(self.run.dir, "cpu.json")
+            segments = read_json(path) if os.path.exists(path) else {}
+            segments[f"{self.pid}@{round(self.start)}"] = {"cpu_s": round(self.cpu_s, 1), "first": self.first,
+                                                          "last": trained(self.run)}
+            write_json(path, segments)
+            self.written = time.time()
 
     def poll(self) -> int | None:
         if self.proc is not None:
@@ -375,12 +391,42 @@ def account(a, job: Job) -> None:
         os.unlink(pid)
 
 
-def cpu_hours(run_dir: str) -> float:
-    path = os.path.join(run_dir, "compute.jsonl")
-    if not os.path.exists(path):
-        return 0.0
-    with open(path, encoding="utf-8") as f:
-        return sum(r["seconds"] * r["threads"] for r in map(json.loads, f)) / 3600
+def process_cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU seconds a process has used so far (/proc/PID/stat); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rsplit(")", 1)[1].split()  # after "pid (comm)": state is field 3, utime 14, stime 15
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def compute(run_dir: str, updates: int) -> tuple[float, float]:
+    """(measured, estimated) CPU hours of a run's first `updates` updates. Measured: the CPU time of its
+    fairseq-train processes (cpu.json). Estimated: stretches trained before the runner measured CPU time (their
+    launch's wall time x threads, compute.jsonl) or whose process was killed before a sample was written (their
+    updates at the run's measured CPU seconds an update, else its wall seconds an update)."""
+    cpu_path, wall_path = os.path.join(run_dir, "cpu.json"), os.path.join(run_dir, "compute.jsonl")
+    segments = list(read_json(cpu_path).values()) if os.path.exists(cpu_path) else []
+    starts = {int(k.split("@")[1]) for k in (read_json(cpu_path) if segments else {})}
+    walls = []
+    if os.path.exists(wall_path):
+        with open(wall_path, encoding="utf-8") as f:
+            walls = [r for r in map(json.loads, f) if round(r["start"]) not in starts]
+    measured = sum(x["cpu_s"] for x in segments)
+    estimated = sum(r["seconds"] * r["threads"] for r in walls)
+    covered = sum(max(x["last"] - x["first"], 0) for x in segments) + sum(
+        max(r["updates_to"] - r["updates_from"], 0) for r in walls)
+    rate = (measured / max(sum(x["last"] - x["first"] for x in segments), 1) if segments else
+            estimated / covered if covered else 0.0)
+    estimated += max(updates - covered, 0) * rate
+    return measured / 3600, estimated / 3600
+
+
+def cpu_hours(run_dir: str, updates: int) -> tuple[float, str]:
+    """A run's CPU hours and how to print them: "≈" in front where part of it is estimated (see compute)."""
+    measured, estimated = compute(run_dir, updates)
+    return measured + estimated, f"{'≈' if estimated > 0 else ''}{measured + estimated:.1f}"
 
 
 def score(a, run: Run, prepared: str) -> dict:
@@ -395,7 +441,8 @@ def score(a, run: Run, prepared: str) -> dict:
     write_text(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
     out = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
            "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
-           "cpu_hours": round(cpu_hours(run.dir), 2), "signature": signature}
+           "cpu_hours": round(cpu_hours(run.dir, vals[-1][0])[0], 2),
+           "cpu_hours_estimated": round(compute(run.dir, vals[-1][0])[1], 2), "signature": signature}
     if run.name.startswith("dense"):
         out.update(dense_bytes(ckpt, bin_dir, refs, run.dir, a.threads))
     else:
@@ -496,7 +543,7 @@ def tuning_table(a, lines: list[str]) -> dict:
                    f"{', '.join(f'{b:,}' for b in budgets)} updates)\n"),
                   "| setting | " + " | ".join(f"best by {b:,}" for b in budgets) + " | converged (update) | "
                   "CPU h |", "|---" * (len(budgets) + 3) + "|"]
-        total = 0.0
+        total, estimated = 0.0, False
         for r in runs:
             vals = validations(r)
             cells = []
@@ -506,13 +553,17 @@ def tuning_table(a, lines: list[str]) -> dict:
             res = result(r.name)
             conv = f"{res['valid_bleu']:.2f} ({res['best_update']:,})" if res else (
                 "running" if r.max_update == a.cap else "-")
-            hours = cpu_hours(r.dir)
+            hours, shown = cpu_hours(r.dir, trained(r))
             total += hours
+            estimated = estimated or shown.startswith("≈")
             mark = " **winner**" if r.name.endswith(f"{winners[family]}-s1") else ""
             lines.append(f"| `{r.name[len(family) + 1:-3]}`{mark} | " + " | ".join(cells) +
-                         f" | {conv} | {hours:.1f} |")
+                         f" | {conv} | {shown} |")
         lines.append(f"\nSettings: `{' '.join(FAMILIES[family][0])}` plus the row's flags. Tuning compute: "
-                     f"{total:.1f} CPU hours. Winner: {winners[family] or 'not yet known'}.")
+                     f"{'≈' if estimated else ''}{total:.1f} CPU hours" +
+                     (" (≈: partly estimated, for stretches trained before the runner measured CPU time or killed "
+                      "before it wrote a sample)" if estimated else "") +
+                     f". Winner: {winners[family] or 'not yet known'}.")
     return winners
 
 
@@ -534,7 +585,9 @@ def row_results(a, winners: dict) -> dict:
                      "test_bleu": bleus, "mean": round(statistics.mean(bleus), 2),
                      "spread": [min(bleus), max(bleus)], "valid_bleu": [r["valid_bleu"] for r in res],
                      "best_update": [r["best_update"] for r in res], "updates": [r["updates"] for r in res],
-                     "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2), "runs": [r["run"] for r in res]}
+                     "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2),
+                     "cpu_hours_estimated": round(sum(r.get("cpu_hours_estimated", 0) for r in res), 2),
+                     "runs": [r["run"] for r in res]}
         for key in ("artifact_bytes", "model_bytes", "fp16_bytes", "int8_bytes", "int8_test_bleu"):
             if key in res[0]:
                 rows[row][key] = round(statistics.mean(r[key] for r in res), 2)
@@ -564,7 +617,7 @@ def results_table(rows: dict, lines: list[str]) -> None:
                      f"{' / '.join(f'{b:.2f}' for b in r['test_bleu'])} | {r['mean']:.2f} "
                      f"[{r['spread'][0]:.2f}, {r['spread'][1]:.2f}] | {ratio} | "
                      f"{' / '.join(f'{b:,}' for b in r['best_update'])} of {' / '.join(f'{u:,}' for u in r['updates'])}"
-                     f" | {r['cpu_hours']:.1f}{reuse} |")
+                     f" | {'≈' if r['cpu_hours_estimated'] > 0 else ''}{r['cpu_hours']:.1f}{reuse} |")
 
 
 def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
@@ -732,10 +785,13 @@ def reap(a, active: dict, failures: dict) -> None:
     """Account for finished jobs; stop those whose patience ran out (counted over the whole log: fairseq's own
     count restarts when a run resumes) once the checkpoint of their last validation is written."""
     for name, job in list(active.items()):
+        job.meter()
         if job.poll() is None:
             if not (stopped(validations(job.run), a.patience) and saved(job.run)):
                 continue
+            job.meter(every=0)
             job.stop()
+        job.meter(every=0)  # its last sample (the process is gone now)
         account(a, job)
         del active[name]
         if job.returncode != 0:

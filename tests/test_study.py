@@ -51,6 +51,34 @@ def test_best_patience_and_halving_read_from_the_logs(tmp_path, monkeypatch):
     assert {r.name: r.max_update for r in runs} == {"dense-lr1e-3-d0.1-s1": 8, "dense-lr2e-3-d0.1-s1": a.cap}
 
 
+def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_not(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    run = _run_with_log(tmp_path, "r", [(100, 1.0), (200, 2.0)])
+    # a busy child: its CPU seconds, sampled from /proc and written to cpu.json, count; wall time does not
+    busy = "import time\nwhile time.process_time() < 1.5: pass\ntime.sleep(1.5)"  # 1.5 s of CPU, 1.5 s idle
+    t0 = time.time()
+    proc = subprocess.Popen([sys.executable, "-c", busy])
+    job = study.Job(run, proc.pid, time.time(), 0, proc)
+    while proc.poll() is None:
+        job.meter()
+        time.sleep(0.2)
+    job.meter(every=0)
+    wall = time.time() - t0
+    segment = next(iter(common.read_json(os.path.join(run.dir, "cpu.json")).values()))
+    assert 1.4 <= segment["cpu_s"] <= 2.0 < wall and (segment["first"], segment["last"]) == (0, 200)
+    assert study.compute(run.dir, 200) == (segment["cpu_s"] / 3600, 0.0)
+    assert not study.cpu_hours(run.dir, 200)[1].startswith("≈")
+    # 100 updates more whose process was killed before a sample: estimated at the measured rate, and marked
+    estimated = study.compute(run.dir, 300)[1]
+    assert estimated == pytest.approx(segment["cpu_s"] / 2 / 3600) and study.cpu_hours(run.dir, 300)[1][0] == "≈"
+    # a launch the runner accounted before it measured CPU time (compute.jsonl only): its wall time, as an estimate
+    with open(os.path.join(run.dir, "compute.jsonl"), "w", encoding="utf-8") as f:
+        f.write(json.dumps({"start": 5, "seconds": 720.0, "threads": 1, "updates_from": 200, "updates_to": 300}) + "\n")
+        f.write(json.dumps({"start": round(job.start), "seconds": 3.0, "threads": 1, "updates_from": 0,
+                            "updates_to": 200}) + "\n")  # the measured launch: its CPU time counts, not this
+    assert study.compute(run.dir, 300) == (segment["cpu_s"] / 3600, 0.2)
+
+
 def test_seeds_aggregate_to_mean_and_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1",
@@ -131,6 +159,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
         else:
             assert 0 < res["model_bytes"] < res["artifact_bytes"]
         assert len((work / "runs" / name / "test.hyp").read_text().splitlines()) == 37
+        assert res["cpu_hours"] > 0 and res["cpu_hours_estimated"] == 0  # the processes' own CPU time, measured
     rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
