@@ -667,6 +667,35 @@ def plots(a, rows: dict) -> list[str]:
     return [os.path.join(a.work, "curves.png"), os.path.join(a.work, "bytes.png")]
 
 
+def tuning_plot(a) -> str | None:
+    """tuning.png: validation BLEU against updates of every tuning setting, one panel a family, the halving's
+    budgets marked; None before any validation."""
+    curves = {family: [(r.name[len(family) + 1:-3], validations(r)) for r in tuning(a, family)[0]]
+              for family in FAMILIES}
+    if not any(vals for runs in curves.values() for _, vals in runs):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from common import save_plot
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(10, 4), sharey=True)
+    for ax, (family, runs) in zip(axes, curves.items()):
+        for name, vals in runs:
+            ax.plot([u for u, _ in vals], [b for _, b in vals], marker=".", lw=1.2, label=name)
+        for budget, _ in a.stages[:-1]:
+            ax.axvline(budget, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"{family} (seed 1)", fontsize=9)
+        ax.set_xlabel("updates")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("validation BLEU")
+    path = os.path.join(a.work, "tuning.png")
+    save_plot(fig, path)
+    return path
+
+
 def report(a) -> str:
     """The tuning tables, the results table (partial rows marked), the bytes frontier, two plots and a JSON of the
     same, under WORK."""
@@ -680,8 +709,9 @@ def report(a) -> str:
     if points:
         lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
-    if rows:
-        lines.append("\n" + ", ".join(plots(a, rows)))
+    written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else [])
+    if written:
+        lines.append("\n" + ", ".join(written))
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(a.work, "report.md"), text)
     write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points})

@@ -79,6 +79,15 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
     assert study.compute(run.dir, 300) == (segment["cpu_s"] / 3600, 0.2)
 
 
+def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    assert study.tuning_plot(a) is None and not (tmp_path / "tuning.png").exists()
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
+    assert study.tuning_plot(a) == str(tmp_path / "tuning.png")
+    assert (tmp_path / "tuning.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_seeds_aggregate_to_mean_and_spread(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1",
@@ -164,6 +173,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
+    assert (work / "tuning.png").read_bytes()[:4] == b"\x89PNG" and "tuning.png" in rep.stdout
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
