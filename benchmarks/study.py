@@ -401,31 +401,45 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def compute(run_dir: str, updates: int) -> tuple[float, float]:
+def _own_rate(run_dir: str) -> tuple[list[dict], float | None]:
+    """A run's measured segments (cpu.json) and its measured CPU seconds an update (None before any segment has
+    finished an update: a segment that has only started has spent CPU on no counted update yet)."""
+    path = os.path.join(run_dir, "cpu.json")
+    segments = list(read_json(path).values()) if os.path.exists(path) else []
+    done = [x for x in segments if x["last"] > x["first"]]
+    return segments, (sum(x["cpu_s"] for x in done) / sum(x["last"] - x["first"] for x in done) if done else None)
+
+
+def measured_rate(a, width: float) -> float | None:
+    """The median measured CPU seconds an update of the study's runs at this width (for runs not measured yet)."""
+    rates = [r for run in plan(a)[0] if run.width == width and (r := _own_rate(run.dir)[1])]
+    return statistics.median(rates) if rates else None
+
+
+def compute(run_dir: str, updates: int, rate: float | None = None) -> tuple[float, float]:
     """(measured, estimated) CPU hours of a run's first `updates` updates. Measured: the CPU time of its
-    fairseq-train processes (cpu.json). Estimated: stretches trained before the runner measured CPU time (their
-    launch's wall time x threads, compute.jsonl) or whose process was killed before a sample was written (their
-    updates at the run's measured CPU seconds an update, else its wall seconds an update)."""
-    cpu_path, wall_path = os.path.join(run_dir, "cpu.json"), os.path.join(run_dir, "compute.jsonl")
-    segments = list(read_json(cpu_path).values()) if os.path.exists(cpu_path) else []
-    starts = {int(k.split("@")[1]) for k in (read_json(cpu_path) if segments else {})}
-    walls = []
-    if os.path.exists(wall_path):
-        with open(wall_path, encoding="utf-8") as f:
-            walls = [r for r in map(json.loads, f) if round(r["start"]) not in starts]
+    fairseq-train processes (cpu.json). Estimated: the updates no measured process trained (trained before the
+    runner measured CPU time, or by a process killed before its first sample), at the run's own measured CPU seconds
+    an update, else at `rate` (the study's measured rate), else at the wall seconds an update of its launches
+    (compute.jsonl; wall time counts pauses and contention, hence the last resort)."""
+    segments, own = _own_rate(run_dir)
     measured = sum(x["cpu_s"] for x in segments)
-    estimated = sum(r["seconds"] * r["threads"] for r in walls)
-    covered = sum(max(x["last"] - x["first"], 0) for x in segments) + sum(
-        max(r["updates_to"] - r["updates_from"], 0) for r in walls)
-    rate = (measured / max(sum(x["last"] - x["first"] for x in segments), 1) if segments else
-            estimated / covered if covered else 0.0)
-    estimated += max(updates - covered, 0) * rate
-    return measured / 3600, estimated / 3600
+    unmeasured = max(updates - sum(max(x["last"] - x["first"], 0) for x in segments), 0)
+    rate = own or rate
+    if rate is None:
+        path = os.path.join(run_dir, "compute.jsonl")
+        walls = []
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                walls = [r for r in map(json.loads, f) if r["updates_to"] > r["updates_from"]]
+        rate = (sum(r["seconds"] * r["threads"] for r in walls) / sum(r["updates_to"] - r["updates_from"] for r in walls)
+                if walls else 0.0)
+    return measured / 3600, unmeasured * rate / 3600
 
 
-def cpu_hours(run_dir: str, updates: int) -> tuple[float, str]:
+def cpu_hours(run_dir: str, updates: int, rate: float | None = None) -> tuple[float, str]:
     """A run's CPU hours and how to print them: "≈" in front where part of it is estimated (see compute)."""
-    measured, estimated = compute(run_dir, updates)
+    measured, estimated = compute(run_dir, updates, rate)
     return measured + estimated, f"{'≈' if estimated > 0 else ''}{measured + estimated:.1f}"
 
 
@@ -441,8 +455,9 @@ def score(a, run: Run, prepared: str) -> dict:
     write_text(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
     out = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
            "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
-           "cpu_hours": round(cpu_hours(run.dir, vals[-1][0])[0], 2),
-           "cpu_hours_estimated": round(compute(run.dir, vals[-1][0])[1], 2), "signature": signature}
+           "signature": signature}
+    measured, estimated = compute(run.dir, vals[-1][0], measured_rate(a, run.width))
+    out.update(cpu_hours=round(measured + estimated, 2), cpu_hours_estimated=round(estimated, 2))
     if run.name.startswith("dense"):
         out.update(dense_bytes(ckpt, bin_dir, refs, run.dir, a.threads))
     else:
@@ -543,7 +558,7 @@ def tuning_table(a, lines: list[str]) -> dict:
                    f"{', '.join(f'{b:,}' for b in budgets)} updates)\n"),
                   "| setting | " + " | ".join(f"best by {b:,}" for b in budgets) + " | converged (update) | "
                   "CPU h |", "|---" * (len(budgets) + 3) + "|"]
-        total, estimated = 0.0, False
+        total, estimated, rate = 0.0, False, measured_rate(a, 1)
         for r in runs:
             vals = validations(r)
             cells = []
@@ -553,7 +568,7 @@ def tuning_table(a, lines: list[str]) -> dict:
             res = result(r.name)
             conv = f"{res['valid_bleu']:.2f} ({res['best_update']:,})" if res else (
                 "running" if r.max_update == a.cap else "-")
-            hours, shown = cpu_hours(r.dir, trained(r))
+            hours, shown = cpu_hours(r.dir, trained(r), rate)
             total += hours
             estimated = estimated or shown.startswith("≈")
             mark = " **winner**" if r.name.endswith(f"{winners[family]}-s1") else ""
@@ -561,8 +576,8 @@ def tuning_table(a, lines: list[str]) -> dict:
                          f" | {conv} | {shown} |")
         lines.append(f"\nSettings: `{' '.join(FAMILIES[family][0])}` plus the row's flags. Tuning compute: "
                      f"{'≈' if estimated else ''}{total:.1f} CPU hours" +
-                     (" (≈: partly estimated, for stretches trained before the runner measured CPU time or killed "
-                      "before it wrote a sample)" if estimated else "") +
+                     (" (≈: partly estimated: updates trained before the runner measured CPU time, or by a process "
+                      "killed before its first sample, at the measured CPU seconds an update)" if estimated else "") +
                      f". Winner: {winners[family] or 'not yet known'}.")
     return winners
 

@@ -68,15 +68,20 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
     assert 1.4 <= segment["cpu_s"] <= 2.0 < wall and (segment["first"], segment["last"]) == (0, 200)
     assert study.compute(run.dir, 200) == (segment["cpu_s"] / 3600, 0.0)
     assert not study.cpu_hours(run.dir, 200)[1].startswith("≈")
-    # 100 updates more whose process was killed before a sample: estimated at the measured rate, and marked
-    estimated = study.compute(run.dir, 300)[1]
-    assert estimated == pytest.approx(segment["cpu_s"] / 2 / 3600) and study.cpu_hours(run.dir, 300)[1][0] == "≈"
-    # a launch the runner accounted before it measured CPU time (compute.jsonl only): its wall time, as an estimate
-    with open(os.path.join(run.dir, "compute.jsonl"), "w", encoding="utf-8") as f:
-        f.write(json.dumps({"start": 5, "seconds": 720.0, "threads": 1, "updates_from": 200, "updates_to": 300}) + "\n")
-        f.write(json.dumps({"start": round(job.start), "seconds": 3.0, "threads": 1, "updates_from": 0,
-                            "updates_to": 200}) + "\n")  # the measured launch: its CPU time counts, not this
-    assert study.compute(run.dir, 300) == (segment["cpu_s"] / 3600, 0.2)
+    own = segment["cpu_s"] / 200  # measured CPU seconds an update
+    # 100 updates more whose process was killed before a sample: estimated at the run's measured rate, and marked
+    assert study.compute(run.dir, 300, rate=99.0)[1] == pytest.approx(100 * own / 3600)
+    assert study.cpu_hours(run.dir, 300)[1][0] == "≈"
+    # a relaunch that has not reached a validation yet: its CPU counts, but it sets no rate for unmeasured updates
+    study.write_json(os.path.join(run.dir, "cpu.json"), {**common.read_json(os.path.join(run.dir, "cpu.json")),
+                                                         "99@7": {"cpu_s": 90.0, "first": 300, "last": 300}})
+    assert study.compute(run.dir, 300) == pytest.approx(((segment["cpu_s"] + 90) / 3600, 100 * own / 3600))
+    # a run never measured: the study's measured rate, else its launches' wall time an update (pauses and all)
+    other = _run_with_log(tmp_path, "other", [(100, 1.0)])
+    with open(os.path.join(other.dir, "compute.jsonl"), "w", encoding="utf-8") as f:
+        f.write(json.dumps({"start": 5, "seconds": 720.0, "threads": 1, "updates_from": 0, "updates_to": 100}) + "\n")
+    assert study.compute(other.dir, 100, rate=2.0) == (0.0, pytest.approx(200 / 3600))
+    assert study.compute(other.dir, 100) == (0.0, pytest.approx(0.2))
 
 
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
