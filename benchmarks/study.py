@@ -488,6 +488,11 @@ def result(run_name: str) -> dict | None:
 # ---------------------------------------------------------------- progress
 
 def seconds_per_update(run: Run) -> float | None:
+    """Seconds an update of one of the run's processes: its measured CPU time (cpu.json; with one thread a run and a
+    core each, that is its wall time too), else its launches' wall time (which counts pauses)."""
+    own = _own_rate(run.dir)[1]
+    if own is not None:
+        return own
     path = os.path.join(run.dir, "compute.jsonl")
     if not os.path.exists(path):
         return None

@@ -82,6 +82,8 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
         f.write(json.dumps({"start": 5, "seconds": 720.0, "threads": 1, "updates_from": 0, "updates_to": 100}) + "\n")
     assert study.compute(other.dir, 100, rate=2.0) == (0.0, pytest.approx(200 / 3600))
     assert study.compute(other.dir, 100) == (0.0, pytest.approx(0.2))
+    # the ETA's seconds an update: measured where measured, else wall time
+    assert study.seconds_per_update(run) == pytest.approx(own) and study.seconds_per_update(other) == 7.2
 
 
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
