@@ -416,6 +416,18 @@ def measured_rate(a, width: float) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _wall_rate(run_dir: str, per_thread: bool = False) -> float | None:
+    """Wall seconds an update over the run's launches that trained (compute.jsonl), times their threads if
+    `per_thread`; None without any."""
+    path = os.path.join(run_dir, "compute.jsonl")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        rows = [r for r in map(json.loads, f) if r["updates_to"] > r["updates_from"]]
+    done = sum(r["updates_to"] - r["updates_from"] for r in rows)
+    return sum(r["seconds"] * (r["threads"] if per_thread else 1) for r in rows) / done if done else None
+
+
 def compute(run_dir: str, updates: int, rate: float | None = None) -> tuple[float, float]:
     """(measured, estimated) CPU hours of a run's first `updates` updates. Measured: the CPU time of its
     fairseq-train processes (cpu.json). Estimated: the updates no measured process trained (trained before the
@@ -427,13 +439,7 @@ def compute(run_dir: str, updates: int, rate: float | None = None) -> tuple[floa
     unmeasured = max(updates - sum(max(x["last"] - x["first"], 0) for x in segments), 0)
     rate = own or rate
     if rate is None:
-        path = os.path.join(run_dir, "compute.jsonl")
-        walls = []
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                walls = [r for r in map(json.loads, f) if r["updates_to"] > r["updates_from"]]
-        rate = (sum(r["seconds"] * r["threads"] for r in walls) / sum(r["updates_to"] - r["updates_from"] for r in walls)
-                if walls else 0.0)
+        rate = _wall_rate(run_dir, per_thread=True) or 0.0
     return measured / 3600, unmeasured * rate / 3600
 
 
@@ -491,15 +497,7 @@ def seconds_per_update(run: Run) -> float | None:
     """Seconds an update of one of the run's processes: its measured CPU time (cpu.json; with one thread a run and a
     core each, that is its wall time too), else its launches' wall time (which counts pauses)."""
     own = _own_rate(run.dir)[1]
-    if own is not None:
-        return own
-    path = os.path.join(run.dir, "compute.jsonl")
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        rows = [r for r in map(json.loads, f) if r["updates_to"] > r["updates_from"]]
-    done = sum(r["updates_to"] - r["updates_from"] for r in rows)
-    return sum(r["seconds"] for r in rows) / done if done else None
+    return own if own is not None else _wall_rate(run.dir)
 
 
 def status(a, runs: list[Run], active: dict) -> str:
@@ -839,9 +837,8 @@ def reap(a, active: dict, failures: dict) -> None:
         if job.poll() is None:
             if not (stopped(validations(job.run), a.patience) and saved(job.run)):
                 continue
-            job.meter(every=0)
             job.stop()
-        job.meter(every=0)  # its last sample (the process is gone now)
+        job.meter(every=0)  # written now: the latest sample (the process may already be gone)
         account(a, job)
         del active[name]
         if job.returncode != 0:
