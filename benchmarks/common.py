@@ -225,6 +225,26 @@ def artifact_bytes(ckpt: str, out: str) -> dict:
     return {"artifact_bytes": report["bytes"], "model_bytes": report["model_bytes"]}
 
 
+def checkpoint_bytes(ckpt: str) -> int:
+    """Bytes under the one rule (io.stored_bytes: mask positions, kept values and other tensors in fp16, the seed) of
+    any checkpoint here: a supermask, a pruned model (its zeros are its mask) or a dense one."""
+    return pruned(ckpt)[0]
+
+
+def pruned(ckpt: str) -> tuple[int, float]:
+    """(bytes under the one rule, fraction of the prunable weights that are not zero) of a checkpoint."""
+    import torch
+
+    from one_layer_lottery.io import read_checkpoint, stored_bytes
+    from one_layer_lottery.pruning import is_prunable
+
+    state = read_checkpoint(ckpt)["model"]
+    kept = {k: int(torch.count_nonzero(v)) for k, v in state.items() if is_prunable(k, v)}
+    total = sum(state[k].numel() for k in kept)
+    sparse = any(n < state[k].numel() for k, n in kept.items())
+    return stored_bytes(state, kept if sparse else None), (sum(kept.values()) / total if total else 1.0)
+
+
 def fp16_bytes(state: dict) -> int:
     """Bytes of a trained model's weights in fp16 (the one rule, io.stored_bytes; counters are not weights)."""
     from one_layer_lottery.io import stored_bytes

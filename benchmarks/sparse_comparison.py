@@ -40,6 +40,7 @@ from common import (
     SUPERMASK_ARGS,
     add_run_args,
     check_run_args,
+    checkpoint_bytes,
     command,
     prepare_once,
     run_guarded,
@@ -108,20 +109,6 @@ def flags(a, method: str, k: float) -> list[str]:
             "--reset-meters", "--remaining-ratio", str(k)]
 
 
-def stored_bytes(ckpt: str) -> int:
-    """Bytes under the one rule (io.stored_bytes: mask positions, kept values and other tensors in fp16, the seed)
-    for any checkpoint here: a supermask, a pruned model (its zeros are its mask) or a dense one."""
-    import torch
-
-    from one_layer_lottery.io import read_checkpoint
-    from one_layer_lottery.io import stored_bytes as rule
-    from one_layer_lottery.pruning import is_prunable
-
-    state = read_checkpoint(ckpt)["model"]
-    kept = {k: int(torch.count_nonzero(v)) for k, v in state.items() if is_prunable(k, v)}
-    return rule(state, kept if any(n < state[k].numel() for k, n in kept.items()) else None)
-
-
 def main(argv=None) -> int:
     return run_guarded("sparse_comparison", run, parse_args(argv))
 
@@ -166,13 +153,13 @@ def run(a) -> int:
         rows = {n: f.result() for n, f in futures.items()}
     dense_bleu = dense_row["bleu"]
     results = {"dense": {"method": "dense", "kept": 1.0, "bleu": dense_bleu,
-                         "bytes": stored_bytes(os.path.join(a.work, "dense", "checkpoint_last.pt"))}}
+                         "bytes": checkpoint_bytes(os.path.join(a.work, "dense", "checkpoint_last.pt"))}}
     for method in a.method_list:
         for k in a.kept_list:
             n = run_name(method, k)
             results[n] = {"method": method, "kept": k, "bleu": rows[n]["bleu"],
                           "ratio_to_dense": round(rows[n]["bleu"] / dense_bleu, 4) if dense_bleu else None,
-                          "bytes": stored_bytes(os.path.join(a.work, n, "checkpoint_last.pt"))}
+                          "bytes": checkpoint_bytes(os.path.join(a.work, n, "checkpoint_last.pt"))}
     write_csv(results, os.path.join(a.work, "sparse.csv"))
     png = plot(results, a, os.path.join(a.work, "sparse.png"))
     analysis = analyze(a, names, bin_dir)

@@ -1,6 +1,6 @@
 """The converged study: every model trained to convergence, tuned and selected on validation, several seeds.
 
-    python benchmarks/study.py RAW_DIR [--parts tune,core,width] [--work work/study] [--jobs 2] [--threads 1]
+    python benchmarks/study.py RAW_DIR [--parts tune,core,width,prune] [--work work/study] [--jobs 2] [--threads 1]
     python benchmarks/study.py RAW_DIR --status        # where every run stands, with an ETA; launches nothing
     python benchmarks/study.py RAW_DIR --report        # the tables and plots from what has finished (partial rows
                                                        # marked): WORK/report.md, report.json, curves.png, bytes.png
@@ -19,11 +19,16 @@ Parts:
          dense embeddings (frozen; and masked, the authors' default, on 2 seeds); 3 seeds
   width  masks-only with a multicoated mask, masks-only at twice the width, dense at half and twice the width, the
          standard supermask (a random layer per depth); 2 seeds
+  prune  trained-weight pruning at every --kept fraction, with the tuned dense recipe and the same early stopping:
+         magnitude pruning per tensor (a cubic ramp over --prune-ramp, after dense's warmup; validation, and so the
+         checkpoint chosen, starts where the ramp ends) and the stabilized lottery ticket (the converged dense
+         model's magnitude mask over its weights at --rewind-update, retrained with the mask fixed), against the
+         one-layer masks-only supermask at the same k; `one-layer-lottery analyze` compares seed 1's at k = 0.5
 Everything lives under WORK/runs/<run>/: an interrupted command continues where it stopped (a run resumes from its
 last checkpoint; a run still training when its runner stopped is adopted by the next runner), finished runs are
 reused. Runs train --jobs at a time on --threads threads each. Every converged dense model is also scored in int8
 (torch's dynamic quantization, evaluated as quantized) for the byte frontier; every supermask model is exported
-and its artifact's bytes counted.
+and its artifact's bytes counted; a pruned model's bytes are its kept values in fp16 and a bit a position.
 """
 
 import argparse
@@ -46,6 +51,7 @@ from common import (
     artifact_bytes,
     command,
     generate,
+    pruned,
     read_json,
     run_guarded,
     thread_env,
@@ -57,6 +63,7 @@ from one_layer_lottery.errors import ConfigError
 from one_layer_lottery.io import write_text
 
 VALID = re.compile(r"valid on 'valid' subset \|.*\| bleu ([\d.]+) \|.*\| num_updates (\d+)")
+SAVED = re.compile(r"Saved checkpoint .*\(epoch \d+ @ (\d+) updates")
 EARLY_STOP = "early stop since valid performance hasn't improved"
 
 # family: (fairseq-train arguments every setting shares, the tuning grid: setting name -> its arguments)
@@ -91,7 +98,33 @@ ROWS = {
     "dense_half": ("dense Transformer at half the width", "dense", 0.5, [], (1, 2), "width"),
     "dense_wide": ("dense Transformer at twice the width", "dense", 2, [], (1, 2), "width"),
 }
-PARTS = ("tune", "core", "width")
+PARTS = ("tune", "core", "width", "prune")
+TICKET = "{ticket}"  # in a row's arguments: retrain a lottery ticket of the same seed's converged dense run
+ONE_LAYER_K = 0.5  # the one-layer arch's default --remaining-ratio: at this k the prune part's supermask is masks_only
+
+
+def prune_rows(a) -> dict:
+    """The prune part's rows (ROWS' shape) for every --kept fraction: magnitude pruning and the lottery ticket of the
+    tuned dense recipe, and the one-layer masks-only supermask at that k (at ONE_LAYER_K that is the core row)."""
+    start, end = a.prune_ramp
+    rows = {}
+    for k, n in a.kept:
+        seeds = tuple(range(1, n + 1))
+        keep = ["--arch", "pruned_transformer", "--remaining-ratio", f"{k:g}"]
+        rows[f"magnitude_k{k:g}"] = (
+            f"magnitude pruning of the tuned dense recipe, per tensor, ramp {start:,}-{end:,} updates, k={k:g}",
+            "dense", 1, [*keep, "--prune-start-update", str(start), "--prune-end-update", str(end),
+                         "--validate-after-updates", str(end)], seeds, "prune")
+        label = f"stabilized lottery ticket (converged dense mask, update-{a.rewind_update:,} weights), k={k:g}"
+        rows[f"ticket_k{k:g}"] = (label, "dense", 1, [*keep, TICKET], seeds, "prune")
+        if k != ONE_LAYER_K:
+            rows[f"masks_only_k{k:g}"] = (f"one-layer supermask, masks only, k={k:g}", "mask", 1,
+                                          ["--remaining-ratio", f"{k:g}"], seeds, "prune")
+    return rows
+
+
+def all_rows(a) -> dict:
+    return {**ROWS, **prune_rows(a)}
 
 
 @dataclasses.dataclass
@@ -105,7 +138,8 @@ class Run:
     priority: tuple
     seed: int = 1
     width: float = 1
-    needs: tuple = ()  # runs that must be converged first (their checkpoints are read)
+    needs: tuple = ()  # runs that must be complete first (their checkpoints are read)
+    ticket: tuple = ()  # a lottery ticket's (final dense checkpoint, directory of the weights to rewind to, k)
 
     @property
     def dir(self) -> str:
@@ -130,6 +164,14 @@ def parse_args(argv=None):
     p.add_argument("--patience", type=int, default=4, help="validations without a better BLEU before a run stops")
     p.add_argument("--cap", type=int, default=20000, help="the most updates any run trains")
     p.add_argument("--seeds", type=int, default=0, help="at most this many seeds a row (default: each row's own)")
+    p.add_argument("--kept", default="0.5:2,0.1:1",
+                   help="part prune: the fractions of the weights kept, each with its number of seeds (K:SEEDS,...)")
+    p.add_argument("--prune-ramp", default="500:3000",
+                   help="part prune: magnitude pruning's cubic ramp, START:END updates (after dense's 400 warmup "
+                        "updates, while the learning rate is still high)")
+    p.add_argument("--rewind-update", type=int, default=500,
+                   help="part prune: the update lottery tickets rewind to (the tuned dense recipe, same seed, "
+                        "trained to it again with its weights saved there)")
     p.add_argument("--status", action="store_true", help="print where every run stands and exit")
     p.add_argument("--report", action="store_true", help="write the tables and plots from finished runs and exit")
     p.add_argument("--publish", metavar="DIR", help="copy the converged models a user would try into DIR and exit")
@@ -145,6 +187,17 @@ def parse_args(argv=None):
     if any(b < 1 or k < 1 for b, k in a.stages) or a.stages[-1][1] != 1 or \
             [b for b, _ in a.stages] != sorted({b for b, _ in a.stages}):
         p.error(f"--stages {a.stages}: budgets increasing and positive, kept counts positive, the last one 1")
+    try:
+        a.kept = [(float(k), int(n)) for k, n in (x.split(":") for x in a.kept.split(",") if x)]
+        a.prune_ramp = tuple(int(x) for x in a.prune_ramp.split(":"))
+    except ValueError:
+        p.error(f"--kept {a.kept!r} / --prune-ramp {a.prune_ramp!r}: expected K:SEEDS,... (e.g. 0.5:2,0.1:1) and "
+                f"START:END (e.g. 500:3000)")
+    if any(not 0 < k < 1 or n < 1 for k, n in a.kept) or len({k for k, _ in a.kept}) != len(a.kept):
+        p.error(f"--kept {a.kept}: each fraction in (0, 1), once, with at least 1 seed")
+    if len(a.prune_ramp) != 2 or not 0 <= a.prune_ramp[0] <= a.prune_ramp[1] or a.rewind_update < 1:
+        p.error(f"--prune-ramp {a.prune_ramp} must be START:END with 0 <= START <= END; --rewind-update "
+                f"{a.rewind_update} at least 1")
     names = {n for _, grid in FAMILIES.values() for n in grid}
     a.grid = [x for x in a.grid.split(",") if x]
     if [x for x in a.grid if x not in names]:
@@ -192,8 +245,15 @@ def stopped(vals: list[tuple[int, float]], patience: int) -> bool:
 
 
 def trained(run: Run) -> int:
+    """The update the run would resume from: its last validation or save (a magnitude-pruning run saves before it
+    starts validating, at the end of its ramp)."""
     vals = validations(run)
-    return vals[-1][0] if vals else 0
+    last = vals[-1][0] if vals else 0
+    log = os.path.join(run.dir, "train.log")
+    if os.path.exists(log):
+        with open(log, encoding="utf-8") as f:
+            last = max([last, *map(int, SAVED.findall(f.read()))])
+    return last
 
 
 def saved(run: Run) -> bool:
@@ -260,28 +320,48 @@ def plan(a) -> tuple[list[Run], dict]:
     for part_no, part in enumerate(PARTS[1:], 1):
         if part not in a.parts:
             continue
-        for row, (_, family, width, extra, seeds, row_part) in ROWS.items():
+        for row, (_, family, width, extra, seeds, row_part) in all_rows(a).items():
             if row_part != part or winners[family] is None:
                 continue
             for seed in seeds[:a.seeds or None]:
                 name = f"{row}-s{seed}"
-                needs = ()
+                needs, ticket = (), ()
                 if width == 1 and not extra:  # the tuned setting itself: seed 1 is the tuning run
                     name = f"{family}-{winners[family]}-s{seed}"
                 args = setting_args(family, winners[family]) + extra
-                if any("{dense}" in x for x in extra):
+                if any("{dense}" in x for x in extra) or TICKET in extra:
                     if winners["dense"] is None:
                         continue
-                    dense = f"dense-{winners['dense']}-s{seed}"
-                    args = [x.replace("{dense}", os.path.join(WORK, "runs", dense, "checkpoint_best.pt"))
-                            for x in args]
-                    needs = (dense,)
+                    dense = tuned_run(a, "dense", winners["dense"], seed, part_no)
+                    best_ckpt = os.path.join(dense.dir, "checkpoint_best.pt")
+                    args = [x.replace("{dense}", best_ckpt) for x in args if x != TICKET]
+                    runs.append(dense)  # where another part trains it too, the first of the same name is kept
+                    needs = (dense.name,)
+                    if TICKET in extra:
+                        rewind = rewind_run(a, winners["dense"], seed, part_no)
+                        runs.append(rewind)
+                        k = float(extra[extra.index("--remaining-ratio") + 1])
+                        needs, ticket = needs + (rewind.name,), (best_ckpt, rewind.dir, k)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, (part_no, seed, 0), seed, width,
-                                needs))
+                                needs, ticket))
     unique = {}
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
     return list(unique.values()), winners
+
+
+def tuned_run(a, family: str, setting: str, seed: int, part_no: int) -> Run:
+    """The family's tuned setting trained to convergence on a seed (on seed 1, its tuning run)."""
+    return Run(f"{family}-{setting}-s{seed}", setting_args(family, setting) + ["--seed", seed], a.cap, a.patience,
+               (part_no, seed, 0), seed)
+
+
+def rewind_run(a, setting: str, seed: int, part_no: int) -> Run:
+    """The tuned dense recipe on a seed trained again to --rewind-update, where it saves the weights its lottery
+    tickets rewind to (the converged run kept no early checkpoint)."""
+    return Run(f"dense_rewind-s{seed}", setting_args("dense", setting) + [
+        "--arch", "pruned_transformer", "--save-weights-at-updates", str(a.rewind_update), "--seed", seed],
+        a.rewind_update, a.patience, (part_no, seed, -1), seed)
 
 
 # ---------------------------------------------------------------- training and scoring
@@ -301,7 +381,24 @@ def train_command(a, run: Run, bin_dir: str) -> list[str]:
            "--num-workers", "0", "--user-dir", os.path.join(ROOT, "one_layer_lottery"), "--save-dir", run.dir]
     if "--seed" not in run.args:
         cmd += ["--seed", run.seed]
+    if run.ticket and not os.path.exists(os.path.join(run.dir, "checkpoint_last.pt")):  # later launches resume
+        cmd += ["--restore-file", ticket_path(run), "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
+                "--reset-meters"]
     return [str(c) for c in cmd]
+
+
+def ticket_path(run: Run) -> str:
+    return os.path.join(run.dir, "ticket.pt")
+
+
+def write_ticket(a, run: Run) -> None:
+    """The run's lottery ticket (once): the converged dense checkpoint's magnitude mask over the rewind run's weights
+    at --rewind-update (one_layer_lottery.pruning.write_ticket, what `one-layer-lottery ticket` runs)."""
+    from one_layer_lottery.pruning import write_ticket as make
+
+    if not os.path.exists(ticket_path(run)):
+        final, rewind_dir, k = run.ticket
+        make(rewind_dir, ticket_path(run), k, a.rewind_update, final=final)
 
 
 class Job:
@@ -359,6 +456,8 @@ def _alive(pid: int, run_dir: str) -> bool:
 
 def launch(a, run: Run, bin_dir: str) -> Job:
     os.makedirs(run.dir, exist_ok=True)
+    if run.ticket:
+        write_ticket(a, run)
     cmd = train_command(a, run, bin_dir)
     with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as log:  # a resumed run adds to its log
         log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} fairseq-train {' '.join(cmd[1:])}\n")
@@ -464,7 +563,10 @@ def score(a, run: Run, prepared: str) -> dict:
            "signature": signature}
     measured, estimated = compute(run.dir, vals[-1][0], measured_rate(a, run.width))
     out.update(cpu_hours=round(measured + estimated, 2), cpu_hours_estimated=round(estimated, 2))
-    if run.name.startswith("dense"):
+    if run.name.startswith(("magnitude", "ticket")):
+        size, kept = pruned(ckpt)
+        out.update(sparse_bytes=size, kept_fraction=round(kept, 4))
+    elif run.name.startswith("dense"):
         out.update(dense_bytes(ckpt, bin_dir, refs, run.dir, a.threads))
     else:
         out.update(artifact_bytes(ckpt, os.path.join(run.dir, "model.olt")))
@@ -589,7 +691,7 @@ def row_results(a, winners: dict) -> dict:
     """Every row with at least one scored seed: per-seed test BLEU, mean and spread, compute, bytes."""
     runs = {r.name: r for r in plan(a)[0]}
     rows = {}
-    for row, (label, family, width, extra, seeds, part) in ROWS.items():
+    for row, (label, family, width, extra, seeds, part) in all_rows(a).items():
         if winners[family] is None:
             continue
         names = [n for n in runs if n.startswith(f"{row}-s") or (width == 1 and not extra and
@@ -606,7 +708,8 @@ def row_results(a, winners: dict) -> dict:
                      "cpu_hours": round(sum(r["cpu_hours"] for r in res), 2),
                      "cpu_hours_estimated": round(sum(r.get("cpu_hours_estimated", 0) for r in res), 2),
                      "runs": [r["run"] for r in res]}
-        for key in ("artifact_bytes", "model_bytes", "fp16_bytes", "int8_bytes", "int8_test_bleu"):
+        for key in ("artifact_bytes", "model_bytes", "fp16_bytes", "int8_bytes", "int8_test_bleu", "sparse_bytes",
+                    "kept_fraction"):
             if key in res[0]:
                 rows[row][key] = round(statistics.mean(r[key] for r in res), 2)
     return rows
@@ -630,12 +733,64 @@ def results_table(rows: dict, lines: list[str]) -> None:
         partial = "" if r["seeds_done"] == r["seeds_planned"] else " (partial)"
         ratio = (f"{r['ratio']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "ratio" in r
                  else "1.000" if row == "dense" else "-")
-        reuse = " + dense's" if row.startswith("pretrained") else ""
+        reuse = {"pretrained": " + dense's", "ticket": " + dense's + its rewind run's"}.get(row.split("_")[0], "")
         lines.append(f"| {r['label']} | {r['seeds_done']}/{r['seeds_planned']}{partial} | "
                      f"{' / '.join(f'{b:.2f}' for b in r['test_bleu'])} | {r['mean']:.2f} "
                      f"[{r['spread'][0]:.2f}, {r['spread'][1]:.2f}] | {ratio} | "
                      f"{' / '.join(f'{b:,}' for b in r['best_update'])} of {' / '.join(f'{u:,}' for u in r['updates'])}"
                      f" | {'≈' if r['cpu_hours_estimated'] > 0 else ''}{r['cpu_hours']:.1f}{reuse} |")
+
+
+def pruning_table(a, rows: dict, lines: list[str]) -> None:
+    """Part prune at every --kept fraction: trained-weight pruning beside the one-layer supermask (seed means)."""
+    if not any(r["part"] == "prune" for r in rows.values()):
+        return
+    lines += ["\n### Trained-weight pruning at convergence (mean test BLEU, ratio to dense, stored bytes)\n",
+              "| k | magnitude pruning | stabilized lottery ticket | one-layer supermask, masks only |", "|---|---|---|---|"]
+    for k, _ in a.kept:
+        cells = []
+        for row in (f"magnitude_k{k:g}", f"ticket_k{k:g}", "masks_only" if k == ONE_LAYER_K else f"masks_only_k{k:g}"):
+            r = rows.get(row)
+            if r is None:
+                cells.append("-")
+                continue
+            size = r.get("sparse_bytes", r.get("model_bytes"))
+            kept = f", {r['kept_fraction']:.3f} kept" if "kept_fraction" in r else ""
+            cells.append(f"{r['mean']:.2f} ({r.get('ratio', float('nan')):.3f}; {size:,.0f} B{kept}; "
+                         f"{r['seeds_done']}/{r['seeds_planned']} seeds)")
+        lines.append(f"| {k:g} | " + " | ".join(cells) + " |")
+
+
+def analysis(a, rows: dict) -> dict | None:
+    """`one-layer-lottery analyze` of seed 1's converged models at k = ONE_LAYER_K against seed 1's dense model
+    (kept fraction, CKA of states and attention agreement, layer by layer, on validation): WORK/analysis.json and
+    analysis.png; None until all four are scored."""
+    k = f"{ONE_LAYER_K:g}"
+    picked = {"dense": "dense", f"magnitude_k{k}": "magnitude", f"ticket_k{k}": "ticket", "masks_only": "one_layer"}
+    runs = {}
+    for row, label in picked.items():
+        first = [n for n in rows.get(row, {}).get("runs", []) if n.endswith("-s1")]
+        if not first:
+            return None
+        runs[label] = os.path.join(WORK, "runs", first[0], "checkpoint_best.pt")
+    dense = runs.pop("dense")
+    cmd = [command("one-layer-lottery"), "analyze", dense, *runs.values(), "--data",
+           os.path.join(a.work, "data", "bin"), "--labels", ",".join(runs), "--json", "--png",
+           os.path.join(a.work, "analysis.png")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(a.threads), check=False)
+    if r.returncode != 0:
+        raise ConfigError(f"analyze failed: {r.stderr.strip()[-400:]}")
+    out = json.loads(r.stdout)
+    write_json(os.path.join(a.work, "analysis.json"), out)
+    return out
+
+
+def analysis_lines(result: dict, lines: list[str]) -> None:
+    lines += ["\n### Seed 1's models at k = 0.5 against dense (validation, `one-layer-lottery analyze`)\n",
+              "| model | mean CKA to dense | mean attention agreement |", "|---|---|---|"]
+    for label, m in result["models"].items():
+        cka, agree = m["cka_by_layer"].values(), m["attention_agreement"].values()
+        lines.append(f"| {label} | {sum(cka) / len(cka):.3f} | {sum(agree) / len(agree):.3f} |")
 
 
 def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
@@ -645,6 +800,8 @@ def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
     for row, r in rows.items():
         if "model_bytes" in r:
             out.append((row, r["model_bytes"], r["mean"]))
+        if "sparse_bytes" in r:
+            out.append((row, r["sparse_bytes"], r["mean"]))
         if "fp16_bytes" in r:
             out += [(f"{row} fp16", r["fp16_bytes"], r["mean"]), (f"{row} int8", r["int8_bytes"], r["int8_test_bleu"])]
     return sorted(out, key=lambda p: p[1])
@@ -723,11 +880,16 @@ def report(a) -> str:
     rows = row_results(a, winners)
     ratios_(rows, data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}")))
     results_table(rows, lines)
+    pruning_table(a, rows, lines)
+    compared = analysis(a, rows)
+    if compared:
+        analysis_lines(compared, lines)
     points = bytes_points(rows)
     if points:
         lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
-    written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else [])
+    written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
+        [os.path.join(a.work, "analysis.png")] if compared else [])
     if written:
         lines.append("\n" + ", ".join(written))
     text = "\n".join(lines) + "\n"
@@ -811,7 +973,7 @@ def loop(a) -> int:
                       f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
         by_name = {r.name: r for r in runs}
         ready = [r for r in runs if r.name not in active and not complete(r)
-                 and all(by_name.get(n) and converged(by_name[n], a) for n in r.needs)]
+                 and all(by_name.get(n) and complete(by_name[n]) for n in r.needs)]
         for r in sorted(ready, key=lambda r: (r.priority, r.name))[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)

@@ -134,12 +134,20 @@ class MagnitudePruner(nn.Module):
         self.prune(num_updates)
 
     def after_step(self, optimizer) -> None:
-        """After an optimizer step over this model's weights: zero what moved, and prune for the next update."""
-        if self._update is None or not self._targets:
+        """After an optimizer step over this model's weights: zero what moved, prune for the next update, and save
+        the weights if the update just done is a rewind point (fairseq tells the model its update count only before
+        the next update's forward, which the last update of a run never has)."""
+        model = self._model()
+        if self._update is None or model is None or not (self._targets or self.save_updates):
             return
-        mine = {id(p) for _, p in self._targets}
-        if any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
-            self.prune(self._update + 1)
+        mine = {id(p) for _, p in self._targets} or {id(p) for p in model.parameters()}
+        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+            return
+        done = self._update + 1
+        if self._targets:
+            self.prune(done)
+        if done in self.save_updates:
+            self.save_weights(done)
 
     def save_weights(self, num_updates: int) -> None:
         """SAVE_DIR/weights_update{N}.pt: the model's state dict after N updates (written once, atomically, by the

@@ -141,7 +141,7 @@ def pruned_run(tiny_corpus, tmp_path_factory):
     save = tmp_path_factory.mktemp("pruned")
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "6", "--seed", "2",
             "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",
-            "--save-weights-at-updates", "0,3", "--save-dir", save)
+            "--save-weights-at-updates", "0,3,6", "--save-dir", save)
     return save
 
 
@@ -159,6 +159,8 @@ def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_cor
     w3 = torch.load(pruned_run / "weights_update3.pt", weights_only=True)
     assert (w0["num_updates"], w3["num_updates"]) == (0, 3) and set(w0["model"]) == set(sd)
     assert not any(bool(w0["model"][n].eq(0).all()) for n in names)
+    w6 = torch.load(pruned_run / "weights_update6.pt", weights_only=True)  # the run's last update: saved too
+    assert w6["num_updates"] == 6 and all(torch.equal(w6["model"][n], sd[n].float()) for n in names)
     # resume: 2 more updates; what was pruned stays zero and the count stays exact
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "8", "--seed", "2",
             "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",

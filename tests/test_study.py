@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -112,6 +113,53 @@ def test_seeds_aggregate_to_mean_and_spread(tmp_path, monkeypatch):
     assert r["seeds_done"] == r["seeds_planned"] == 3 and r["cpu_hours"] == 1.5 and r["int8_test_bleu"] == 30.5
 
 
+def test_prune_part_plans_pruning_tickets_and_their_rewind_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2", "--parts", "prune",
+                          "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    assert (a.kept, a.prune_ramp, a.rewind_update) == ([(0.5, 2), (0.1, 1)], (500, 3000), 500)
+    dense, mask = "dense-lr1e-3-d0.1", "mask-lr4e-3-d0-c0"
+    _run_with_log(tmp_path, f"{dense}-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])  # converged: patience 2
+    _run_with_log(tmp_path, f"{mask}-s1", [(4, 1.0), (8, 2.0)])
+    runs, winners = study.plan(a)
+    runs = {r.name: r for r in runs}
+    assert winners == {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"}
+    assert set(runs) == {f"{dense}-s1", f"{mask}-s1", f"{dense}-s2", "dense_rewind-s1", "dense_rewind-s2",
+                         "magnitude_k0.5-s1", "magnitude_k0.5-s2", "ticket_k0.5-s1", "ticket_k0.5-s2",
+                         "magnitude_k0.1-s1", "ticket_k0.1-s1", "masks_only_k0.1-s1"}  # k=0.5's supermask: core's
+    mag = runs["magnitude_k0.5-s2"]
+    assert mag.args[:mag.args.index("--lr")] == ["--arch", "transformer", "--optimizer", "adam", "--warmup-updates",
+                                                  "400", "--weight-decay", "0.0001"]  # the tuned dense recipe ...
+    flags = " ".join(map(str, mag.args))
+    assert ("--lr 1e-3 --dropout 0.1 --arch pruned_transformer --remaining-ratio 0.5 --prune-start-update 500 "
+            "--prune-end-update 3000 --validate-after-updates 3000 --seed 2") in flags  # ... pruned, chosen after the ramp
+    assert (mag.max_update, mag.patience, mag.needs) == (a.cap, 2, ())
+    rewind = runs["dense_rewind-s2"]
+    assert rewind.max_update == 500 and "--save-weights-at-updates 500 --seed 2" in " ".join(map(str, rewind.args))
+    ticket = runs["ticket_k0.1-s1"]
+    assert ticket.needs == (f"{dense}-s1", "dense_rewind-s1") and study.TICKET not in ticket.args
+    assert ticket.ticket == (str(tmp_path / "runs" / f"{dense}-s1" / "checkpoint_best.pt"), rewind.dir[:-1] + "1", 0.1)
+    assert "--remaining-ratio 0.1 --seed 1" in " ".join(map(str, ticket.args))
+    # the first launch starts from the ticket with fresh optimizer and schedule; a later one resumes its own run
+    cmd = study.train_command(a, ticket, "bin")
+    assert cmd[cmd.index("--restore-file") + 1] == os.path.join(ticket.dir, "ticket.pt")
+    assert {"--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader", "--reset-meters"} <= set(cmd)
+    os.makedirs(ticket.dir)
+    open(os.path.join(ticket.dir, "checkpoint_last.pt"), "wb").close()
+    assert "--restore-file" not in study.train_command(a, ticket, "bin")
+    # a run that saves before it validates (magnitude pruning, until its ramp ends) resumes from its save
+    log = os.path.join(mag.dir, "train.log")
+    os.makedirs(mag.dir)
+    with open(log, "w", encoding="utf-8") as f:
+        f.write("| INFO | fairseq.checkpoint_utils | Saved checkpoint x/checkpoint_last.pt (epoch 2 @ 1000 updates, "
+                "score None) (writing took 0.1 seconds)\n")
+    assert study.trained(mag) == 1000 and not study.complete(mag)
+    for bad in (["--kept", "0.5:0"], ["--kept", "1.5:1"], ["--kept", "x"], ["--kept", "0.5:1,0.5:2"],
+                ["--prune-ramp", "3000:500"], ["--rewind-update", "0"]):
+        with pytest.raises(SystemExit):
+            study.parse_args(["raw", *bad])
+
+
 def test_bootstrap_interval_comes_from_the_sentences():
     refs = [f"the cat {i} sat on the mat number {i}" for i in range(40)]
     same = study.bootstrap_ratio([refs], [refs], refs, samples=200)
@@ -154,7 +202,8 @@ def tiny_study(tiny_corpus, tmp_path_factory):
     work = tmp_path_factory.mktemp("study")
     os.symlink(tiny_corpus.root / "prep", work / "data")
     args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "4:1",
-            "--patience", "1", "--cap", "40", "--parts", "tune"]
+            "--patience", "1", "--cap", "40", "--parts", "tune,prune", "--kept", "0.5:1", "--rewind-update", "4",
+            "--prune-ramp", "4:8"]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work, args, r
@@ -164,7 +213,8 @@ def tiny_study(tiny_corpus, tmp_path_factory):
 def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     work, args, r = tiny_study
     assert "[study] mask-lr4e-3-d0.1-c0-s1: converged" in r.stdout
-    results = {p.parent.name: json.loads(p.read_text()) for p in (work / "runs").glob("*/result.json")}
+    results = {p.parent.name: json.loads(p.read_text()) for p in (work / "runs").glob("*/result.json")
+               if p.parent.name.startswith(("dense", "mask"))}
     assert set(results) == {"dense-lr1e-3-d0.1-s1", "mask-lr4e-3-d0.1-c0-s1"}  # the seed-1 runs of dense, masks-only
     for name, res in results.items():
         ckpt = torch.load(work / "runs" / name / "checkpoint_best.pt", map_location="cpu", weights_only=True)
@@ -181,6 +231,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
     assert (work / "tuning.png").read_bytes()[:4] == b"\x89PNG" and "tuning.png" in rep.stdout
+    assert "### Trained-weight pruning at convergence" in rep.stdout and "| 0.5 | " in rep.stdout  # part prune
+    assert "against dense (validation, `one-layer-lottery analyze`)" in rep.stdout
+    assert set(json.loads((work / "analysis.json").read_text())["models"]) == {"magnitude", "ticket", "one_layer"}
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
@@ -188,6 +241,33 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
                           "eine kleine Katze"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip()
+
+
+@pytest.mark.e2e
+def test_pruned_models_converge_from_a_ramp_and_a_ticket(tiny_study):
+    """Part prune on a tiny budget: magnitude pruning validates (and so is chosen) only after its ramp; the ticket is
+    the converged dense model's mask over the rewind run's weights, retrained with it fixed; both scored."""
+    work, _, _ = tiny_study
+    runs = work / "runs"
+    assert (runs / "dense_rewind-s1" / "weights_update4.pt").exists()
+    for name in ("magnitude_k0.5-s1", "ticket_k0.5-s1"):
+        res = json.loads((runs / name / "result.json").read_text())
+        assert res["stopped_by"] == "patience" and res["best_update"] >= (8 if name.startswith("magnitude") else 4)
+        assert abs(res["kept_fraction"] - 0.5) < 0.01 and res["sparse_bytes"] > 0, res
+        assert len((runs / name / "test.hyp").read_text().splitlines()) == 37
+        assert common.pruned(str(runs / name / "checkpoint_best.pt"))[1] == pytest.approx(res["kept_fraction"],
+                                                                                           abs=1e-4)
+    assert min(int(u) for u in re.findall(r"valid on 'valid' subset .* num_updates (\d+)",
+                                           (runs / "magnitude_k0.5-s1" / "train.log").read_text())) == 8
+    ticket = torch.load(runs / "ticket_k0.5-s1" / "ticket.pt", map_location="cpu", weights_only=False)
+    assert ticket["lottery_ticket"]["rewind_update"] == 4
+    assert ticket["lottery_ticket"]["final"] == str(runs / "dense-lr1e-3-d0.1-s1" / "checkpoint_best.pt")
+    log = (runs / "ticket_k0.5-s1" / "train.log").read_text()
+    assert f"Loaded checkpoint {runs / 'ticket_k0.5-s1' / 'ticket.pt'}" in log
+    # the mask stayed fixed: what the ticket zeroed is zero in the chosen checkpoint
+    best = torch.load(runs / "ticket_k0.5-s1" / "checkpoint_best.pt", map_location="cpu", weights_only=True)["model"]
+    key = "encoder.layers.0.fc1.weight"
+    assert torch.equal(best[key] == 0, ticket["model"][key] == 0)
 
 
 @pytest.mark.e2e
