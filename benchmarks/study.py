@@ -983,12 +983,19 @@ def loop(a) -> int:
         if time.time() - last_status > 1800:
             print(time.strftime("[study] %Y-%m-%d %H:%M status\n") + status(a, runs, active), flush=True)
             last_status = time.time()
-        time.sleep(5)
+        wait(active)
     runs, winners = plan(a)
     print(status(a, runs, {}))
     print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
           ", ".join(f"{f}: {w}" for f, w in winners.items()))
     return 0
+
+
+def wait(active: dict, seconds: float = 5) -> None:
+    """Up to `seconds`, less as soon as a job's process has exited (its run's next stage starts at once)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline and all(job.poll() is None for job in active.values()):
+        time.sleep(0.2)
 
 
 def reap(a, active: dict, failures: dict) -> None:

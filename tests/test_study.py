@@ -87,6 +87,23 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
     assert study.seconds_per_update(run) == pytest.approx(own) and study.seconds_per_update(other) == 7.2
 
 
+def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    run = study.Run("r", [], 0, 3, ())
+    quick = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.5)"])
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    jobs = {n: study.Job(run, p.pid, time.time(), 0, p) for n, p in (("quick", quick), ("slow", slow))}
+    t0 = time.time()
+    study.wait(jobs, seconds=20)
+    assert time.time() - t0 < 10 and quick.poll() == 0  # woke on the exit, not after the full 20 s
+    del jobs["quick"]
+    t0 = time.time()
+    study.wait(jobs, seconds=1)
+    assert 1 <= time.time() - t0 < 10 and slow.poll() is None  # else the whole wait
+    slow.kill()
+    slow.wait()
+
+
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
