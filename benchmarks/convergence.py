@@ -101,13 +101,9 @@ def stored_bytes(a, name: str) -> int:
 
 
 def plot(rows: list[dict], results: dict, work: str) -> list[str]:
-    import logging
+    from one_layer_lottery.io import pyplot
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for name in results:

@@ -208,13 +208,9 @@ def analyze(a, names: list[str], bin_dir: str) -> dict | None:
 
 
 def plot(results: dict, a, png: str) -> str:
-    import logging
+    from one_layer_lottery.io import pyplot
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     dense = results["dense"]

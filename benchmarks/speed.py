@@ -326,13 +326,9 @@ def sweep(a) -> dict:
 
 
 def plot_sweep(rows: list[dict], png: str) -> None:
-    import logging
+    from one_layer_lottery.io import pyplot
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for tokens in sorted({r["tokens"] for r in rows}):

@@ -809,11 +809,11 @@ def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
 
 def plots(a, rows: dict) -> list[str]:
     """curves.png (validation BLEU against updates, seed 1 of every row) and bytes.png (test BLEU against bytes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from common import save_plot
+
+    from one_layer_lottery.io import pyplot
+
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for row, r in rows.items():
@@ -849,11 +849,11 @@ def tuning_plot(a) -> str | None:
               for family in FAMILIES}
     if not any(vals for runs in curves.values() for _, vals in runs):
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from common import save_plot
+
+    from one_layer_lottery.io import pyplot
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, len(curves), figsize=(10, 4), sharey=True)
     for ax, (family, runs) in zip(axes, curves.items()):

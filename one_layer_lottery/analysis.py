@@ -197,13 +197,9 @@ def format_table(r: dict) -> str:
 
 
 def plot(r: dict, png: str) -> None:
-    import logging
+    from .io import pyplot
 
-    import matplotlib
-
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     layers = sorted(next(iter(r["models"].values()))["cka_by_layer"], key=_order)
     attn = sorted(next(iter(r["models"].values()))["attention_agreement"], key=_order)

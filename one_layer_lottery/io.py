@@ -43,6 +43,21 @@ def write_text(path: str, text: str) -> None:
         f.write(text)
 
 
+def pyplot():
+    """matplotlib's pyplot on the Agg backend with its logging at WARNING: fairseq sets the root logger to DEBUG when
+    it imports its wav2vec2 classification module, and matplotlib's import and font search then print pages of debug
+    lines. Every plot here starts with this."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before the import, which logs too
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig, png: str, dpi: int = 100) -> None:
     """A matplotlib figure as a PNG, atomically; the figure is closed."""
     import matplotlib.pyplot as plt

@@ -125,10 +125,9 @@ def vocab_sizes(masks, cfg, meta):
 
 
 def plot_overlap(overlaps: dict[str, np.ndarray], png: str, title: str) -> None:
-    import matplotlib
+    from .io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     kinds = sorted(overlaps)
     cols = min(4, len(kinds))

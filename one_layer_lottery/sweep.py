@@ -64,10 +64,9 @@ def _target_lang(data_dir: str):
 
 
 def plot(rows, x: str, png: str, metric: str = "bleu") -> None:
-    import matplotlib
+    from .io import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     groups = defaultdict(lambda: defaultdict(list))
     varying = {k for k in rows[0] if len({r.get(k) for r in rows}) > 1}  # constant settings make no label

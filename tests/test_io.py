@@ -37,3 +37,16 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
             f.write("half")
         raise RuntimeError("killed midway")
     assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_plots_stay_quiet_under_fairseqs_debug_root_logger(tmp_path):
+    """Importing fairseq sets the root logger to DEBUG; a plot must not print matplotlib's debug lines."""
+    import subprocess
+    import sys
+
+    code = ("import fairseq, logging\nassert logging.getLogger().level == logging.DEBUG\n"
+            "from one_layer_lottery.io import pyplot, save_figure\nplt = pyplot()\nfig, ax = plt.subplots()\n"
+            f"ax.plot([1, 2], label='x')\nax.legend()\nsave_figure(fig, {str(tmp_path / 'p.png')!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "DEBUG" not in r.stderr and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"

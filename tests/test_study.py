@@ -248,6 +248,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
         assert res["cpu_hours_estimated"] == 0 and study.compute(str(work / "runs" / name), res["updates"])[0] > 0
     rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
+    assert "DEBUG" not in rep.stdout + rep.stderr  # matplotlib's font search under fairseq's DEBUG root logger
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
     assert (work / "tuning.png").read_bytes()[:4] == b"\x89PNG" and "tuning.png" in rep.stdout
     assert "### Trained-weight pruning at convergence" in rep.stdout and "| 0.5 | " in rep.stdout  # part prune
