@@ -786,7 +786,7 @@ def analysis(a, rows: dict) -> dict | None:
 
 
 def analysis_lines(result: dict, lines: list[str]) -> None:
-    lines += ["\n### Seed 1's models at k = 0.5 against dense (validation, `one-layer-lottery analyze`)\n",
+    lines += [f"\n### Seed 1's models at k = {ONE_LAYER_K:g} against dense (validation, `one-layer-lottery analyze`)\n",
               "| model | mean CKA to dense | mean attention agreement |", "|---|---|---|"]
     for label, m in result["models"].items():
         cka, agree = m["cka_by_layer"].values(), m["attention_agreement"].values()

@@ -73,6 +73,8 @@ class MagnitudePruner(nn.Module):
         self.remaining_ratio, self.start, self.end, self.scope = remaining_ratio, start, end, scope
         self.save_updates, self.save_dir = save_updates, save_dir
         self._targets = tuple(prunable(model)) if remaining_ratio < 1 else ()  # a tuple: not submodules
+        # the parameters whose optimizer steps concern this pruner (casts keep the same Parameter objects)
+        self._own = frozenset(id(p) for _, p in self._targets) or frozenset(id(p) for p in model.parameters())
         self._keep: dict[str, Tensor] = {}
         self._applied: float | None = None  # the fraction kept the current masks were selected at
         self._update: int | None = None  # the update last pruned for (it may keep everything)
@@ -137,13 +139,13 @@ class MagnitudePruner(nn.Module):
         """After an optimizer step over this model's weights: zero what moved, prune for the next update, and save
         the weights if the update just done is a rewind point (fairseq tells the model its update count only before
         the next update's forward, which the last update of a run never has)."""
-        model = self._model()
-        if self._update is None or model is None or not (self._targets or self.save_updates):
-            return
-        mine = {id(p) for _, p in self._targets} or {id(p) for p in model.parameters()}
-        if not any(id(p) in mine for g in optimizer.param_groups for p in g["params"]):
+        if self._update is None:
             return
         done = self._update + 1
+        if not self._targets and done not in self.save_updates:
+            return  # nothing to prune or save: the optimizer's parameters need no look
+        if not any(id(p) in self._own for g in optimizer.param_groups for p in g["params"]):
+            return
         if self._targets:
             self.prune(done)
         if done in self.save_updates:
