@@ -17,7 +17,7 @@ import torch
 
 from . import masks
 from .errors import ConfigError
-from .io import atomic_path, is_regenerated, read_checkpoint, save
+from .io import atomic_path, is_regenerated, read_checkpoint, require_file, save
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
@@ -214,8 +214,7 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     """Metadata and tensors of an artifact, validated."""
     from safetensors import safe_open
 
-    if not os.path.isfile(path):
-        raise ConfigError(f"artifact {path!r} does not exist")
+    require_file(path, "artifact")
     try:
         with safe_open(path, framework="pt") as f:
             meta = json.loads((f.metadata() or {})[_META_KEY])

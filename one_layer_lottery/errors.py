@@ -15,11 +15,15 @@ def _excepthook(kind, value, tb, _previous=sys.excepthook):
 
 
 def run_main(prog: str, fn, *args) -> int:
-    """Run a command's body: a ConfigError becomes one line on stderr and exit status 1."""
+    """Run a command's body: a ConfigError, or a path that is missing, a directory or not allowed, becomes one line
+    on stderr and exit status 1."""
     try:
         result = fn(*args)
     except ConfigError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as e:
+        print(f"{prog}: error: {e.filename!r}: {e.strerror}", file=sys.stderr)
         return 1
     return result or 0
 

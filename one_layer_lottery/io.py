@@ -10,10 +10,17 @@ import torch
 from .errors import ConfigError
 
 
-def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
-    """A fairseq checkpoint (safe loading), or one ConfigError line naming the file."""
+def require_file(path: str, what: str) -> None:
+    """One ConfigError line unless `path` is a file: missing, or a directory."""
+    if os.path.isdir(path):
+        raise ConfigError(f"{what} {path!r} is a directory, not a file")
     if not os.path.isfile(path):
         raise ConfigError(f"{what} {path!r} does not exist")
+
+
+def read_checkpoint(path: str, what: str = "checkpoint") -> dict:
+    """A fairseq checkpoint (safe loading), or one ConfigError line naming the file."""
+    require_file(path, what)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state["model"]

@@ -18,9 +18,11 @@ def masks_of(path: str):
     """(masks {module name: bool array}, model cfg, stored tensor bytes, artifact bytes or None) of a file."""
     from . import artifact
 
-    with open(path, "rb") as f:
-        head = f.read(8) if os.path.isfile(path) else b""
-    if os.path.isfile(path) and head[:2] != b"PK":  # torch checkpoints are zip files; artifacts are safetensors
+    head = b""
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+    if head and head[:2] != b"PK":  # torch checkpoints are zip files; artifacts are safetensors
         meta, tensors = artifact.read(path)
         masks = {n: artifact.mask_of(meta, tensors, n).reshape(s) for n, s in meta["masks"].items()}
         stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])

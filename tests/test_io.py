@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import olt
 
 from one_layer_lottery.errors import ConfigError
 from one_layer_lottery.io import atomic_path, read_checkpoint, stored_bytes, write_text
@@ -25,8 +26,25 @@ def test_read_checkpoint_names_the_file_in_one_line(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="--pretrained-embeddings '.*bad.pt' is not a readable fairseq checkpoint"):
         read_checkpoint(str(tmp_path / "bad.pt"), "--pretrained-embeddings")
+    with pytest.raises(ConfigError, match="checkpoint '.*' is a directory, not a file"):
+        read_checkpoint(str(tmp_path))
     torch.save({"model": {"w": torch.ones(1)}}, tmp_path / "ok.pt")
     assert read_checkpoint(str(tmp_path / "ok.pt"))["model"]["w"].item() == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory"])
+def test_every_command_refuses_a_missing_or_directory_input_in_one_line(tmp_path, kind):
+    bad = tmp_path / "missing.pt" if kind == "missing" else tmp_path
+    out = tmp_path / "out"
+    commands = [["summary", bad], ["export", bad, out], ["translate", bad, "hallo"], ["expand", bad, out],
+                ["inspect", bad], ["average", bad, "--out", out], ["bleu", bad, bad],
+                ["analyze", bad, bad, "--data", tmp_path], ["classify", bad, tmp_path]]
+    for argv in commands:
+        r = olt(*argv, check=False)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, (argv, r.stderr[-2000:])
+        assert lines[0].startswith("one-layer-lottery: error: ") and str(bad) in lines[0], (argv, lines)
+        assert not out.exists(), argv
 
 
 def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
