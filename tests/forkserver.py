@@ -38,6 +38,20 @@ def _exit_code(value) -> int:
     return 1
 
 
+def _load(ep):
+    """The entry point's function, its module imported as in a new process: its top level runs on a fresh root
+    logger, which then gets what fairseq's import did to it (logging.basicConfig) only if the module left it alone."""
+    import importlib
+    import logging
+
+    root = logging.getLogger()
+    importlib.import_module(ep.module)
+    if not root.handlers:
+        root.handlers[:] = _FAIRSEQ_LOGGING[0]
+        root.setLevel(_FAIRSEQ_LOGGING[1])
+    return ep.load()
+
+
 def _child(req) -> None:
     """In the forked child: become the command, run it, and never return."""
     import atexit
@@ -58,16 +72,8 @@ def _child(req) -> None:
         from importlib.metadata import entry_points
 
         (ep,) = [e for e in entry_points(group="console_scripts") if e.name == req["name"]]
-        import importlib
-        import logging
-
-        root = logging.getLogger()
-        importlib.import_module(ep.module)  # its top level on a fresh root logger, as in a new process
-        if not root.handlers:  # as fairseq's import would have configured it (logging.basicConfig)
-            root.handlers[:] = _FAIRSEQ_LOGGING[0]
-            root.setLevel(_FAIRSEQ_LOGGING[1])
         try:
-            code = _exit_code(ep.load()())
+            code = _exit_code(_load(ep)())
         except SystemExit as e:
             code = _exit_code(e.code)
         except BaseException:  # noqa: BLE001 - what the interpreter would print and exit 1 on
