@@ -124,7 +124,8 @@ def main(argv=None) -> int:
         return result
 
     if not os.path.isdir(data):  # one shared preparation (sentencepiece + binarization) for every run
-        subprocess.run([os.path.join(os.path.dirname(sys.executable), "one-layer-lottery"), "prepare", a.raw_dir, data,
+        from common import command  # imports fairseq: only where it is needed
+        subprocess.run([command("one-layer-lottery"), "prepare", a.raw_dir, data,
                         "--src", _opt(shape, "--src", "de"), "--tgt", _opt(shape, "--tgt", "en"),
                         "--vocab-size", _opt(shape, "--vocab", "6000")], check=True)
     # (run name, convergence.py models, flags, seed); the dense runs first: the pre-trained runs wait for them

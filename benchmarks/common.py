@@ -18,7 +18,9 @@ from one_layer_lottery import data
 from one_layer_lottery.errors import ConfigError
 from one_layer_lottery.io import atomic_path
 
-BIN = os.path.dirname(sys.executable)
+# fairseq-train, fairseq-generate and one-layer-lottery: beside this Python, or in ONE_LAYER_LOTTERY_BIN (the tests
+# point it at shims that fork each command from a process that has imported torch and fairseq already)
+BIN = os.environ.get("ONE_LAYER_LOTTERY_BIN") or os.path.dirname(sys.executable)
 USER_DIR = os.path.join(ROOT, "one_layer_lottery")
 GENERATION = {"beam": 5, "max_len_a": 1.2, "max_len_b": 10}  # every benchmark's generation settings
 

@@ -30,13 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
-from common import add_parallel_args, add_shape_args
+from common import add_parallel_args, add_shape_args, command
 
 from one_layer_lottery.classify import predict, scores
 from one_layer_lottery.errors import ConfigError
 from one_layer_lottery.glue import TASKS, prepare_glue
 
-BIN = os.path.dirname(sys.executable)
 # task: (classifier updates, sentences a batch, F1 reported); MRPC and RTE are small: several epochs
 BUDGET = {"SST-2": (1500, 32, False), "MRPC": (600, 16, True), "RTE": (600, 16, False), "QQP": (3000, 32, True),
           "MNLI": (3000, 32, False)}
@@ -46,7 +45,7 @@ MLM_UPDATES = 400
 def fairseq_train(a, args: list, log: str) -> None:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
     with open(log, "w", encoding="utf-8") as f:
-        r = subprocess.run([os.path.join(BIN, "fairseq-train"), *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
+        r = subprocess.run([command("fairseq-train"), *map(str, args)], stdout=f, stderr=subprocess.STDOUT,
                            env=env, check=False)
     if r.returncode != 0:
         raise ConfigError(f"fairseq-train failed (exit {r.returncode}); see {log}")

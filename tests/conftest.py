@@ -28,6 +28,30 @@ def _fork_server():
     return _FORK[0]
 
 
+# the console scripts a shim can fork: fairseq's and ours
+COMMANDS = ("fairseq-generate", "fairseq-hydra-train", "fairseq-interactive", "fairseq-preprocess", "fairseq-score",
+            "fairseq-train", "fairseq-validate", "one-layer-lottery")
+
+
+def script_env(**extra) -> dict:
+    """The environment a shell recipe runs in, as a user's would: this environment's console scripts first on PATH,
+    where they can be, the fork server's shims (forkserver.py: the same commands, 5-8 s less start-up each)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    shims = _fork_server().shims(env, COMMANDS)
+    return dict(env, PATH=os.pathsep.join(p for p in (shims, BIN, os.environ["PATH"]) if p), **extra)
+
+
+def run_benchmark(script, *args, timeout=900):
+    """`python benchmarks/SCRIPT ARGS` as a user runs it, with its fairseq-* and one-layer-lottery commands taken from
+    the fork server's shims where they can be (ONE_LAYER_LOTTERY_BIN, read by benchmarks/common.py)."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    shims = _fork_server().shims(env, COMMANDS)
+    if shims:
+        env["ONE_LAYER_LOTTERY_BIN"] = shims
+    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout, check=False)
+
+
 def run_cli(*args, check=True, cwd=ROOT, timeout=600):
     """Run one of the installed commands (fairseq-*, one-layer-lottery) as a user would: its own process, with
     its argv, working directory and environment. A fork of a process that has already imported torch and

@@ -3,19 +3,16 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, benchmark_main
+from conftest import benchmark_main, run_benchmark
 
 TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
         "--vocab", "600", "--max-tokens", "1024", "--warmup", "2"]
 
 
 def _run(script, *args, timeout=900):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False)
+    return run_benchmark(script, *args, timeout=timeout)
 
 
 @pytest.mark.e2e

@@ -3,11 +3,9 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from conftest import ROOT, benchmark_main
+from conftest import ROOT, benchmark_main, run_benchmark
 
 SCRIPT = os.path.join(ROOT, "benchmarks", "convergence.py")
 TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers", "1", "--heads", "2",
@@ -15,8 +13,7 @@ TINY = ["--src", "src", "--tgt", "tgt", "--dim", "32", "--ffn", "64", "--layers"
 
 
 def _run(*args):
-    return subprocess.run([sys.executable, SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=ROOT,
-                          timeout=900, check=False)
+    return run_benchmark("convergence.py", *args)
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +68,8 @@ def ablation_work(tiny_corpus, tmp_path_factory):
 
 
 def _ablation(tiny_corpus, work, *args):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "ablation.py"), str(tiny_corpus.root / "raw"),
-                        *TINY, "--work", str(work), "--seeds", "1", "--updates", "2", *args], capture_output=True,
-                       text=True, cwd=ROOT, timeout=900, check=False)
+    r = run_benchmark("ablation.py", tiny_corpus.root / "raw", *TINY, "--work", work, "--seeds", "1", "--updates", "2",
+                      *args)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 

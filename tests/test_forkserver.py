@@ -1,10 +1,14 @@
 """The tests' warm start (forkserver.py): a forked command behaves as the fresh process it replaces."""
 
 import os
+import pathlib
+import signal
 import subprocess
+import threading
+import time
 
 import pytest
-from conftest import BIN, ROOT, SM, TRAIN, _fork_server, run_cli
+from conftest import BIN, ROOT, SM, TRAIN, _fork_server, run_cli, script_env
 
 pytestmark = pytest.mark.e2e  # runs our CLI in subprocesses
 
@@ -56,3 +60,67 @@ def test_fairseq_train_logs_where_a_fresh_one_does(tiny_corpus, tmp_path):
     assert ("INFO", "fairseq_cli.train") in _log_shape(forked.stdout)
     assert _log_shape(forked.stdout) == _log_shape(fresh.stdout)
     assert _log_shape(forked.stderr) == _log_shape(fresh.stderr)
+
+
+def _shimmed(server, name):
+    """The pids of the commands `name` the server's shims have forked so far."""
+    log = pathlib.Path(server.workdir, "shims.log")
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    return [int(line.rsplit(" ", 1)[1]) for line in lines if line.startswith(f"{name}: forked, pid ")]
+
+
+def test_a_shimmed_command_matches_a_fresh_process(trained, tiny_corpus, tmp_path):
+    """What scripts and benchmarks run through the shims (script_env's PATH, ONE_LAYER_LOTTERY_BIN): the shim's stdin,
+    stdout and stderr are the command's, output comes as it is written under PYTHONUNBUFFERED (the benchmarks set it),
+    and the shim exits as the command does."""
+    server = _fork_server()
+    env = script_env(PYTHONUNBUFFERED="1")
+    before = len(_shimmed(server, "fairseq-interactive"))
+    argv = ["fairseq-interactive", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path", str(trained),
+            "--beam", "2", "--max-len-b", "10"]
+    line = (tiny_corpus.root / "prep" / "spm" / "test.src").read_text(encoding="utf-8").splitlines()[0]
+    shim = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(120, shim.kill)  # output held back until the end would block readline for ever
+    watchdog.start()
+    try:
+        shim.stdin.write(line + "\n")
+        shim.stdin.flush()
+        seen = []
+        while not seen or not seen[-1].startswith("P-0"):  # its translation, with stdin still open
+            seen.append(shim.stdout.readline())
+            assert seen[-1], "".join(seen) + shim.stderr.read()
+        shim.stdin.close()
+        assert shim.wait(timeout=120) == 0
+    finally:
+        watchdog.cancel()
+        shim.kill()
+    assert len(_shimmed(server, "fairseq-interactive")) == before + 1, "the shim ran a fresh process"
+    fresh = subprocess.run([os.path.join(BIN, argv[0]), *argv[1:]], input=line + "\n", cwd=ROOT, env=env,
+                           capture_output=True, text=True, check=True)
+    outputs = [[x for x in text.splitlines() if x[:2] in ("S-", "H-", "D-", "P-")] for text in ("".join(seen), fresh.stdout)]
+    assert outputs[0] == outputs[1] and outputs[0]
+    bad = subprocess.run(["fairseq-interactive", tiny_corpus.bin, "--path", str(tmp_path / "none.pt")], cwd=ROOT,
+                         env=env, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1 and "none.pt" in bad.stderr and len(_shimmed(server, "fairseq-interactive")) == before + 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_a_signalled_shim_takes_its_command_with_it(trained, tiny_corpus, signum):
+    """A runner that stops a command stops it: TERM is passed on (the shim then dies of it, as the command did);
+    a shim killed outright leaves no command behind."""
+    server = _fork_server()
+    before = _shimmed(server, "fairseq-interactive")
+    shim = subprocess.Popen(["fairseq-interactive", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path",
+                             str(trained)], cwd=ROOT, env=script_env(), stdin=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(_shimmed(server, "fairseq-interactive")) == len(before) and time.time() < deadline:
+        time.sleep(0.1)
+    (pid,) = _shimmed(server, "fairseq-interactive")[len(before):]
+    shim.send_signal(signum)
+    assert shim.wait(timeout=60) == -signum
+    while os.path.exists(f"/proc/{pid}") and time.time() < deadline:  # reaped by the process that forked it
+        time.sleep(0.1)
+    assert not os.path.exists(f"/proc/{pid}"), f"the command {pid} outlived its shim"
+    assert f"fairseq-interactive: pid {pid} exited {-signum}" in (pathlib.Path(server.workdir) / "shims.log").read_text()

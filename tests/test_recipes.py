@@ -6,16 +6,15 @@ import re
 import subprocess
 
 import pytest
-from conftest import BIN, ROOT, SHARED_DATA
+from conftest import ROOT, SHARED_DATA, script_env
 
 pytestmark = pytest.mark.e2e  # runs fairseq-* commands, CLIs or scripts in subprocesses
 
-ENV = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONWARNINGS="ignore")
 MULTI30K = os.path.join(SHARED_DATA, "multi30k")
 
 
 def sh(*args, check=True):
-    r = subprocess.run(["bash", *map(str, args)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900,
+    r = subprocess.run(["bash", *map(str, args)], cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=900,
                        check=False)
     if check and r.returncode != 0:
         raise AssertionError(f"{args} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
@@ -79,7 +78,7 @@ def test_pretrained_embeddings_recipe(tiny_corpus, tmp_path):
                                          " checkpoint.best_checkpoint_metric=loss"
                                          " checkpoint.maximize_best_checkpoint_metric=false")
     r = subprocess.run(["bash", "scripts/pretrained-embeddings.sh", data, str(tmp_path), "iwslt14", "small"], cwd=ROOT,
-                       env=dict(ENV, OVERRIDES=shrink), capture_output=True, text=True, timeout=900, check=False)
+                       env=script_env(OVERRIDES=shrink), capture_output=True, text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     import torch
 
@@ -93,7 +92,7 @@ def test_pretrained_embeddings_recipe(tiny_corpus, tmp_path):
 
 def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
     """The first README command's pipeline (scripts/demo.sh), shrunk: DATA=DIR branch, summary printed."""
-    env = dict(ENV, WORK=str(tmp_path / "demo"), UPDATES="3", DIM="32", FFN="32", LAYERS="1", HEADS="2",
+    env = script_env(WORK=str(tmp_path / "demo"), UPDATES="3", DIM="32", FFN="32", LAYERS="1", HEADS="2",
                VOCAB="300", SRC="src", TGT="tgt")
     r = subprocess.run(["bash", "scripts/demo.sh", tiny_corpus.raw], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=900, check=False)
