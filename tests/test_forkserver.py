@@ -10,7 +10,8 @@ import time
 import pytest
 from conftest import BIN, ROOT, SM, TRAIN, _fork_server, run_cli, script_env
 
-pytestmark = pytest.mark.e2e  # runs our CLI in subprocesses
+pytestmark = [pytest.mark.e2e,  # runs our CLI in subprocesses
+              pytest.mark.skipif(os.environ.get("OLL_TESTS_FORK") == "0", reason="the fork server is off (OLL_TESTS_FORK=0)")]
 
 
 def test_a_forked_command_matches_a_fresh_process(tmp_path):
