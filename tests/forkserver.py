@@ -19,8 +19,9 @@ directory of shims (Server.shims: one small executable per console script, put f
 a benchmark's command directory) hands each command over with its argv, working directory, environment and its
 stdin, stdout and stderr (the file descriptors themselves). A process per command then waits for it and answers
 its exit status, which the shim exits with (a signal's death by that signal); a signal the shim receives (TERM,
-INT, HUP) is passed on to the command's process group, which is killed if the shim dies first. A command's CPU time
-is its own process's, not the shim's: the study's runner, which reads a trainer's CPU from /proc, is not shimmed.
+INT, HUP) is passed on to the command's process group, which is killed if the shim dies first; one the shim was
+started with ignored, the command ignores. A command's CPU time is its own process's, not the shim's: the study's
+runner, which reads a trainer's CPU from /proc, is not shimmed.
 
 Run as a script, this file is the server: it reads one JSON request a line on stdin, answers {"pid": N} once the
 child exists and {"status": S} when it has ended (S as subprocess reports it: negative for a signal)."""
@@ -97,6 +98,8 @@ def _child(req, stdio=None) -> None:
             os.dup2(new, fd)
         for new in set(stdio) - {0, 1, 2}:
             os.close(new)
+        for signum in req.get("ignored", ()):
+            signal.signal(signum, signal.SIG_IGN)
         os.chdir(req["cwd"])
         os.environ.clear()
         os.environ.update(req["env"])
@@ -342,7 +345,10 @@ def shim(socket_path: str, real: str) -> None:
     where the server cannot be reached or the start-up environment differs from the server's."""
     argv = sys.argv[1:]
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    forwarded = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    # TERM, INT and HUP, but those this process was started with ignored (a background job's INT, nohup's HUP): the
+    # command ignores them too
+    original = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    forwarded = [s for s, handler in original.items() if handler != signal.SIG_IGN]
 
     def forward(signum, _frame):
         try:
@@ -351,8 +357,8 @@ def shim(socket_path: str, real: str) -> None:
             pass
 
     def run_here():
-        for signum in forwarded:
-            signal.signal(signum, signal.SIG_DFL)
+        for signum, handler in original.items():
+            signal.signal(signum, handler)
         conn.close()
         os.execv(real, [real, *argv])
 
@@ -361,7 +367,7 @@ def shim(socket_path: str, real: str) -> None:
     try:
         conn.connect(socket_path)
         req = json.dumps({"name": os.path.basename(real), "path": real, "argv": argv, "cwd": os.getcwd(),
-                          "env": dict(os.environ)}).encode()
+                          "env": dict(os.environ), "ignored": [int(s) for s in original if s not in forwarded]}).encode()
         socket.send_fds(conn, [struct.pack("!Q", len(req))], [0, 1, 2])
         conn.sendall(req)
     except OSError:

@@ -106,22 +106,40 @@ def test_a_shimmed_command_matches_a_fresh_process(trained, tiny_corpus, tmp_pat
     assert bad.returncode == 1 and "none.pt" in bad.stderr and len(_shimmed(server, "fairseq-interactive")) == before + 2
 
 
+def _interactive_behind_a_shim(server, trained, tiny_corpus, **popen):
+    """A shimmed fairseq-interactive waiting on its stdin, and the pid of its command, once that has logged a line."""
+    before = _shimmed(server, "fairseq-interactive")
+    shim = subprocess.Popen(["fairseq-interactive", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path",
+                             str(trained)], cwd=ROOT, env=script_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, **popen)
+    assert shim.stdout.readline(), "the command wrote nothing"
+    (pid,) = _shimmed(server, "fairseq-interactive")[len(before):]
+    return shim, pid
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
 def test_a_signalled_shim_takes_its_command_with_it(trained, tiny_corpus, signum):
     """A runner that stops a command stops it: TERM is passed on (the shim then dies of it, as the command did);
     a shim killed outright leaves no command behind."""
     server = _fork_server()
-    before = _shimmed(server, "fairseq-interactive")
-    shim = subprocess.Popen(["fairseq-interactive", tiny_corpus.bin, "--user-dir", "one_layer_lottery", "--path",
-                             str(trained)], cwd=ROOT, env=script_env(), stdin=subprocess.PIPE,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(_shimmed(server, "fairseq-interactive")) == len(before) and time.time() < deadline:
-        time.sleep(0.1)
-    (pid,) = _shimmed(server, "fairseq-interactive")[len(before):]
+    shim, pid = _interactive_behind_a_shim(server, trained, tiny_corpus)
     shim.send_signal(signum)
     assert shim.wait(timeout=60) == -signum
+    deadline = time.time() + 60
     while os.path.exists(f"/proc/{pid}") and time.time() < deadline:  # reaped by the process that forked it
         time.sleep(0.1)
     assert not os.path.exists(f"/proc/{pid}"), f"the command {pid} outlived its shim"
     assert f"fairseq-interactive: pid {pid} exited {-signum}" in (pathlib.Path(server.workdir) / "shims.log").read_text()
+
+
+def test_a_signal_the_shim_was_started_ignoring_its_command_ignores(trained, tiny_corpus):
+    """As with nohup: a command started with HUP ignored lives through one, sent to it or to its shim."""
+    server = _fork_server()
+    shim, pid = _interactive_behind_a_shim(server, trained, tiny_corpus,
+                                           preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    os.kill(pid, signal.SIGHUP)
+    shim.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert shim.poll() is None and os.path.exists(f"/proc/{pid}")
+    shim.terminate()
+    assert shim.wait(timeout=60) == -signal.SIGTERM
