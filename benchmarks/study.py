@@ -257,10 +257,12 @@ def trained(run: Run) -> int:
 
 
 def saved(run: Run) -> bool:
-    """Whether the checkpoint of the run's last validation has been written."""
+    """Whether the checkpoint of the run's last validation has been written: fairseq logs "Saved checkpoint" once it
+    and its copies (checkpoint_best.pt, checkpoint_last.pt) are on disk; other lines may follow at once (an epoch
+    that ends just after the validation)."""
     with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
-        lines = f.read().strip().splitlines()
-    return bool(lines) and f"@ {trained(run)} updates" in lines[-1] and "Saved checkpoint" in lines[-1]
+        saves = set(map(int, SAVED.findall(f.read())))
+    return trained(run) in saves
 
 
 def complete(run: Run) -> bool:

@@ -52,6 +52,33 @@ def test_best_patience_and_halving_read_from_the_logs(tmp_path, monkeypatch):
     assert {r.name: r.max_update for r in runs} == {"dense-lr1e-3-d0.1-s1": 8, "dense-lr2e-3-d0.1-s1": a.cap}
 
 
+def _saved_line(update: int, bleu: float) -> str:
+    return (f"2026-12-02 10:00:01 | INFO | fairseq.checkpoint_utils | Saved checkpoint ckpt/checkpoint_3_{update}.pt "
+            f"(epoch 3 @ {update} updates, score {bleu}) (writing took 0.1 seconds)\n")
+
+
+def test_a_run_out_of_patience_is_stopped_once_its_last_validation_is_saved(tmp_path, monkeypatch):
+    """Even where an epoch ends right after that save (the study's masks-only winner trained on past its patience
+    when the save was followed within seconds by the epoch's end)."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--patience", "2"])
+    run = _run_with_log(tmp_path, "r", [(4, 3.0), (8, 2.0), (12, 2.5)])  # two validations without a better one
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    active = {"r": study.Job(run, proc.pid, time.time(), 0, proc)}
+    try:
+        study.reap(a, active, {})
+        assert "r" in active and proc.poll() is None  # the checkpoint of update 12 is not written yet: it trains on
+        with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_saved_line(12, 2.5))
+            f.write("2026-12-02 10:00:02 | INFO | fairseq_cli.train | end of epoch 3 (average epoch stats below)\n"
+                    "2026-12-02 10:00:02 | INFO | fairseq.trainer | begin training epoch 4\n")
+        study.reap(a, active, {})
+        assert "r" not in active and proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_not(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     run = _run_with_log(tmp_path, "r", [(100, 1.0), (200, 2.0)])
