@@ -33,19 +33,23 @@ COMMANDS = ("fairseq-generate", "fairseq-hydra-train", "fairseq-interactive", "f
             "fairseq-train", "fairseq-validate", "one-layer-lottery")
 
 
+def _command_env() -> tuple[dict, str | None]:
+    """The environment the tests run commands in (warnings off), and the fork server's shim directory, or None."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return env, _fork_server().shims(env, COMMANDS)
+
+
 def script_env(**extra) -> dict:
     """The environment a shell recipe runs in, as a user's would: this environment's console scripts first on PATH,
     where they can be, the fork server's shims (forkserver.py: the same commands, 5-8 s less start-up each)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    shims = _fork_server().shims(env, COMMANDS)
+    env, shims = _command_env()
     return dict(env, PATH=os.pathsep.join(p for p in (shims, BIN, os.environ["PATH"]) if p), **extra)
 
 
 def run_benchmark(script, *args, timeout=900):
     """`python benchmarks/SCRIPT ARGS` as a user runs it, with its fairseq-* and one-layer-lottery commands taken from
     the fork server's shims where they can be (ONE_LAYER_LOTTERY_BIN, read by benchmarks/common.py)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    shims = _fork_server().shims(env, COMMANDS)
+    env, shims = _command_env()
     if shims:
         env["ONE_LAYER_LOTTERY_BIN"] = shims
     return subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *map(str, args)],

@@ -14,8 +14,8 @@ MULTI30K = os.path.join(SHARED_DATA, "multi30k")
 
 
 def sh(*args, check=True):
-    r = subprocess.run(["bash", *map(str, args)], cwd=ROOT, env=script_env(), capture_output=True, text=True, timeout=900,
-                       check=False)
+    r = subprocess.run(["bash", *map(str, args)], cwd=ROOT, env=script_env(), capture_output=True, text=True,
+                       timeout=900, check=False)
     if check and r.returncode != 0:
         raise AssertionError(f"{args} exited {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     return r
@@ -93,7 +93,7 @@ def test_pretrained_embeddings_recipe(tiny_corpus, tmp_path):
 def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
     """The first README command's pipeline (scripts/demo.sh), shrunk: DATA=DIR branch, summary printed."""
     env = script_env(WORK=str(tmp_path / "demo"), UPDATES="3", DIM="32", FFN="32", LAYERS="1", HEADS="2",
-               VOCAB="300", SRC="src", TGT="tgt")
+                     VOCAB="300", SRC="src", TGT="tgt")
     r = subprocess.run(["bash", "scripts/demo.sh", tiny_corpus.raw], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=900, check=False)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
