@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import warnings
 
 import numpy as np
 import torch
@@ -316,6 +317,11 @@ def hub(path: str, **generation):
 
         def remove_bpe(self, sentence: str) -> str:
             return pieces[1].decode(sentence.split()) if pieces else sentence
+
+        def _build_batches(self, *args, **kwargs):
+            with warnings.catch_warnings():  # fairseq asks every loader to pin memory, which a CPU cannot
+                warnings.filterwarnings("ignore", "'pin_memory' argument is set as true", UserWarning)
+                return super()._build_batches(*args, **kwargs)
 
     model, src_dict, tgt_dict, meta = load_model(path)
     if model_class(meta["cfg"]["model"]).task_name != "translation":
