@@ -922,16 +922,21 @@ def publish(a, out: str) -> list[str]:
                                                     for k, v in state["model"].items()}}
             torch.save(state, os.path.join(out, name))
         written.append(name)
-        notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {os.path.getsize(os.path.join(out, name)):,} |")
+        notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {median[1]} | {r['seeds_done']}/"
+                     f"{r['seeds_planned']} | {os.path.getsize(os.path.join(out, name)):,} |")
     for folder, prefix in (("bin", "dict."), ("spm", "spm.")):  # what the dense model needs to read raw text
         for f in sorted(os.listdir(os.path.join(WORK, "data", folder))):
             if f.startswith(prefix) and f.endswith((".txt", ".model")):
                 shutil.copyfile(os.path.join(WORK, "data", folder, f), os.path.join(out, f))
     write_text(os.path.join(out, "README.md"), "\n".join([
         "# Multi30k de-en models (converged study, benchmarks/study.py)", "",
-        "| file | model | test BLEU (test_2016_flickr, median seed) | bytes |", "|---|---|---|---|", *notes, "",
+        ("| file | model | test BLEU (test_2016_flickr) | run (the median of the seeds finished) | seeds finished | "
+         "bytes |"), "|---|---|---|---|---|---|", *notes, "",
         ("`one-layer-lottery translate FILE.olt \"Ein Hund läuft durch den Park.\"`; the dense model: "
-        "`fairseq-interactive DIR --path dense_fp16.pt` over this folder's dictionaries."), ""]))
+         "`fairseq-interactive DIR --path dense_fp16.pt` over this folder's dictionaries."), "",
+        (f"Reproduce: `python benchmarks/study.py RAW_DIR --parts {','.join(a.parts)}` trains every run to "
+         f"convergence under its work directory (runs/RUN), tuning first; `--publish DIR` copies these files from "
+         f"the median seed of each row. Published {time.strftime('%Y-%m-%d', time.gmtime())}."), ""]))
     return written
 
 

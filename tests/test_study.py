@@ -284,7 +284,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
-    assert (tmp_path / "models" / "dense_fp16.pt").exists() and (tmp_path / "models" / "README.md").exists()
+    assert (tmp_path / "models" / "dense_fp16.pt").exists()
+    card = (tmp_path / "models" / "README.md").read_text()
+    assert "| `masks_only.olt` |" in card and "| mask-" in card and "--parts" in card  # its run and its command
     out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
                           "eine kleine Katze"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip()
