@@ -918,8 +918,12 @@ def publish(a, out: str) -> list[str]:
             shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
         else:
             state = torch.load(os.path.join(src, "checkpoint_best.pt"), map_location="cpu", weights_only=True)
-            state = {"cfg": state["cfg"], "model": {k: v.half() if v.is_floating_point() else v
-                                                    for k, v in state["model"].items()}}
+            # what fairseq's loader expects of a checkpoint, without the optimizer's state
+            history = [{k: v for k, v in state["optimizer_history"][-1].items() if k != "optimizer"}]
+            state = {"cfg": state["cfg"], "args": None, "model": {k: v.half() if v.is_floating_point() else v
+                                                                  for k, v in state["model"].items()},
+                     "optimizer_history": history, "extra_state": {"train_iterator": {"epoch": 1}},
+                     "last_optimizer_state": None}
             torch.save(state, os.path.join(out, name))
         written.append(name)
         notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {median[1]} | {r['seeds_done']}/"
@@ -928,12 +932,19 @@ def publish(a, out: str) -> list[str]:
         for f in sorted(os.listdir(os.path.join(WORK, "data", folder))):
             if f.startswith(prefix) and f.endswith((".txt", ".model")):
                 shutil.copyfile(os.path.join(WORK, "data", folder, f), os.path.join(out, f))
+    spm = next(f for f in (f"spm.{a.src}.model", "spm.joined.model", "") if os.path.exists(os.path.join(out, f)))
+    where = os.path.abspath(out)  # as seen from the repository's root
+    where = os.path.relpath(where, ROOT) if where.startswith(ROOT + os.sep) else where
     write_text(os.path.join(out, "README.md"), "\n".join([
         "# Multi30k de-en models (converged study, benchmarks/study.py)", "",
         ("| file | model | test BLEU (test_2016_flickr) | run (the median of the seeds finished) | seeds finished | "
          "bytes |"), "|---|---|---|---|---|---|", *notes, "",
-        ("`one-layer-lottery translate FILE.olt \"Ein Hund läuft durch den Park.\"`; the dense model: "
-         "`fairseq-interactive DIR --path dense_fp16.pt` over this folder's dictionaries."), "",
+        ("A supermask model, plain text in and out: `one-layer-lottery translate FILE.olt \"Ein Hund läuft durch "
+         "den Park.\"`. The dense model, with stock fairseq from the repository's root (the user-dir lets torch "
+         "load a fairseq checkpoint safely):"), "", "```bash",
+        f"echo \"Ein Hund läuft durch den Park.\" | fairseq-interactive {where} --user-dir one_layer_lottery \\",
+        f"    --path {where}/dense_fp16.pt --source-lang {a.src} --target-lang {a.tgt} --beam 5 \\",
+        f"    --bpe sentencepiece --sentencepiece-model {where}/{spm}", "```", "",
         (f"Reproduce: `python benchmarks/study.py RAW_DIR --parts {','.join(a.parts)}` trains every run to "
          f"convergence under its work directory (runs/RUN), tuning first; `--publish DIR` copies these files from "
          f"the median seed of each row. Published {time.strftime('%Y-%m-%d', time.gmtime())}."), ""]))

@@ -287,6 +287,11 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert (tmp_path / "models" / "dense_fp16.pt").exists()
     card = (tmp_path / "models" / "README.md").read_text()
     assert "| `masks_only.olt` |" in card and "| mask-" in card and "--parts" in card  # its run and its command
+    dense = card.split("```bash\n")[1].split("```")[0]  # the card's command for the dense model, run as written
+    env = dict(os.environ, PATH=os.path.dirname(common.command("fairseq-interactive")) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", dense], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600, check=False)
+    assert r.returncode == 0 and re.search(r"^H-0\t", r.stdout, re.MULTILINE), r.stderr[-2000:]
     out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
                           "eine kleine Katze"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip()
