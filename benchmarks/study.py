@@ -940,11 +940,13 @@ def publish(a, out: str) -> list[str]:
         ("| file | model | test BLEU (test_2016_flickr) | run (the median of the seeds finished) | seeds finished | "
          "bytes |"), "|---|---|---|---|---|---|", *notes, "",
         ("A supermask model, plain text in and out: `one-layer-lottery translate FILE.olt \"Ein Hund läuft durch "
-         "den Park.\"`. The dense model, with stock fairseq from the repository's root (the user-dir lets torch "
-         "load a fairseq checkpoint safely):"), "", "```bash",
-        f"echo \"Ein Hund läuft durch den Park.\" | fairseq-interactive {where} --user-dir one_layer_lottery \\",
-        f"    --path {where}/dense_fp16.pt --source-lang {a.src} --target-lang {a.tgt} --beam 5 \\",
-        f"    --bpe sentencepiece --sentencepiece-model {where}/{spm}", "```", "",
+         "den Park.\"`."), "",
+        *([("The dense model, with stock fairseq from the repository's root (the user-dir lets torch load a fairseq "
+            "checkpoint safely):"), "", "```bash",
+           f"echo \"Ein Hund läuft durch den Park.\" | fairseq-interactive {where} --user-dir one_layer_lottery \\",
+           f"    --path {where}/dense_fp16.pt --source-lang {a.src} --target-lang {a.tgt} --beam 5 \\",
+           f"    --bpe sentencepiece --sentencepiece-model {where}/{spm}", "```", ""]
+          if "dense_fp16.pt" in written else []),
         (f"Reproduce: `python benchmarks/study.py RAW_DIR --parts {','.join(a.parts)}` trains every run to "
          f"convergence under its work directory (runs/RUN), tuning first; `--publish DIR` copies these files from "
          f"the median seed of each row. Published {time.strftime('%Y-%m-%d', time.gmtime())}."), ""]))
