@@ -21,3 +21,17 @@ def test_readme_is_short_and_links_resolve():
     assert len(text.splitlines()) <= 150
     for target in re.findall(r"\]\(((?:docs|benchmarks|scripts|models|examples)/[^)#]+)", text):
         assert os.path.exists(os.path.join(ROOT, target)), target
+
+
+def test_docs_pages_links_resolve():
+    import glob
+    import re
+
+    pages = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    assert len(pages) >= 10
+    for page in pages:
+        with open(page, encoding="utf-8") as f:
+            text = f.read()
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+            if not target.startswith(("http://", "https://", "mailto:")):
+                assert os.path.exists(os.path.join(os.path.dirname(page), target)), f"{page}: {target}"
