@@ -903,7 +903,7 @@ def report(a) -> str:
 def publish(a, out: str) -> list[str]:
     """The converged models a user would try: the median seed's masks-only and coated artifacts (each carrying its
     sentencepiece models) and the tuned dense model in fp16, with a README of their test BLEU and commands."""
-    import torch
+    from one_layer_lottery.io import read_checkpoint, save, weights_checkpoint
 
     rows = row_results(a, plan(a)[1])
     os.makedirs(out, exist_ok=True)
@@ -917,14 +917,10 @@ def publish(a, out: str) -> list[str]:
         if name.endswith(".olt"):
             shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
         else:
-            state = torch.load(os.path.join(src, "checkpoint_best.pt"), map_location="cpu", weights_only=True)
-            # what fairseq's loader expects of a checkpoint, without the optimizer's state
-            history = [{k: v for k, v in state["optimizer_history"][-1].items() if k != "optimizer"}]
-            state = {"cfg": state["cfg"], "args": None, "model": {k: v.half() if v.is_floating_point() else v
-                                                                  for k, v in state["model"].items()},
-                     "optimizer_history": history, "extra_state": {"train_iterator": {"epoch": 1}},
-                     "last_optimizer_state": None}
-            torch.save(state, os.path.join(out, name))
+            state = read_checkpoint(os.path.join(src, "checkpoint_best.pt"))
+            save(weights_checkpoint(state["cfg"], {k: v.half() if v.is_floating_point() else v
+                                                   for k, v in state["model"].items()},
+                                    state["optimizer_history"][-1]), os.path.join(out, name))
         written.append(name)
         notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {median[1]} | {r['seeds_done']}/"
                      f"{r['seeds_planned']} | {os.path.getsize(os.path.join(out, name)):,} |")
@@ -932,7 +928,7 @@ def publish(a, out: str) -> list[str]:
         for f in sorted(os.listdir(os.path.join(WORK, "data", folder))):
             if f.startswith(prefix) and f.endswith((".txt", ".model")):
                 shutil.copyfile(os.path.join(WORK, "data", folder, f), os.path.join(out, f))
-    spm = next(f for f in (f"spm.{a.src}.model", "spm.joined.model", "") if os.path.exists(os.path.join(out, f)))
+    spm = f"spm.{a.src}.model" if os.path.exists(os.path.join(out, f"spm.{a.src}.model")) else "spm.joined.model"
     where = os.path.abspath(out)  # as seen from the repository's root
     where = os.path.relpath(where, ROOT) if where.startswith(ROOT + os.sep) else where
     write_text(os.path.join(out, "README.md"), "\n".join([

@@ -18,7 +18,7 @@ import torch
 
 from . import masks
 from .errors import ConfigError
-from .io import atomic_path, is_regenerated, read_checkpoint, require_file, save
+from .io import atomic_path, is_regenerated, read_checkpoint, require_file, save, weights_checkpoint
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
@@ -281,11 +281,7 @@ def check_dictionaries(meta: dict, src_dict, tgt_dict, data: str) -> None:
 def expand(path: str, out: str, data: str | None = None) -> None:
     """Rebuild a fairseq checkpoint (loadable by stock fairseq-generate) from an artifact."""
     model, _, _, meta = load_model(path, data)
-    state = {"cfg": meta["cfg"], "model": model.state_dict(), "args": None,
-             "optimizer_history": [{"criterion_name": "none", "optimizer_name": "none",
-                                    "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-             "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}
-    save(state, out)
+    save(weights_checkpoint(meta["cfg"], model.state_dict()), out)
 
 
 def sentencepiece_of(meta: dict, tensors: dict):

@@ -80,6 +80,16 @@ def save(obj, path: str) -> None:
         torch.save(obj, tmp)
 
 
+def weights_checkpoint(cfg, model: dict, history: dict | None = None) -> dict:
+    """A fairseq checkpoint of a model's weights alone, as fairseq's loader takes it (fairseq-generate,
+    fairseq-interactive): no optimizer state; `history` is the training's last optimizer-history entry, if any."""
+    history = history or {"criterion_name": "none", "optimizer_name": "none", "lr_scheduler_state": {"best": None},
+                          "num_updates": 0}
+    return {"cfg": cfg, "model": model, "args": None, "last_optimizer_state": None,
+            "optimizer_history": [{k: v for k, v in history.items() if k != "optimizer"}],
+            "extra_state": {"train_iterator": {"epoch": 1}}}
+
+
 def is_regenerated(key: str) -> bool:
     """Whether a supermask state-dict entry is rebuilt from the weight seed (so no artifact or byte count holds it)."""
     return key.endswith((".frozen_weight", ".version")) or ".shared_layer_weights." in key
