@@ -987,10 +987,7 @@ def loop(a) -> int:
                 res = score(a, r, prepared)
                 print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
                       f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
-        by_name = {r.name: r for r in runs}
-        ready = [r for r in runs if r.name not in active and not complete(r)
-                 and all(by_name.get(n) and complete(by_name[n]) for n in r.needs)]
-        for r in sorted(ready, key=lambda r: (r.priority, r.name))[:max(a.jobs - len(active), 0)]:
+        for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
             active[r.name] = launch(a, r, os.path.join(prepared, "bin"))
@@ -1005,6 +1002,16 @@ def loop(a) -> int:
     print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
           ", ".join(f"{f}: {w}" for f, w in winners.items()))
     return 0
+
+
+def ready(runs: list[Run], active: dict) -> list[Run]:
+    """The runs that may train now, in the order they start: a run already under way before any fresh one (a
+    runner restarted after its trainers stopped resumes them rather than leave them half-trained behind new
+    runs), then by part and seed."""
+    by_name = {r.name: r for r in runs}
+    free = [r for r in runs if r.name not in active and not complete(r)
+            and all(by_name.get(n) and complete(by_name[n]) for n in r.needs)]
+    return sorted(free, key=lambda r: (trained(r) == 0, r.priority, r.name))
 
 
 def wait(active: dict, seconds: float = 5) -> None:

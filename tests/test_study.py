@@ -114,6 +114,20 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
     assert study.seconds_per_update(run) == pytest.approx(own) and study.seconds_per_update(other) == 7.2
 
 
+def test_a_run_under_way_resumes_before_fresh_runs(tmp_path, monkeypatch):
+    """A restarted runner (the trainers stop with the session) resumes a half-trained run before starting a fresh
+    one that ranks earlier; among fresh runs, part and seed order; a run waits for those it needs."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    first = study.Run("core-s1", [], 100, 3, (1, 1, 0))
+    later = study.Run("core-s2", [], 100, 3, (1, 2, 0))
+    half = _run_with_log(tmp_path, "core-s3", [(4, 1.0), (8, 2.0)])
+    half.priority, half.max_update = (1, 3, 0), 100
+    needy = study.Run("width-s1", [], 100, 3, (2, 1, 0), needs=("core-s1",))
+    runs = [first, later, half, needy]
+    assert [r.name for r in study.ready(runs, {})] == ["core-s3", "core-s1", "core-s2"]
+    assert [r.name for r in study.ready(runs, {"core-s3": None})] == ["core-s1", "core-s2"]
+
+
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     run = study.Run("r", [], 0, 3, ())
