@@ -344,7 +344,7 @@ def plan(a) -> tuple[list[Run], dict]:
                         runs.append(rewind)
                         k = float(extra[extra.index("--remaining-ratio") + 1])
                         needs, ticket = needs + (rewind.name,), (best_ckpt, rewind.dir, k)
-                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, (part_no, seed, 0), seed, width,
+                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
                                 needs, ticket))
     unique = {}
     for r in runs:
@@ -352,10 +352,16 @@ def plan(a) -> tuple[list[Run], dict]:
     return list(unique.values()), winners
 
 
+def queue(part_no: int, seed: int, sub: int = 0) -> tuple:
+    """A run's place in the queue after tuning: the core rows, seed by seed, then every later part's seed 1 before
+    any part's seed 2 (each row gets its first figure before its second seed trains)."""
+    return min(part_no, 2), seed, part_no, sub
+
+
 def tuned_run(a, family: str, setting: str, seed: int, part_no: int) -> Run:
     """The family's tuned setting trained to convergence on a seed (on seed 1, its tuning run)."""
     return Run(f"{family}-{setting}-s{seed}", setting_args(family, setting) + ["--seed", seed], a.cap, a.patience,
-               (part_no, seed, 0), seed)
+               queue(part_no, seed), seed)
 
 
 def rewind_run(a, setting: str, seed: int, part_no: int) -> Run:
@@ -363,7 +369,7 @@ def rewind_run(a, setting: str, seed: int, part_no: int) -> Run:
     tickets rewind to (the converged run kept no early checkpoint)."""
     return Run(f"dense_rewind-s{seed}", setting_args("dense", setting) + [
         "--arch", "pruned_transformer", "--save-weights-at-updates", str(a.rewind_update), "--seed", seed],
-        a.rewind_update, a.patience, (part_no, seed, -1), seed)
+        a.rewind_update, a.patience, queue(part_no, seed, -1), seed)
 
 
 # ---------------------------------------------------------------- training and scoring

@@ -128,6 +128,26 @@ def test_a_run_under_way_resumes_before_fresh_runs(tmp_path, monkeypatch):
     assert [r.name for r in study.ready(runs, {"core-s3": None})] == ["core-s1", "core-s2"]
 
 
+def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2",
+                          "--parts", "core,width,prune", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
+    names = [r.name for r in sorted(study.plan(a)[0], key=lambda r: (r.priority, r.name))]
+    blocks = [names[2:4], names[4:8], names[8:11], names[11:22], names[22:]]  # after the two tuning runs
+    assert [sorted(b) for b in blocks] == [
+        ["pretrained_frozen-s1", "pretrained_masked-s1"],  # core, seed by seed
+        ["dense-lr1e-3-d0.1-s2", "mask-lr4e-3-d0-c0-s2", "pretrained_frozen-s2", "pretrained_masked-s2"],
+        ["dense-lr1e-3-d0.1-s3", "mask-lr4e-3-d0-c0-s3", "pretrained_frozen-s3"],
+        sorted(["coats-s1", "dense_half-s1", "dense_wide-s1", "masks_only_wide-s1", "standard-s1",  # width ...
+                "dense_rewind-s1", "magnitude_k0.1-s1", "magnitude_k0.5-s1", "masks_only_k0.1-s1", "ticket_k0.1-s1",
+                "ticket_k0.5-s1"]),  # ... and prune, seed 1 of each before either's seed 2
+        sorted(["coats-s2", "dense_half-s2", "dense_wide-s2", "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
+                "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
+    assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
+
+
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     run = study.Run("r", [], 0, 3, ())
