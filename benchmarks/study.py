@@ -1,6 +1,6 @@
 """The converged study: every model trained to convergence, tuned and selected on validation, several seeds.
 
-    python benchmarks/study.py RAW_DIR [--parts tune,core,width,prune] [--work work/study] [--jobs 2] [--threads 1]
+    python benchmarks/study.py RAW_DIR [--parts tune,core,width,followup,prune] [--work work/study] [--jobs 2] [--threads 1]
     python benchmarks/study.py RAW_DIR --status        # where every run stands, with an ETA; launches nothing
     python benchmarks/study.py RAW_DIR --report        # the tables and plots from what has finished (partial rows
                                                        # marked): WORK/report.md, report.json, curves.png, bytes.png
@@ -19,6 +19,10 @@ Parts:
          dense embeddings (frozen; and masked, the authors' default, on 2 seeds); 3 seeds
   width  masks-only with a multicoated mask, masks-only at twice the width, dense at half and twice the width, the
          standard supermask (a random layer per depth); 2 seeds
+  followup  where masks-only misses its target, what the ablation points to, on top of the tuned setting: k annealed
+         from 1 (gradual sparsity) and a later-decaying score learning rate (a longer warmup under inverse_sqrt);
+         seed 1 of each to convergence, then the best of them and the tuned setting on validation BLEU; if a
+         variant wins, it alone is scored on test and trains seeds 2 and 3 (unselected variants never see test)
   prune  trained-weight pruning at every --kept fraction, with the tuned dense recipe and the same early stopping:
          magnitude pruning per tensor (a cubic ramp over --prune-ramp, after dense's warmup; validation, and so the
          checkpoint chosen, starts where the ramp ends) and the stabilized lottery ticket (the converged dense
@@ -98,7 +102,15 @@ ROWS = {
     "dense_half": ("dense Transformer at half the width", "dense", 0.5, [], (1, 2), "width"),
     "dense_wide": ("dense Transformer at twice the width", "dense", 2, [], (1, 2), "width"),
 }
-PARTS = ("tune", "core", "width", "prune")
+# part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
+FOLLOWUPS = {
+    "followup_anneal_k": ("one-layer masks-only, k annealed from 1 over the first 1,000 updates (cubic)",
+                          ["--ratio-anneal-updates", "1000"]),
+    "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)",
+                            ["--warmup-updates", "1000"]),
+}
+FOLLOWUP_SEEDS = (1, 2, 3)  # the chosen variant's, as the core row it would replace
+PARTS = ("tune", "core", "width", "followup", "prune")
 TICKET = "{ticket}"  # in a row's arguments: retrain a lottery ticket of the same seed's converged dense run
 ONE_LAYER_K = 0.5  # the one-layer arch's default --remaining-ratio: at this k the prune part's supermask is masks_only
 
@@ -124,7 +136,8 @@ def prune_rows(a) -> dict:
 
 
 def all_rows(a) -> dict:
-    return {**ROWS, **prune_rows(a)}
+    return {**ROWS, **{row: (label, "mask", 1, extra, FOLLOWUP_SEEDS, "followup")
+                       for row, (label, extra) in FOLLOWUPS.items()}, **prune_rows(a)}
 
 
 @dataclasses.dataclass
@@ -140,6 +153,7 @@ class Run:
     width: float = 1
     needs: tuple = ()  # runs that must be complete first (their checkpoints are read)
     ticket: tuple = ()  # a lottery ticket's (final dense checkpoint, directory of the weights to rewind to, k)
+    scored: bool = True  # scored on test once converged (not a follow-up variant that was not chosen)
 
     @property
     def dir(self) -> str:
@@ -319,12 +333,15 @@ def plan(a) -> tuple[list[Run], dict]:
     for family in FAMILIES:
         fam_runs, winners[family] = tuning(a, family)
         runs += fam_runs
+    chosen = followup_choice(a, winners)
     for part_no, part in enumerate(PARTS[1:], 1):
         if part not in a.parts:
             continue
         for row, (_, family, width, extra, seeds, row_part) in all_rows(a).items():
             if row_part != part or winners[family] is None:
                 continue
+            if part == "followup" and row != chosen:
+                seeds = seeds[:1]
             for seed in seeds[:a.seeds or None]:
                 name = f"{row}-s{seed}"
                 needs, ticket = (), ()
@@ -345,11 +362,24 @@ def plan(a) -> tuple[list[Run], dict]:
                         k = float(extra[extra.index("--remaining-ratio") + 1])
                         needs, ticket = needs + (rewind.name,), (best_ckpt, rewind.dir, k)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
-                                needs, ticket))
+                                needs, ticket, part != "followup" or row == chosen))
     unique = {}
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
     return list(unique.values()), winners
+
+
+def followup_choice(a, winners: dict) -> str | None:
+    """Part followup's choice on validation: the variant (or "masks_only", the tuned setting) whose converged seed-1
+    run has the best validation BLEU (the tuned setting on a tie); None until all of them have converged."""
+    if "followup" not in a.parts or winners["mask"] is None:
+        return None
+    tuned = tuned_run(a, "mask", winners["mask"], 1, 0)
+    candidates = {"masks_only": tuned, **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in FOLLOWUPS}}
+    if not all(complete(r) for r in candidates.values()):
+        return None
+    scores = {row: best(validations(r))[1] for row, r in candidates.items()}
+    return max(scores, key=lambda row: (scores[row], row == "masks_only"))
 
 
 def queue(part_no: int, seed: int, sub: int = 0) -> tuple:
@@ -749,6 +779,35 @@ def results_table(rows: dict, lines: list[str]) -> None:
                      f" | {'≈' if r['cpu_hours_estimated'] > 0 else ''}{r['cpu_hours']:.1f}{reuse} |")
 
 
+def followup_table(a, winners: dict, lines: list[str]) -> dict:
+    """Part followup: each variant's seed-1 run beside the tuned setting's, on validation only (the choice)."""
+    if "followup" not in a.parts or winners["mask"] is None:
+        return {}
+    chosen, rate = followup_choice(a, winners), measured_rate(a, 1)
+    lines += ["\n### Follow-up: masks-only variants, seed 1, chosen on validation BLEU\n",
+              "| variant | flags on top of the tuned setting | best valid BLEU (update) | trained | CPU h |",
+              "|---|---|---|---|---|"]
+    table = {}
+    candidates = {"masks_only": ("the tuned setting", [], tuned_run(a, "mask", winners["mask"], 1, 0)),
+                  **{row: (label, extra, Run(f"{row}-s1", [], a.cap, a.patience, ()))
+                     for row, (label, extra) in FOLLOWUPS.items()}}
+    for row, (label, extra, run) in candidates.items():
+        vals = validations(run)
+        top = best(vals) if vals else None
+        state = "converged" if complete(run) else "training" if vals else "waiting"
+        table[row] = {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None,
+                      "trained": trained(run), "state": state}
+        mark = " **chosen**" if row == chosen else ""
+        lines.append(f"| {label}{mark} | `{' '.join(extra) or '-'}` | "
+                     f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {trained(run):,} ({state}) | "
+                     f"{cpu_hours(run.dir, trained(run), rate)[1]} |")
+    lines.append("\n" + ("Not chosen yet: every variant's seed 1 must converge first." if chosen is None else
+                          "The tuned setting stays best on validation: no variant goes on to test." if
+                          chosen == "masks_only" else
+                          f"Chosen: `{chosen}`; only it is scored on test, and it trains seeds 2 and 3."))
+    return {"variants": table, "chosen": chosen}
+
+
 def pruning_table(a, rows: dict, lines: list[str]) -> None:
     """Part prune at every --kept fraction: trained-weight pruning beside the one-layer supermask (seed means)."""
     if not any(r["part"] == "prune" for r in rows.values()):
@@ -888,6 +947,7 @@ def report(a) -> str:
     rows = row_results(a, winners)
     ratios_(rows, data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}")))
     results_table(rows, lines)
+    followup = followup_table(a, winners, lines)
     pruning_table(a, rows, lines)
     compared = analysis(a, rows)
     if compared:
@@ -902,7 +962,8 @@ def report(a) -> str:
         lines.append("\n" + ", ".join(written))
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(a.work, "report.md"), text)
-    write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points})
+    write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points,
+                                                         "followup": followup})
     return text
 
 
@@ -989,7 +1050,8 @@ def loop(a) -> int:
         runs, winners = plan(a)
         reap(a, active, failures)
         for r in runs:  # score what has converged, once
-            if r.name not in active and r.max_update == a.cap and converged(r, a) and result(r.name) is None:
+            if (r.name not in active and r.max_update == a.cap and r.scored and converged(r, a)
+                    and result(r.name) is None):
                 res = score(a, r, prepared)
                 print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
                       f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)

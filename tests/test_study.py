@@ -148,6 +148,45 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
 
 
+def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees_test(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2", "--parts",
+                          "followup", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])  # converged: 2.0
+
+    def planned():
+        return {r.name: r for r in study.plan(a)[0] if r.name.startswith("followup")}
+
+    runs = planned()
+    assert set(runs) == {"followup_anneal_k-s1", "followup_warmup1000-s1"}
+    assert not any(r.scored for r in runs.values())  # no test score before the choice
+    anneal = runs["followup_anneal_k-s1"].args
+    assert anneal[anneal.index("--lr") + 1] == "4e-3" and anneal[-4:] == ["--ratio-anneal-updates", "1000",
+                                                                          "--seed", 1]
+    warm = runs["followup_warmup1000-s1"].args  # its warmup comes after the family's 200: fairseq takes the last
+    assert [x for i, x in enumerate(warm) if i and warm[i - 1] == "--warmup-updates"] == ["200", "1000"]
+    _run_with_log(tmp_path, "followup_anneal_k-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])  # best on valid
+    _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # still training
+    assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) is None and set(planned()) == set(runs)
+    _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2), (12, 2.0), (16, 2.0)])
+    assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "followup_anneal_k"
+    runs = planned()
+    assert {n: r.scored for n, r in runs.items()} == {
+        "followup_anneal_k-s1": True, "followup_anneal_k-s2": True, "followup_anneal_k-s3": True,
+        "followup_warmup1000-s1": False}
+    lines = []
+    table = study.followup_table(a, {"mask": "lr4e-3-d0-c0"}, lines)
+    assert table["chosen"] == "followup_anneal_k" and table["variants"]["masks_only"]["valid_bleu"] == 2.0
+    assert any("**chosen**" in x and "2.50 (8)" in x for x in lines)
+    # a tie with the tuned setting keeps the tuned setting: nothing more trains, nothing goes to test
+    _run_with_log(tmp_path, "followup_anneal_k-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
+    _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 1.9), (12, 1.5), (16, 1.5)])
+    assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
+    assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
+                                                             "followup_warmup1000-s1": False}
+
+
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     run = study.Run("r", [], 0, 3, ())
