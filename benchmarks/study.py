@@ -1049,12 +1049,10 @@ def loop(a) -> int:
     while True:
         runs, winners = plan(a)
         reap(a, active, failures)
-        for r in runs:  # score what has converged, once
-            if (r.name not in active and r.max_update == a.cap and r.scored and converged(r, a)
-                    and result(r.name) is None):
-                res = score(a, r, prepared)
-                print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
-                      f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
+        for r in to_score(a, runs, active):
+            res = score(a, r, prepared)
+            print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
+                  f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
@@ -1070,6 +1068,13 @@ def loop(a) -> int:
     print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
           ", ".join(f"{f}: {w}" for f, w in winners.items()))
     return 0
+
+
+def to_score(a, runs: list[Run], active: dict) -> list[Run]:
+    """The runs to score on test now: converged, not training, not scored before, and not a follow-up variant
+    left unchosen on validation."""
+    return [r for r in runs if r.name not in active and r.max_update == a.cap and r.scored and converged(r, a)
+            and result(r.name) is None]
 
 
 def ready(runs: list[Run], active: dict) -> list[Run]:

@@ -175,6 +175,7 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert {n: r.scored for n, r in runs.items()} == {
         "followup_anneal_k-s1": True, "followup_anneal_k-s2": True, "followup_anneal_k-s3": True,
         "followup_warmup1000-s1": False}
+    assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["followup_anneal_k-s1"]
     lines = []
     table = study.followup_table(a, {"mask": "lr4e-3-d0-c0"}, lines)
     assert table["chosen"] == "followup_anneal_k" and table["variants"]["masks_only"]["valid_bleu"] == 2.0
