@@ -655,7 +655,8 @@ def status(a, runs: list[Run], active: dict) -> str:
             guess = r.max_update if r.max_update < a.cap else max(trained(r) + a.patience * a.eval_every, 6000)
             left += max(guess - trained(r), 0) * (r.width ** 1.5)
         lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
-                     f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}")
+                     f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}"
+                     f"{'' if r.scored else ' (test only if chosen on validation)'}")
     eta = left * rate / a.jobs
     lines.append(f"  {len(runs)} runs planned so far; about {left:,.0f} updates left at {rate:.2f} s each, "
                  f"{a.jobs} at a time: ETA {eta / 3600:.1f} h (later stages add runs)")
