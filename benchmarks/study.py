@@ -372,14 +372,19 @@ def plan(a) -> tuple[list[Run], dict]:
 def followup_choice(a, winners: dict) -> str | None:
     """Part followup's choice on validation: the variant (or "masks_only", the tuned setting) whose converged seed-1
     run has the best validation BLEU (the tuned setting on a tie); None until all of them have converged."""
-    if "followup" not in a.parts or winners["mask"] is None:
-        return None
-    tuned = tuned_run(a, "mask", winners["mask"], 1, 0)
-    candidates = {"masks_only": tuned, **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in FOLLOWUPS}}
-    if not all(complete(r) for r in candidates.values()):
+    candidates = followup_candidates(a, winners)
+    if not candidates or not all(complete(r) for r in candidates.values()):
         return None
     scores = {row: best(validations(r))[1] for row, r in candidates.items()}
     return max(scores, key=lambda row: (scores[row], row == "masks_only"))
+
+
+def followup_candidates(a, winners: dict) -> dict:
+    """Part followup's seed-1 runs by row, the tuned setting's ("masks_only") first; {} without the part."""
+    if "followup" not in a.parts or winners["mask"] is None:
+        return {}
+    return {"masks_only": tuned_run(a, "mask", winners["mask"], 1, 0),
+            **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in FOLLOWUPS}}
 
 
 def queue(part_no: int, seed: int, sub: int = 0) -> tuple:
@@ -782,26 +787,25 @@ def results_table(rows: dict, lines: list[str]) -> None:
 
 def followup_table(a, winners: dict, lines: list[str]) -> dict:
     """Part followup: each variant's seed-1 run beside the tuned setting's, on validation only (the choice)."""
-    if "followup" not in a.parts or winners["mask"] is None:
+    candidates = followup_candidates(a, winners)
+    if not candidates:
         return {}
     chosen, rate = followup_choice(a, winners), measured_rate(a, 1)
     lines += ["\n### Follow-up: masks-only variants, seed 1, chosen on validation BLEU\n",
               "| variant | flags on top of the tuned setting | best valid BLEU (update) | trained | CPU h |",
               "|---|---|---|---|---|"]
     table = {}
-    candidates = {"masks_only": ("the tuned setting", [], tuned_run(a, "mask", winners["mask"], 1, 0)),
-                  **{row: (label, extra, Run(f"{row}-s1", [], a.cap, a.patience, ()))
-                     for row, (label, extra) in FOLLOWUPS.items()}}
-    for row, (label, extra, run) in candidates.items():
-        vals = validations(run)
+    for row, run in candidates.items():
+        label, extra = FOLLOWUPS.get(row, ("the tuned setting", []))
+        vals, done = validations(run), trained(run)
         top = best(vals) if vals else None
         state = "converged" if complete(run) else "training" if vals else "waiting"
         table[row] = {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None,
-                      "trained": trained(run), "state": state}
+                      "trained": done, "state": state}
         mark = " **chosen**" if row == chosen else ""
         lines.append(f"| {label}{mark} | `{' '.join(extra) or '-'}` | "
-                     f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {trained(run):,} ({state}) | "
-                     f"{cpu_hours(run.dir, trained(run), rate)[1]} |")
+                     f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
+                     f"{cpu_hours(run.dir, done, rate)[1]} |")
     lines.append("\n" + ("Not chosen yet: every variant's seed 1 must converge first." if chosen is None else
                           "The tuned setting stays best on validation: no variant goes on to test." if
                           chosen == "masks_only" else
