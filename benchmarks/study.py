@@ -30,13 +30,19 @@ Parts:
          one-layer masks-only supermask at the same k; `one-layer-lottery analyze` compares seed 1's at k = 0.5
 Everything lives under WORK/runs/<run>/: an interrupted command continues where it stopped (a run resumes from its
 last checkpoint; a run still training when its runner stopped is adopted by the next runner), finished runs are
-reused. Runs train --jobs at a time on --threads threads each. Every converged dense model is also scored in int8
+reused. With --ledger DIR (the project keeps benchmarks/study_runs/multi30k, committed each session) every
+finished run's small files are also copied to DIR, and a work directory that lacks them gets them back: the study
+survives the loss of the machine that trained it, its finished rows intact; a run that reads a restored run's
+checkpoint (a pre-trained-embedding row, a ticket) waits for RUN.regen, that run trained again on its seed to the
+update chosen on validation, its validations compared with the ledger's. Runs train --jobs at a time on
+--threads threads each. Every converged dense model is also scored in int8
 (torch's dynamic quantization, evaluated as quantized) for the byte frontier; every supermask model is exported
 and its artifact's bytes counted; a pruned model's bytes are its kept values in fp16 and a bit a position.
 """
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -186,6 +192,11 @@ def parse_args(argv=None):
     p.add_argument("--rewind-update", type=int, default=500,
                    help="part prune: the update lottery tickets rewind to (the tuned dense recipe, same seed, "
                         "trained to it again with its weights saved there)")
+    p.add_argument("--ledger", default="", metavar="DIR",
+                   help="keep every finished run's small files (the validations of its log, its CPU time, test "
+                        "result and hypotheses; the artifact of a masks-only or coated seed) in DIR, a folder to "
+                        "commit, and restore them from there into a work directory that lacks them: a study resumed "
+                        "on a fresh machine keeps what it had finished (default: none)")
     p.add_argument("--status", action="store_true", help="print where every run stands and exit")
     p.add_argument("--report", action="store_true", help="write the tables and plots from finished runs and exit")
     p.add_argument("--publish", metavar="DIR", help="copy the converged models a user would try into DIR and exit")
@@ -352,17 +363,18 @@ def plan(a) -> tuple[list[Run], dict]:
                     if winners["dense"] is None:
                         continue
                     dense = tuned_run(a, "dense", winners["dense"], seed, part_no)
-                    best_ckpt = os.path.join(dense.dir, "checkpoint_best.pt")
-                    args = [x.replace("{dense}", best_ckpt) for x in args if x != TICKET]
                     runs.append(dense)  # where another part trains it too, the first of the same name is kept
-                    needs = (dense.name,)
+                    best_ckpt, _, source = checkpoint_of(a, dense, runs)
+                    args = [x.replace("{dense}", best_ckpt) for x in args if x != TICKET]
+                    needs = (dense.name, source.name)
                     if TICKET in extra:
                         rewind = rewind_run(a, winners["dense"], seed, part_no)
                         runs.append(rewind)
+                        _, rewind_dir, rewind_source = checkpoint_of(a, rewind, runs)
                         k = float(extra[extra.index("--remaining-ratio") + 1])
-                        needs, ticket = needs + (rewind.name,), (best_ckpt, rewind.dir, k)
+                        needs, ticket = needs + (rewind.name, rewind_source.name), (best_ckpt, rewind_dir, k)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
-                                needs, ticket, part != "followup" or row == chosen))
+                                tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen))
     unique = {}
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
@@ -410,7 +422,7 @@ def rewind_run(a, setting: str, seed: int, part_no: int) -> Run:
 # ---------------------------------------------------------------- training and scoring
 
 def train_command(a, run: Run, bin_dir: str) -> list[str]:
-    remaining = a.patience - since_improvement(validations(run))
+    remaining = run.patience - since_improvement(validations(run))
     cmd = [command("fairseq-train"), bin_dir, *run.args, *shape(a, run.width),
            "--task", "translation", "--adam-betas", "(0.9,0.98)", "--lr-scheduler", "inverse_sqrt",
            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
@@ -636,6 +648,137 @@ def result(run_name: str) -> dict | None:
     return read_json(path) if os.path.exists(path) else None
 
 
+# ---------------------------------------------------------------- the ledger: finished runs, kept where they outlive the machine
+
+LEDGER_FILES = ("cpu.json", "compute.jsonl", "result.json", "test.hyp", "test.int8.hyp")
+LEDGER_LOG = re.compile(r"^# |valid on 'valid' subset \||Saved checkpoint |" + re.escape(EARLY_STOP))
+
+
+def fingerprint(a) -> dict:
+    """What makes two studies' runs interchangeable: the corpus as prepared (its dictionaries), the shape and the
+    protocol. A ledger written under another one is refused."""
+    digest = hashlib.sha256()
+    bin_dir = os.path.join(a.work, "data", "bin")
+    for f in sorted(os.listdir(bin_dir)):
+        if f.startswith("dict."):
+            with open(os.path.join(bin_dir, f), "rb") as fh:
+                digest.update(f.encode() + fh.read())
+    return {"src": a.src, "tgt": a.tgt, "dictionaries": digest.hexdigest()[:16], "vocab": a.vocab, "dim": a.dim,
+            "ffn": a.ffn, "layers": a.layers, "heads": a.heads, "max_tokens": a.max_tokens,
+            "eval_every": a.eval_every, "patience": a.patience, "cap": a.cap}
+
+
+def check_ledger(a) -> None:
+    """Writes the ledger's fingerprint on first use; refuses, in one line, a ledger of another study."""
+    path = os.path.join(a.ledger, "study.json")
+    mine = fingerprint(a)
+    if not os.path.exists(path):
+        os.makedirs(a.ledger, exist_ok=True)
+        write_json(path, mine)
+        return
+    theirs = read_json(path)
+    differ = [f"{k} {mine.get(k)!r} (ledger: {theirs.get(k)!r})" for k in sorted(set(mine) | set(theirs))
+              if mine.get(k) != theirs.get(k)]
+    if differ:
+        raise ConfigError(f"--ledger {a.ledger}: written by another study: {'; '.join(differ)}; pass another folder")
+
+
+def final(a, run: Run, winners: dict) -> bool:
+    """Whether a run will not train again: scored; converged and left unscored (a follow-up variant not chosen);
+    or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known."""
+    if not complete(run) or run.name.endswith(".regen"):
+        return False
+    if run.max_update < a.cap:
+        return None not in winners.values()
+    return result(run.name) is not None or not run.scored
+
+
+def record(a, run: Run, artifact: bool = False) -> bool:
+    """Copies a finished run's small files into the ledger (its log cut to the lines the runner reads: launches,
+    validations, saves, the early stop; and the artifact if asked), once per state; run.json goes last, so a
+    record cut short is written again. True if it wrote."""
+    dest = os.path.join(a.ledger, run.name)
+    state = {"updates": trained(run), "scored": result(run.name) is not None}
+    if os.path.exists(os.path.join(dest, "run.json")) and read_json(os.path.join(dest, "run.json")) == state:
+        return False
+    os.makedirs(dest, exist_ok=True)
+    with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
+        write_text(os.path.join(dest, "train.log"), "".join(x for x in f if LEDGER_LOG.search(x)))
+    for name in LEDGER_FILES + (("model.olt",) if artifact else ()):
+        if os.path.exists(os.path.join(run.dir, name)):
+            shutil.copyfile(os.path.join(run.dir, name), os.path.join(dest, name))
+    write_json(os.path.join(dest, "run.json"), state)
+    return True
+
+
+def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
+    """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
+    masks-only or coated seed); the names written."""
+    if not a.ledger:
+        return []
+    artifact = ("coats-", f"mask-{winners['mask']}-s")
+    return [r.name for r in runs if r.name not in active and final(a, r, winners)
+            and record(a, r, r.name.startswith(artifact))]
+
+
+def restore(a) -> list[str]:
+    """The ledger's runs that this work directory lacks, copied in (marked restored.json: their checkpoints stayed
+    on the machine that trained them)."""
+    if not a.ledger:
+        return []
+    check_ledger(a)
+    names = []
+    for name in sorted(os.listdir(a.ledger)):
+        src, dest = os.path.join(a.ledger, name), os.path.join(WORK, "runs", name)
+        if not os.path.exists(os.path.join(src, "run.json")) or os.path.exists(os.path.join(dest, "train.log")):
+            continue
+        shutil.copytree(src, dest, dirs_exist_ok=True)
+        write_json(os.path.join(dest, "restored.json"), {"from": os.path.abspath(src),
+                                                         "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+        names.append(name)
+    return names
+
+
+def lost(run: Run) -> bool:
+    """Restored from the ledger without its checkpoints (what other runs, the analysis and --publish read)."""
+    return (os.path.exists(os.path.join(run.dir, "restored.json"))
+            and not os.path.exists(os.path.join(run.dir, "checkpoint_best.pt")))
+
+
+def regen_run(a, run: Run) -> Run:
+    """A restored run trained again on its seed to the update its checkpoint was chosen at (a budget run: to its
+    budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). fairseq seeds every
+    update from --seed and the update number, so on the same machine it retraces the run; the report compares its
+    validations with the ledger's."""
+    vals = validations(run)
+    upto = run.max_update if run.max_update < a.cap else best(vals)[0]
+    return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, run.priority, run.seed, run.width)
+
+
+def checkpoint_of(a, run: Run, runs: list) -> tuple[str, str, Run]:
+    """Where a needed run's checkpoint is read: (its best checkpoint, its directory, the run that must be complete
+    first); a lost run's regenerated run stands in for it and joins `runs`."""
+    if not lost(run):
+        return os.path.join(run.dir, "checkpoint_best.pt"), run.dir, run
+    regen = regen_run(a, run)
+    runs.append(regen)
+    return os.path.join(regen.dir, "checkpoint_last.pt"), regen.dir, regen
+
+
+def regen_lines(runs: list[Run]) -> list[str]:
+    """Each complete regenerated run's validations against the ledger's for the same updates."""
+    out = []
+    for r in runs:
+        if not r.name.endswith(".regen") or not complete(r):
+            continue
+        again = dict(validations(r))
+        before = {u: b for u, b in validations(Run(r.name[:-len(".regen")], [], 0, 0, ())) if u in again}
+        same = sum(again[u] == b for u, b in before.items())
+        out.append(f"{r.name}: {same} of {len(before)} validations as in the ledger" +
+                   ("" if same == len(before) else f" (ledger {before}, again {again})"))
+    return out
+
+
 # ---------------------------------------------------------------- progress
 
 def seconds_per_update(run: Run) -> float | None:
@@ -654,7 +797,7 @@ def status(a, runs: list[Run], active: dict) -> str:
         vals = validations(r)
         b = best(vals)
         state = ("running" if r.name in active else "scored" if result(r.name) and r.max_update == a.cap
-                 else "done" if complete(r) else "waiting")
+                 else "done" if complete(r) else "waiting") + (" (restored: no checkpoint here)" if lost(r) else "")
         target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
         if state in ("running", "waiting"):
             guess = r.max_update if r.max_update < a.cap else max(trained(r) + a.patience * a.eval_every, 6000)
@@ -845,6 +988,8 @@ def analysis(a, rows: dict) -> dict | None:
         if not first:
             return None
         runs[label] = os.path.join(WORK, "runs", first[0], "checkpoint_best.pt")
+    if not all(map(os.path.exists, runs.values())):
+        return None  # restored from the ledger: the checkpoints stayed where they trained (the report says so)
     dense = runs.pop("dense")
     cmd = [command("one-layer-lottery"), "analyze", dense, *runs.values(), "--data",
            os.path.join(a.work, "data", "bin"), "--labels", ",".join(runs), "--json", "--png",
@@ -963,6 +1108,12 @@ def report(a) -> str:
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
     written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
         [os.path.join(a.work, "analysis.png")] if compared else [])
+    restored = sorted(r.name for r in plan(a)[0] if lost(r))
+    if restored:
+        lines.append(f"\nRestored from the ledger without their checkpoints ({len(restored)}: "
+                     f"{', '.join(restored)}): their rows stand; what reads a checkpoint (runs built on it, the "
+                     f"analysis, --publish of a dense model) waits for it to be trained again (RUN.regen).")
+    lines += [f"\n{x}" for x in regen_lines(plan(a)[0])]
     if written:
         lines.append("\n" + ", ".join(written))
     text = "\n".join(lines) + "\n"
@@ -986,6 +1137,10 @@ def publish(a, out: str) -> list[str]:
         r = rows[row]
         median = sorted(zip(r["test_bleu"], r["runs"]))[(len(r["runs"]) - 1) // 2]
         src = os.path.join(WORK, "runs", median[1])
+        if not os.path.exists(os.path.join(src, "model.olt" if name.endswith(".olt") else "checkpoint_best.pt")):
+            print(f"[study] {name}: {median[1]}'s files are not on this machine (restored from the ledger without "
+                  f"them): not published", flush=True)
+            continue
         if name.endswith(".olt"):
             shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
         else:
@@ -1028,10 +1183,10 @@ def main(argv=None) -> int:
     a = parse_args(argv)
     WORK = a.work
     if a.report:
-        return run_guarded("study", lambda: print(report(a)))
+        return run_guarded("study", lambda: restore_printed(a) or print(report(a)))
     if a.publish:
-        return run_guarded("study", lambda: print(f"[study] published {', '.join(publish(a, a.publish)) or 'nothing'}"
-                                                  f" -> {a.publish}"))
+        return run_guarded("study", lambda: restore_printed(a) or print(
+            f"[study] published {', '.join(publish(a, a.publish)) or 'nothing'} -> {a.publish}"))
     return run_guarded("study", loop, a)
 
 
@@ -1042,6 +1197,7 @@ def loop(a) -> int:
     prepared = os.path.join(a.work, "data")
     if not a.status and not os.path.isdir(os.path.join(prepared, "bin")):
         data.prepare(a.raw_dir, prepared, a.src, a.tgt, vocab_size=a.vocab)
+    restore_printed(a)
     if a.status:
         runs, winners = plan(a)
         print(status(a, runs, {r.name: j for r in runs if (j := adopt(r))}))
@@ -1058,6 +1214,8 @@ def loop(a) -> int:
             res = score(a, r, prepared)
             print(f"[study] {r.name}: converged at {res['updates']} updates (best valid BLEU "
                   f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
+        for name in keep(a, runs, winners, active):
+            print(f"[study] {name}: recorded in the ledger {a.ledger}", flush=True)
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
@@ -1073,6 +1231,15 @@ def loop(a) -> int:
     print("[study] nothing left to train for --parts " + ",".join(a.parts) + "; winners: " +
           ", ".join(f"{f}: {w}" for f, w in winners.items()))
     return 0
+
+
+def restore_printed(a) -> None:
+    if not os.path.isdir(os.path.join(a.work, "data", "bin")):
+        return  # no corpus prepared to check the ledger against (the loop prepares it, then restores)
+    names = restore(a)
+    if names:
+        print(f"[study] restored from the ledger {a.ledger} (finished runs, their checkpoints not here): "
+              f"{', '.join(names)}", flush=True)
 
 
 def to_score(a, runs: list[Run], active: dict) -> list[Run]:
@@ -1105,7 +1272,7 @@ def reap(a, active: dict, failures: dict) -> None:
     for name, job in list(active.items()):
         job.meter()
         if job.poll() is None:
-            if not (stopped(validations(job.run), a.patience) and saved(job.run)):
+            if not (stopped(validations(job.run), job.run.patience) and saved(job.run)):
                 continue
             job.stop()
         job.meter(every=0)  # written now: the latest sample (the process may already be gone)

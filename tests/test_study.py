@@ -26,8 +26,8 @@ def _valid_line(update: int, bleu: float) -> str:
             f"ppl 512 | bleu {bleu} | wps 1 | wpb 5 | bsz 2 | num_updates {update} | best_bleu {bleu}\n")
 
 
-def _run_with_log(work, name, points):
-    run = study.Run(name, [], 0, 3, ())
+def _run_with_log(work, name, points, patience=3):
+    run = study.Run(name, [], 0, patience, ())
     os.makedirs(run.dir, exist_ok=True)
     with open(os.path.join(run.dir, "train.log"), "w", encoding="utf-8") as f:
         f.writelines(_valid_line(u, b) for u, b in points)
@@ -62,7 +62,7 @@ def test_a_run_out_of_patience_is_stopped_once_its_last_validation_is_saved(tmp_
     when the save was followed within seconds by the epoch's end)."""
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--patience", "2"])
-    run = _run_with_log(tmp_path, "r", [(4, 3.0), (8, 2.0), (12, 2.5)])  # two validations without a better one
+    run = _run_with_log(tmp_path, "r", [(4, 3.0), (8, 2.0), (12, 2.5)], patience=2)  # 2 without a better one
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     active = {"r": study.Job(run, proc.pid, time.time(), 0, proc)}
     try:
@@ -186,6 +186,74 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
     assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
                                                              "followup_warmup1000-s1": False}
+
+
+def _machine(root, dictionary="de 5\n"):
+    """A work directory with a prepared corpus (its dictionaries: what the ledger's fingerprint reads)."""
+    for f in ("dict.de.txt", "dict.en.txt"):
+        os.makedirs(root / "data" / "bin", exist_ok=True)
+        (root / "data" / "bin" / f).write_text(dictionary)
+    return root
+
+
+def test_finished_runs_outlive_their_machine_through_the_ledger(tmp_path, monkeypatch):
+    """Machine A records its finished runs; a fresh machine B restores their rows from the ledger alone, and the
+    runs that read a restored run's checkpoint wait for it to be trained again to the update it was chosen at."""
+    ledger = tmp_path / "ledger"
+    args = ["raw", "--stages", "8:1", "--patience", "2", "--parts", "core", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0",
+            "--ledger", str(ledger)]
+    first = _machine(tmp_path / "A")
+    monkeypatch.setattr(study, "WORK", str(first))
+    a = study.parse_args([*args, "--work", str(first)])
+    assert study.restore(a) == [] and (ledger / "study.json").exists()
+    dense = _run_with_log(first, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])  # converged
+    mask = _run_with_log(first, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0), (12, 3.0)])  # training on
+    with open(os.path.join(dense.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write("2026-12-04 | INFO | train_inner | epoch 002:  100 / 9 loss=4.1 nll_loss=3 ppl=8 num_updates=16\n")
+        f.write(_saved_line(16, 1.0))
+    for run in (dense, mask):
+        for name in ("checkpoint_best.pt", "model.olt", "test.hyp"):
+            (first / "runs" / run.name / name).write_text("x")
+    common.write_json(os.path.join(dense.dir, "result.json"), {"run": dense.name, "test_bleu": 30.0, "valid_bleu": 2.0,
+                      "best_update": 8, "updates": 16, "cpu_hours": 0.5, "fp16_bytes": 10, "int8_bytes": 6,
+                      "int8_test_bleu": 29.0})
+    runs, winners = study.plan(a)
+    assert study.keep(a, runs, winners, {}) == ["dense-lr1e-3-d0.1-s1"]  # the one finished run, once
+    assert study.keep(a, runs, winners, {}) == []
+    mask = _run_with_log(first, mask.name, [(4, 1.0), (8, 2.0), (12, 3.0), (16, 2.0), (20, 2.0)])  # converged
+    common.write_json(os.path.join(mask.dir, "result.json"), {"run": mask.name, "test_bleu": 20.0, "valid_bleu": 3.0,
+                      "best_update": 12, "updates": 20, "cpu_hours": 0.4, "model_bytes": 5, "artifact_bytes": 9})
+    assert study.keep(a, runs, winners, {mask.name: None}) == []  # not while it trains
+    assert study.keep(a, runs, winners, {}) == [mask.name]
+    assert (ledger / mask.name / "model.olt").exists()  # a masks-only seed: --publish may copy its artifact
+    kept = (ledger / dense.name / "train.log").read_text()
+    assert "train_inner" not in kept and study.validations(study.Run(dense.name, [], 0, 2, ())) == \
+        [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)]
+    assert not (ledger / dense.name / "checkpoint_best.pt").exists() and not (ledger / dense.name / "model.olt").exists()
+    frozen = {r.name: r for r in runs}["pretrained_frozen-s1"]
+    assert str(first / "runs" / dense.name / "checkpoint_best.pt") in frozen.args
+
+    second = _machine(tmp_path / "B")  # a fresh machine: the ledger only
+    monkeypatch.setattr(study, "WORK", str(second))
+    b = study.parse_args([*args, "--work", str(second)])
+    assert study.restore(b) == [dense.name, mask.name] and study.restore(b) == []
+    restored = study.Run(dense.name, [], 0, 2, ())
+    assert study.validations(restored) == [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)] and study.lost(restored)
+    assert study.row_results(b, winners)["dense"]["test_bleu"] == [30.0]  # its row stands without its checkpoint
+    runs = {r.name: r for r in study.plan(b)[0]}
+    regen = runs["dense-lr1e-3-d0.1-s1.regen"]
+    assert regen.max_update == 8 and regen.args == study.tuned_run(b, "dense", "lr1e-3-d0.1", 1, 1).args  # same seed
+    frozen = runs["pretrained_frozen-s1"]
+    assert str(second / "runs" / regen.name / "checkpoint_last.pt") in frozen.args and regen.name in frozen.needs
+    ready = [r.name for r in study.ready(list(runs.values()), {})]
+    assert regen.name in ready and "pretrained_frozen-s1" not in ready and dense.name not in ready
+    _run_with_log(second, regen.name, [(4, 1.0), (8, 2.0)])  # trained again: it retraced the ledger's run
+    assert study.regen_lines(list(runs.values())) == [f"{regen.name}: 2 of 2 validations as in the ledger"]
+    assert "pretrained_frozen-s1" in [r.name for r in study.ready(study.plan(b)[0], {})]
+
+    other = _machine(tmp_path / "C", dictionary="de 7\n")  # another corpus: its ledger is refused, in one line
+    with pytest.raises(study.ConfigError, match="dictionaries .* pass another folder"):
+        study.restore(study.parse_args([*args, "--work", str(other)]))
 
 
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
@@ -323,7 +391,7 @@ def tiny_study(tiny_corpus, tmp_path_factory):
     os.symlink(tiny_corpus.root / "prep", work / "data")
     args = [sys.executable, SCRIPT, str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--stages", "4:1",
             "--patience", "1", "--cap", "40", "--parts", "tune,prune", "--kept", "0.5:1", "--rewind-update", "4",
-            "--prune-ramp", "4:8"]
+            "--prune-ramp", "4:8", "--ledger", str(tmp_path_factory.mktemp("ledger"))]
     r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=1200, check=False)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return work, args, r
@@ -355,6 +423,17 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert "### Trained-weight pruning at convergence" in rep.stdout and "| 0.5 | " in rep.stdout  # part prune
     assert "against dense (validation, `one-layer-lottery analyze`)" in rep.stdout
     assert set(json.loads((work / "analysis.json").read_text())["models"]) == {"magnitude", "ticket", "one_layer"}
+    fresh = tmp_path / "fresh"  # a new machine with the ledger only: the same tables, no analysis (no checkpoints)
+    fresh.mkdir()
+    os.symlink(work / "data", fresh / "data")
+    again = subprocess.run(args + ["--work", str(fresh), "--report"], capture_output=True, text=True, cwd=ROOT,
+                           timeout=600, check=False)
+    assert again.returncode == 0 and "restored from the ledger" in again.stdout, again.stderr[-2000:]
+
+    def table(text):
+        return text.split("### Results")[1].split("###")[0]
+    assert table(again.stdout) == table(rep.stdout) and "| 0.5 | " in again.stdout
+    assert "`one-layer-lottery analyze`" not in again.stdout and "Restored from the ledger without" in again.stdout
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
