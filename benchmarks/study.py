@@ -1108,12 +1108,14 @@ def report(a) -> str:
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
     written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
         [os.path.join(a.work, "analysis.png")] if compared else [])
-    restored = sorted(r.name for r in plan(a)[0] if lost(r))
+    planned = plan(a)[0]
+    restored = sorted(r.name for r in planned if lost(r))
     if restored:
         lines.append(f"\nRestored from the ledger without their checkpoints ({len(restored)}: "
-                     f"{', '.join(restored)}): their rows stand; what reads a checkpoint (runs built on it, the "
-                     f"analysis, --publish of a dense model) waits for it to be trained again (RUN.regen).")
-    lines += [f"\n{x}" for x in regen_lines(plan(a)[0])]
+                     f"{', '.join(restored)}): their rows stand; a run built on one of them waits for it to be "
+                     f"trained again (RUN.regen); the analysis and --publish of a dense model need the checkpoints "
+                     f"of the machine that trained them.")
+    lines += [f"\n{x}" for x in regen_lines(planned)]
     if written:
         lines.append("\n" + ", ".join(written))
     text = "\n".join(lines) + "\n"
