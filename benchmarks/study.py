@@ -747,9 +747,11 @@ def lost(run: Run) -> bool:
 
 def regen_run(a, run: Run) -> Run:
     """A restored run trained again on its seed to the update its checkpoint was chosen at (a budget run: to its
-    budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). fairseq seeds every
-    update from --seed and the update number, so on the same machine it retraces the run; the report compares its
-    validations with the ledger's."""
+    budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). On the machine and code
+    that trained the run it retraces it bit for bit (fairseq seeds every update from --seed and the update number;
+    tests/test_determinism.py); elsewhere it need not (a masks-only run retrained on a new machine on 2026-12-04
+    validated 29.23 at 1,500 updates where the first had 30.05), so the report compares its validations with the
+    ledger's."""
     vals = validations(run)
     upto = run.max_update if run.max_update < a.cap else best(vals)[0]
     return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, run.priority, run.seed, run.width)
