@@ -1127,6 +1127,22 @@ def report(a) -> str:
     return text
 
 
+def fp16_tied(model: dict) -> dict:
+    """A state dict's float tensors in fp16, tensors that shared one storage (a tied output projection) still sharing
+    one, so the file holds the bytes fp16_bytes counts rather than the tied table twice."""
+    halves = {}
+    out = {}
+    for k, v in model.items():
+        if not v.is_floating_point():
+            out[k] = v
+            continue
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
+        if key not in halves:
+            halves[key] = v.half()
+        out[k] = halves[key]
+    return out
+
+
 def publish(a, out: str) -> list[str]:
     """The converged models a user would try: the median seed's masks-only and coated artifacts (each carrying its
     sentencepiece models) and the tuned dense model in fp16, with a README of their test BLEU and commands."""
@@ -1149,9 +1165,8 @@ def publish(a, out: str) -> list[str]:
             shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
         else:
             state = read_checkpoint(os.path.join(src, "checkpoint_best.pt"))
-            save(weights_checkpoint(state["cfg"], {k: v.half() if v.is_floating_point() else v
-                                                   for k, v in state["model"].items()},
-                                    state["optimizer_history"][-1]), os.path.join(out, name))
+            save(weights_checkpoint(state["cfg"], fp16_tied(state["model"]), state["optimizer_history"][-1]),
+                 os.path.join(out, name))
         written.append(name)
         notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {median[1]} | {r['seeds_done']}/"
                      f"{r['seeds_planned']} | {os.path.getsize(os.path.join(out, name)):,} |")
@@ -1169,7 +1184,10 @@ def publish(a, out: str) -> list[str]:
         ("A supermask model, plain text in and out: `one-layer-lottery translate FILE.olt \"Ein Hund läuft durch "
          "den Park.\"`."), "",
         *([("The dense model, with stock fairseq from the repository's root (the user-dir lets torch load a fairseq "
-            "checkpoint safely):"), "", "```bash",
+            "checkpoint safely; its test BLEU above is its run's fp32 checkpoint's, and the fp16 copy here can "
+            "translate a sentence or two differently; at megabytes it is not committed to the repository, whose "
+            "files stay under 2 MiB, so a clone gets it by running `--publish DIR` on a work directory that "
+            "holds the run):"), "", "```bash",
            f"echo \"Ein Hund läuft durch den Park.\" | fairseq-interactive {where} --user-dir one_layer_lottery \\",
            f"    --path {where}/dense_fp16.pt --source-lang {a.src} --target-lang {a.tgt} --beam 5 \\",
            f"    --bpe sentencepiece --sentencepiece-model {where}/{spm}", "```", ""]

@@ -437,7 +437,11 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
-    assert (tmp_path / "models" / "dense_fp16.pt").exists()
+    published = torch.load(tmp_path / "models" / "dense_fp16.pt", map_location="cpu", weights_only=True)["model"]
+    tied = published["decoder.embed_tokens.weight"], published["decoder.output_projection.weight"]
+    assert tied[0].dtype == torch.float16 and tied[0].data_ptr() == tied[1].data_ptr()  # stored once, not twice
+    dense_run = json.loads((work / "runs" / "dense-lr1e-3-d0.1-s1" / "result.json").read_text())
+    assert (tmp_path / "models" / "dense_fp16.pt").stat().st_size < dense_run["fp16_bytes"] + 100_000  # + cfg
     card = (tmp_path / "models" / "README.md").read_text()
     assert "| `masks_only.olt` |" in card and "| mask-" in card and "--parts" in card  # its run and its command
     dense = card.split("```bash\n")[1].split("```")[0]  # the card's command for the dense model, run as written
