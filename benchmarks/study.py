@@ -1129,18 +1129,12 @@ def report(a) -> str:
 
 def fp16_tied(model: dict) -> dict:
     """A state dict's float tensors in fp16, tensors that shared one storage (a tied output projection) still sharing
-    one, so the file holds the bytes fp16_bytes counts rather than the tied table twice."""
+    one (by data_ptr, io.stored_bytes' rule), so the file holds the bytes fp16_bytes counts, not the table twice."""
     halves = {}
-    out = {}
-    for k, v in model.items():
-        if not v.is_floating_point():
-            out[k] = v
-            continue
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride())
-        if key not in halves:
-            halves[key] = v.half()
-        out[k] = halves[key]
-    return out
+    for v in model.values():
+        if v.is_floating_point() and v.data_ptr() not in halves:
+            halves[v.data_ptr()] = v.half()
+    return {k: halves[v.data_ptr()] if v.is_floating_point() else v for k, v in model.items()}
 
 
 def publish(a, out: str) -> list[str]:
