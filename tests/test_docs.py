@@ -1,6 +1,7 @@
 """The generated reference stays in step with the code."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -14,8 +15,6 @@ def test_options_page_is_current():
 
 
 def test_readme_is_short_and_links_resolve():
-    import re
-
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = f.read()
     assert len(text.splitlines()) <= 150
@@ -25,8 +24,6 @@ def test_readme_is_short_and_links_resolve():
 
 def test_docs_pages_links_resolve():
     import glob
-    import re
-
     pages = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
     assert len(pages) >= 10
     for page in pages:
@@ -40,8 +37,6 @@ def test_docs_pages_links_resolve():
 def test_readme_example_translates_as_it_says():
     """The README's headline: the committed model, run as written, prints the sentence the README shows (a model
     published again without the README following fails here)."""
-    import re
-
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         text = " ".join(f.read().split())
     path, source, shown = re.search(r'`one-layer-lottery translate (models/\S+\.olt) "([^"]+)"` prints `([^`]+)`',
