@@ -3,13 +3,16 @@
 Benchmarks import this module and never each other; nothing here belongs in the package (users do not need it).
 """
 
+import glob
 import json
+import logging
 import os
 import re
 import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -124,8 +127,6 @@ def train(a, name: str, args: list, bin_dir: str, mult: float = 1, extra: list =
 def score_checkpoints(a, name: str, label: str, start: float, prepared: str, extra_bins: dict) -> list[dict]:
     """One row per saved checkpoint of a run: update, wall time since it started, valid loss, test BLEU (and, for the
     last checkpoint, BLEU on every extra test set: {name: (bin dir, reference file)})."""
-    import glob
-
     save = os.path.join(a.work, name)
     with open(os.path.join(a.work, f"{name}.train.log"), encoding="utf-8") as f:
         text = f.read()
@@ -313,9 +314,6 @@ def translate_in_process(model, task, subset: str = "test") -> list[str]:
 
 def load_for_inference(ckpt: str, bin_dir: str):
     """(model, task) of a fairseq checkpoint, on CPU, in eval mode (fairseq's and torch's chatter silenced)."""
-    import logging
-    import warnings
-
     from fairseq import checkpoint_utils
 
     logging.getLogger("fairseq").setLevel(logging.WARNING)

@@ -8,7 +8,9 @@ not stored; they are regenerated from the seed and checked at export time.
 """
 
 import argparse
+import io
 import json
+import lzma
 import math
 import os
 import warnings
@@ -35,8 +37,6 @@ def dictionary_text(d) -> str:
 
 
 def dictionary_from_text(text: str):
-    import io
-
     from fairseq.data import Dictionary
 
     d = Dictionary()
@@ -135,8 +135,6 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     if model.classification_heads_shape():
         meta["heads"] = model.classification_heads_shape()
     if pieces:  # both sides' sentencepiece models in one xz stream: they share their normalization table
-        import lzma
-
         blob = lzma.compress(b"".join(pieces), preset=9)
         tensors["sentencepiece"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
         meta["sentencepiece"] = [len(p) for p in pieces]
@@ -288,8 +286,6 @@ def sentencepiece_of(meta: dict, tensors: dict):
     """(source, target) sentencepiece processors an artifact carries, or None."""
     if "sentencepiece" not in meta:
         return None
-    import lzma
-
     import sentencepiece as spm
 
     blob = lzma.decompress(tensors["sentencepiece"].numpy().tobytes())

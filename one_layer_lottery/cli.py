@@ -2,6 +2,8 @@
 
 import argparse
 import json
+import logging
+import os
 import sys
 
 from .errors import ConfigError, run_main
@@ -59,8 +61,6 @@ def _summary(a) -> None:
 
 
 def _demo_report(a) -> None:
-    import os
-
     from .report import state_dict_stats
 
     def load(name, what):
@@ -120,8 +120,6 @@ def _export(a) -> None:
 
 
 def _translate(a) -> None:
-    import logging
-
     from . import artifact
 
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # its batching chatter is not a translation

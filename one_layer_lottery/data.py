@@ -2,6 +2,7 @@
 
 import glob
 import gzip
+import logging
 import os
 import re
 import shutil
@@ -94,8 +95,6 @@ def prepare(raw_dir: str, out_dir: str, src: str, tgt: str, vocab_size: int = 80
 def run_preprocess(args: list[str], log=None) -> None:
     """fairseq-preprocess with these arguments, its own main run in this process (a second process would pay
     fairseq's start-up again, 4-5 s); its log goes to DESTDIR/preprocess.log as the command's does, not to ours."""
-    import logging
-
     from fairseq import options
 
     if log:

@@ -2,6 +2,8 @@
 regenerated from the weight seed (never stored)."""
 
 import contextlib
+import logging
+import math
 import os
 import tempfile
 
@@ -54,8 +56,6 @@ def pyplot():
     """matplotlib's pyplot on the Agg backend with its logging at WARNING: fairseq sets the root logger to DEBUG when
     it imports its wav2vec2 classification module, and matplotlib's import and font search then print pages of debug
     lines. Every plot here starts with this."""
-    import logging
-
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # before the import, which logs too
     import matplotlib
 
@@ -102,8 +102,6 @@ def stored_bytes(state: dict, kept: dict[str, int] | None = None, value_bytes: i
 
     A supermask's artifact stores just this, with its weight seed (8 bytes), config, dictionaries and sentencepiece
     models."""
-    import math
-
     kept = kept or {}
     total, seen = 0, set()
     if any(is_regenerated(k) and not k.endswith(".version") for k in state):

@@ -13,7 +13,9 @@ tickets rewind to. The flags live on the registered `pruned_transformer` model (
   updates; 0 is the initialisation. `one-layer-lottery ticket` rewinds to them (Brix et al. 2020).
 """
 
+import glob
 import os
+import re
 import weakref
 
 import torch
@@ -258,9 +260,6 @@ def write_ticket(save_dir: str, out: str, remaining_ratio: float, rewind_update:
     """A fairseq checkpoint holding a lottery ticket of the dense run in `save_dir`, to retrain with the mask fixed:
     `fairseq-train ... --arch pruned_transformer_* --restore-file OUT --reset-optimizer --reset-lr-scheduler
     --reset-dataloader --reset-meters --remaining-ratio K` (the zeros of the ticket are its mask)."""
-    import glob
-    import re
-
     try:
         remaining_ratio = check_remaining_ratio(remaining_ratio)
     except ValueError as e:

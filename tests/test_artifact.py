@@ -4,6 +4,7 @@ import os
 import re
 import shutil
 import struct
+import subprocess
 import warnings
 
 import pytest
@@ -227,7 +228,6 @@ def test_shared_embedding_table_stored_once(tmp_path):
 
 @pytest.mark.e2e
 def test_example_translates_from_an_artifact(trained, tiny_corpus):
-    import subprocess
     import sys
 
     from conftest import ROOT

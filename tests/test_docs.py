@@ -1,5 +1,6 @@
 """The generated reference stays in step with the code."""
 
+import glob
 import os
 import re
 import subprocess
@@ -23,7 +24,6 @@ def test_readme_is_short_and_links_resolve():
 
 
 def test_docs_pages_links_resolve():
-    import glob
     pages = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
     assert len(pages) >= 10
     for page in pages:

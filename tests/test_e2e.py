@@ -4,6 +4,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -54,8 +55,6 @@ def test_generate_and_bleu(trained, tiny_corpus, tmp_path):
 
 
 def test_interactive_translates(trained, tiny_corpus):
-    import subprocess
-
     from conftest import BIN
 
     with open(os.path.join(tiny_corpus.root, "prep", "spm", "test.src"), encoding="utf-8") as f:
