@@ -1,6 +1,10 @@
 import argparse
 import atexit
+import contextlib
+import importlib
+import io
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -75,9 +79,6 @@ def run_cli(*args, check=True, cwd=ROOT, timeout=600):
 def _main_in_process(main, argv):
     """A command's main(argv) run in this process: (exit status, stdout, stderr), ending as its command line would
     (argparse exits 2, a ConfigError prints one line and returns 1)."""
-    import contextlib
-    import io
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
@@ -101,8 +102,6 @@ def olt(*args, check=True):
 def benchmark_main(script, *argv):
     """benchmarks/<script>'s main(argv) in this process, for checks that end before any work: (exit status,
     stderr)."""
-    import importlib
-
     if os.path.join(ROOT, "benchmarks") not in sys.path:
         sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
     code, _, err = _main_in_process(importlib.import_module(script.removesuffix(".py")).main, argv)
@@ -149,8 +148,6 @@ def tiny_corpus(tmp_path_factory):
 def tiny_glue(tmp_path_factory):
     """A small synthetic sentence-pair task in GLUE's RTE layout, prepared by the project's own pipeline: the
     label says whether the second sentence is the first one's synthetic translation."""
-    import random
-
     from one_layer_lottery import corpus, glue
 
     root = tmp_path_factory.mktemp("glue")
@@ -180,9 +177,6 @@ def hypotheses(bin_dir, ckpt, *extra):
     """fairseq-generate's hypothesis lines (H-...) for the test set, sorted: the command's own main run in this
     process, to compare two checkpoints' translations without two process starts (tests of the command itself
     run it with run_cli)."""
-    import contextlib
-    import io
-
     from fairseq import options
     from fairseq_cli import generate
 

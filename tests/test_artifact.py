@@ -5,6 +5,7 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import warnings
 
 import pytest
@@ -228,8 +229,6 @@ def test_shared_embedding_table_stored_once(tmp_path):
 
 @pytest.mark.e2e
 def test_example_translates_from_an_artifact(trained, tiny_corpus):
-    import sys
-
     from conftest import ROOT
 
     r = subprocess.run([sys.executable, "examples/translate_from_artifact.py", str(trained),

@@ -1,3 +1,4 @@
+import logging
 import os
 
 import pytest
@@ -50,8 +51,6 @@ def test_prepare_bad_inputs_fail_in_one_line_and_write_nothing(tmp_path):
 def test_preprocess_runs_in_process_quietly_and_fails_in_one_line(tmp_path, capsys):
     """fairseq-preprocess's main in this process: its binaries and its own log file, nothing on our stdout or
     logging; a failure is one ConfigError line."""
-    import logging
-
     from one_layer_lottery.data import run_preprocess
     from one_layer_lottery.errors import ConfigError
 

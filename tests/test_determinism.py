@@ -1,4 +1,5 @@
 import hashlib
+import json
 
 import pytest
 import torch
@@ -41,8 +42,6 @@ def test_model_weights_are_pinned():
 @pytest.mark.e2e
 def test_format_1_artifacts_are_refused_in_one_line(trained, tmp_path):
     """Format 1 (before per-role inits) was written only by this repository's early commits: refused, one line."""
-    import json
-
     from safetensors import safe_open
     from safetensors.torch import save_file
 

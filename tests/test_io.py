@@ -1,5 +1,8 @@
 """io.py: checkpoint reading with one-line errors, atomic writes, and the one rule for stored bytes."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import olt
@@ -59,9 +62,6 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
 
 def test_plots_stay_quiet_under_fairseqs_debug_root_logger(tmp_path):
     """Importing fairseq sets the root logger to DEBUG; a plot must not print matplotlib's debug lines."""
-    import subprocess
-    import sys
-
     code = ("import fairseq, logging\nassert logging.getLogger().level == logging.DEBUG\n"
             "from one_layer_lottery.io import pyplot, save_figure\nplt = pyplot()\nfig, ax = plt.subplots()\n"
             f"ax.plot([1, 2], label='x')\nax.legend()\nsave_figure(fig, {str(tmp_path / 'p.png')!r})\n")

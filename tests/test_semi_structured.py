@@ -1,6 +1,10 @@
 """2:4 sparse storage for inference: what can be checked without a GPU (the pattern, the backend and layer
 choices, the fallback to dense storage, and the attention path the sparse weights take)."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import build_model
@@ -118,10 +122,6 @@ def test_converted_layers_take_the_sparse_path_and_give_the_same_outputs(monkeyp
 
 @pytest.mark.e2e
 def test_gpu_benchmark_refuses_a_machine_without_sparse_tensor_cores():
-    import os
-    import subprocess
-    import sys
-
     from conftest import ROOT
 
     if torch.cuda.is_available():
