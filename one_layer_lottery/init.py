@@ -18,7 +18,8 @@ import torch
 
 from .masks import check_remaining_ratio
 
-WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "signed_constant")
+WEIGHT_INITS = ("kaiming_uniform", "xavier_uniform", "signed_constant", "bert_normal")
+BERT_STD = 0.02  # bert_normal: N(0, 0.02^2) whatever the fan (BERT, RoBERTa and the authors' RoBERTa code)
 SCORE_INITS = ("kaiming_uniform", "kaiming_normal", "magnitude")
 ROLES = ("qkv", "attn_out", "ffn", "embed", "output")
 LAYER_ROLES = ("qkv", "attn_out", "ffn")
@@ -55,6 +56,8 @@ PRESETS: dict[str, dict[str, tuple[str, bool, float]]] = {
     "authors": {"qkv": ("xavier_uniform", False, 1 / math.sqrt(2)), "attn_out": ("xavier_uniform", False, 1.0),
                 "ffn": ("kaiming_uniform", False, 1.0), "embed": ("kaiming_uniform", False, 1.0),
                 "output": ("kaiming_uniform", False, 1 / math.sqrt(2))},
+    # the authors' RoBERTa code (init_bert_params): N(0, 0.02) for every masked linear and embedding table, unscaled
+    "bert": {r: ("bert_normal", False, 1.0) for r in ROLES},
 }
 
 
@@ -99,6 +102,9 @@ def generate_weight(weight_seed: int, name: str, shape: Sequence[int], spec: Ini
     gen.manual_seed(stream_seed(weight_seed, name))
     fan_out, fan_in = shape[0], shape[1]
     factor = 1.0 / spec.remaining_ratio if spec.scale else 1.0
+    if spec.method == "bert_normal":
+        w = torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, BERT_STD * math.sqrt(factor), generator=gen)
+        return w * spec.gain if spec.gain != 1.0 else w
     u = torch.empty(tuple(shape), dtype=torch.float32).uniform_(-1.0, 1.0, generator=gen)
     # the arithmetic of format-1 artifacts, kept bit for bit (they regenerate their weights with it)
     if spec.method == "xavier_uniform":

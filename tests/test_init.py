@@ -35,6 +35,17 @@ def test_xavier_and_signed_constant():
     assert 0.45 < (s > 0).float().mean() < 0.55
 
 
+@pytest.mark.parametrize("k,scale", [(0.5, False), (0.25, True)])
+def test_bert_normal_is_a_gaussian_of_std_0_02_whatever_the_fan(k, scale):
+    std = 0.02 * (math.sqrt(1 / k) if scale else 1)
+    for shape in ((512, 256), (256, 1024)):
+        w = generate_weight(1, "w", shape, InitSpec("bert_normal", k, scale))
+        assert abs(w.std().item() / std - 1) < 0.02 and abs(w.mean().item()) < std / 50
+        assert w.abs().max() > 4 * std  # a gaussian's tail: a uniform of this std stops at sqrt(3) std
+    assert torch.equal(generate_weight(1, "w", (8, 8), InitSpec("bert_normal", 0.5, False, 2.0)),
+                       2 * generate_weight(1, "w", (8, 8), InitSpec("bert_normal", 0.5, False)))
+
+
 def test_bad_specs():
     with pytest.raises(ValueError, match="'normal' is unknown; allowed: kaiming_uniform"):
         InitSpec("normal")
@@ -72,12 +83,14 @@ def _expected(preset, d=64, f=128, v_src=44, v_tgt=34, k=0.5):
         return {**xavier, "embed": kaiming["embed"] / math.sqrt(k), "output": kaiming["output"] / math.sqrt(k)}
     if preset == "paper":  # kaiming * sqrt(1/k) everywhere
         return {r: s / math.sqrt(k) for r, s in kaiming.items()}
+    if preset == "bert":  # the authors' RoBERTa code: N(0, 0.02) for every masked weight, unscaled
+        return {r: 0.02 for r in kaiming}
     # authors: fairseq's attention init (q/k/v gain 1/sqrt 2), kaiming unscaled, output std dim^-1/2
     return {**kaiming, "qkv": xavier["qkv"] / math.sqrt(2), "attn_out": xavier["attn_out"],
             "output": 1 / math.sqrt(d)}
 
 
-@pytest.mark.parametrize("preset", ["tuned", "paper", "authors"])
+@pytest.mark.parametrize("preset", ["tuned", "paper", "authors", "bert"])
 def test_each_role_has_its_documented_std(preset):
     from conftest import build_model
 

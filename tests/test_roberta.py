@@ -123,6 +123,19 @@ def test_masked_head_and_standard_arch(tiny_glue, tmp_path):
     assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() and a.stdout == b.stdout
 
 
+def test_bert_init_preset_draws_every_masked_weight_from_n0_002_and_the_artifact_regenerates_it(tiny_glue, tmp_path):
+    ckpt = train(tiny_glue, tmp_path / "bert", "--arch", "one_layer_supermask_roberta_tiny", "--optimizer",
+                 "masked_adam", "--init-preset", "bert", updates=2)
+    frozen, _ = frozen_and_scores(torch.load(ckpt, weights_only=True)["model"])
+    table = next(v for k, v in frozen.items() if "embed_tokens" in k)
+    for w in [table, *(v for k, v in frozen.items() if ".shared_layer_weights." in k)]:
+        assert abs(w.float().std().item() / 0.02 - 1) < 0.1 and w.abs().max() > 3 * 0.02
+    olt("export", ckpt, tmp_path / "m.olt")
+    olt("expand", tmp_path / "m.olt", tmp_path / "back.pt")
+    back, _ = frozen_and_scores(torch.load(tmp_path / "back.pt", weights_only=True)["model"])
+    assert back.keys() == frozen.keys() and all(torch.equal(back[k], v) for k, v in frozen.items())
+
+
 def test_pretrained_roberta_embeddings_frozen_and_bad_ones_refused(tiny_glue, dense_ckpt, tmp_path):
     dense = train(tiny_glue, tmp_path / "dense", *SMALL_DENSE, updates=2)
     ckpt = train(tiny_glue, tmp_path / "pre", "--arch", "one_layer_supermask_roberta_tiny", "--optimizer",

@@ -31,7 +31,8 @@ class SupermaskOptions(FairseqDataclass):
     init_preset: ChoiceEnum(tuple(PRESETS)) = dataclasses.field(  # type: ignore[valid-type]
         default="tuned", metadata={"help": "init of every tensor role: tuned (measured best: xavier unscaled "
                                            "layers, kaiming sqrt(1/k)-scaled embedding table), paper (kaiming, "
-                                           "sqrt(1/k)-scaled, everywhere), authors (the published code)"})
+                                           "sqrt(1/k)-scaled, everywhere), authors (the published code), bert "
+                                           "(N(0, 0.02) everywhere, unscaled: the authors' RoBERTa init)"})
     weight_init: Optional[str] = dataclasses.field(  # noqa: UP045
         default=None, metadata={"help": f"init of the layer roles (attention q/k/v and output, FFN), "
                                         f"overriding the preset: {', '.join(WEIGHT_INITS)}"})
