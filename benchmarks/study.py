@@ -17,8 +17,9 @@ Parts:
          (by validation BLEU) to the next, the winner to convergence
   core   the tuned dense model, the one-layer masks-only model and the one-layer model on the same seed's converged
          dense embeddings (frozen; and masked, the authors' default, on 2 seeds); 3 seeds
-  width  masks-only with a multicoated mask, masks-only at twice the width, dense at half and twice the width, the
-         standard supermask (a random layer per depth); 2 seeds
+  width  masks-only with a multicoated mask, masks-only at twice the width, dense at an eighth, a quarter, half and
+         twice the width (the byte frontier down to the artifact's bytes), the standard supermask (a random layer
+         per depth); 2 seeds
   followup  where masks-only misses its target, what the ablation points to, on top of the tuned setting: k annealed
          from 1 (gradual sparsity) and a later-decaying score learning rate (a longer warmup under inverse_sqrt);
          seed 1 of each to convergence, then the best of them and the tuned setting on validation BLEU; if a
@@ -107,6 +108,11 @@ ROWS = {
                  ["--arch", "supermask_transformer_tiny"], (1, 2), "width"),
     "dense_half": ("dense Transformer at half the width", "dense", 0.5, [], (1, 2), "width"),
     "dense_wide": ("dense Transformer at twice the width", "dense", 2, [], (1, 2), "width"),
+    # the byte frontier down to the masks-only artifact's bytes: at half the width a dense model still stores about
+    # 2 MB (its 6,000-word tables dominate); at an eighth (16/32) about 0.4 MB, the artifact's (added 2026-12-05,
+    # before any width row had finished)
+    "dense_quarter": ("dense Transformer at a quarter of the width", "dense", 0.25, [], (1, 2), "width"),
+    "dense_eighth": ("dense Transformer at an eighth of the width", "dense", 0.125, [], (1, 2), "width"),
 }
 # part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
 FOLLOWUPS = {
@@ -1045,9 +1051,11 @@ def plots(a, rows: dict) -> list[str]:
     save_plot(fig, os.path.join(a.work, "curves.png"))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     points = bytes_points(rows)
+    widths = ", ".join(f"{ROWS[row][2]:g}" for row in sorted((r for r in rows if "fp16_bytes" in rows[r]),
+                                                              key=lambda r: ROWS[r][2]))
     for kind, marker in (("fp16", "s"), ("int8", "^")):
         pts = [p for p in points if p[0].endswith(kind)]
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (half/same/twice width)")
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
     for label, x, y in points:
         if not label.endswith(("fp16", "int8")):
             ax.scatter([x], [y], s=40, zorder=3)

@@ -135,15 +135,17 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
     _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])
     _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
     names = [r.name for r in sorted(study.plan(a)[0], key=lambda r: (r.priority, r.name))]
-    blocks = [names[2:4], names[4:8], names[8:11], names[11:22], names[22:]]  # after the two tuning runs
+    blocks = [names[2:4], names[4:8], names[8:11], names[11:24], names[24:]]  # after the two tuning runs
     assert [sorted(b) for b in blocks] == [
         ["pretrained_frozen-s1", "pretrained_masked-s1"],  # core, seed by seed
         ["dense-lr1e-3-d0.1-s2", "mask-lr4e-3-d0-c0-s2", "pretrained_frozen-s2", "pretrained_masked-s2"],
         ["dense-lr1e-3-d0.1-s3", "mask-lr4e-3-d0-c0-s3", "pretrained_frozen-s3"],
-        sorted(["coats-s1", "dense_half-s1", "dense_wide-s1", "masks_only_wide-s1", "standard-s1",  # width ...
+        sorted(["coats-s1", "dense_half-s1", "dense_wide-s1", "dense_quarter-s1", "dense_eighth-s1",  # width ...
+                "masks_only_wide-s1", "standard-s1",
                 "dense_rewind-s1", "magnitude_k0.1-s1", "magnitude_k0.5-s1", "masks_only_k0.1-s1", "ticket_k0.1-s1",
                 "ticket_k0.5-s1"]),  # ... and prune, seed 1 of each before either's seed 2
-        sorted(["coats-s2", "dense_half-s2", "dense_wide-s2", "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
+        sorted(["coats-s2", "dense_half-s2", "dense_wide-s2", "dense_quarter-s2", "dense_eighth-s2",
+                "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
                 "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
 
