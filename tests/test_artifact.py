@@ -10,10 +10,12 @@ import warnings
 
 import pytest
 import torch
-from conftest import MASKED, SM, TRAIN, build_model, hypotheses, make_dictionary, olt, run_cli
+from conftest import MASKED, ROOT, SM, TRAIN, build_model, hypotheses, make_dictionary, olt, run_cli
 
 from one_layer_lottery import artifact
 from one_layer_lottery.errors import ConfigError
+
+PUBLISHED = os.path.join(ROOT, "models", "multi30k-de-en")  # the converged study's models (benchmarks/study.py)
 
 
 def _fails_one_line(r, out, *needles):
@@ -302,3 +304,18 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
         r = olt("inspect", path, "--json")
         rep = json.loads(r.stdout.strip().splitlines()[-1])
         assert {round(m["remaining_ratio"], 6) for m in rep["modules"]} == {0.5}
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path", sorted(os.path.join(PUBLISHED, f) for f in os.listdir(PUBLISHED) if f.endswith(".olt")))
+def test_published_models_translate_raw_german_and_their_card_matches_the_ledger(path):
+    """Each committed artifact translates plain German to plain English as the README shows, and the folder's card
+    gives it the test BLEU its run recorded in the study's ledger."""
+    out = olt("translate", path, "Ein Hund läuft durch den Park.").stdout.strip()
+    assert re.fullmatch(r"A dog \w+ through the park\.", out), out
+    with open(os.path.join(PUBLISHED, "README.md"), encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith(f"| `{os.path.basename(path)}` |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", cells[3], "result.json"), encoding="utf-8") as f:
+        assert float(cells[2]) == json.load(f)["test_bleu"]
+    assert int(cells[5].replace(",", "")) == os.path.getsize(path)
