@@ -104,16 +104,16 @@ def generate_weight(weight_seed: int, name: str, shape: Sequence[int], spec: Ini
     factor = 1.0 / spec.remaining_ratio if spec.scale else 1.0
     if spec.method == "bert_normal":
         w = torch.empty(tuple(shape), dtype=torch.float32).normal_(0.0, BERT_STD * math.sqrt(factor), generator=gen)
-        return w * spec.gain if spec.gain != 1.0 else w
-    u = torch.empty(tuple(shape), dtype=torch.float32).uniform_(-1.0, 1.0, generator=gen)
-    # the arithmetic of format-1 artifacts, kept bit for bit (they regenerate their weights with it)
-    if spec.method == "xavier_uniform":
-        w = u * math.sqrt(6.0 / (fan_in + fan_out) * factor)
-    elif spec.method == "signed_constant":
-        std = math.sqrt(2.0 / fan_in * factor)
-        w = torch.where(u >= 0, std, -std)
     else:
-        w = u * math.sqrt(2.0 / fan_in * factor) * math.sqrt(3.0)
+        u = torch.empty(tuple(shape), dtype=torch.float32).uniform_(-1.0, 1.0, generator=gen)
+        # the arithmetic of format-1 artifacts, kept bit for bit (they regenerate their weights with it)
+        if spec.method == "xavier_uniform":
+            w = u * math.sqrt(6.0 / (fan_in + fan_out) * factor)
+        elif spec.method == "signed_constant":
+            std = math.sqrt(2.0 / fan_in * factor)
+            w = torch.where(u >= 0, std, -std)
+        else:
+            w = u * math.sqrt(2.0 / fan_in * factor) * math.sqrt(3.0)
     return w * spec.gain if spec.gain != 1.0 else w
 
 

@@ -231,8 +231,6 @@ def test_shared_embedding_table_stored_once(tmp_path):
 
 @pytest.mark.e2e
 def test_example_translates_from_an_artifact(trained, tiny_corpus):
-    from conftest import ROOT
-
     r = subprocess.run([sys.executable, "examples/translate_from_artifact.py", str(trained),
                         os.path.join(tiny_corpus.root, "prep"), "2"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, check=False)
