@@ -19,7 +19,8 @@ Parts:
          dense embeddings (frozen; and masked, the authors' default, on 2 seeds); 3 seeds
   width  masks-only with a multicoated mask, masks-only at twice the width, dense at an eighth, a quarter, half and
          twice the width (the byte frontier down to the artifact's bytes), the standard supermask (a random layer
-         per depth); 2 seeds
+         per depth); 2 seeds. At a quarter and an eighth of the width dense's dropout is chosen again (0.3, 0.1, 0;
+         seed 1 of each to convergence, the best on validation alone scored on test and trained on seed 2)
   followup  where masks-only misses its target, what the ablation points to, on top of the tuned setting: k annealed
          from 1 (gradual sparsity) and a later-decaying score learning rate (a longer warmup under inverse_sqrt);
          seed 1 of each to convergence, then the best of them and the tuned setting on validation BLEU; if a
@@ -114,6 +115,12 @@ ROWS = {
     "dense_quarter": ("dense Transformer at a quarter of the width", "dense", 0.25, [], (1, 2), "width"),
     "dense_eighth": ("dense Transformer at an eighth of the width", "dense", 0.125, [], (1, 2), "width"),
 }
+# rows whose dropout is chosen again at their own width, on validation with seed 1 (row: variant -> flags on top of
+# the family's tuned setting; "" is that setting itself): dense's grid picked dropout 0.3 at the benchmark width,
+# where the two frontier rows closest to the artifacts' bytes underfit (an eighth: training nll 5.7 at 3,000
+# updates); their seed 2 trains with the winner, and only the winner is scored on test (added 2026-12-05 09:20 UTC,
+# before either row had converged)
+RETUNED = {row: {"d0.1": ["--dropout", "0.1"], "d0": ["--dropout", "0"]} for row in ("dense_quarter", "dense_eighth")}
 # part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
 FOLLOWUPS = {
     "followup_anneal_k": ("one-layer masks-only, k annealed from 1 over the first 1,000 updates (cubic)",
@@ -359,8 +366,18 @@ def plan(a) -> tuple[list[Run], dict]:
                 continue
             if part == "followup" and row != chosen:
                 seeds = seeds[:1]
+            variant = ""
+            if row in RETUNED:  # its seed-1 candidates, unscored but the chosen one; seed 2 waits for the choice
+                variant = retune_choice(a, row)
+                base = setting_args(family, winners[family]) + extra
+                runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], a.cap, a.patience,
+                             queue(part_no, 1), 1, width, scored=False)
+                         for v, flags in {"": [], **RETUNED[row]}.items() if v != variant]
+                if variant is None:
+                    continue
+                extra = extra + RETUNED[row].get(variant, [])
             for seed in seeds[:a.seeds or None]:
-                name = f"{row}-s{seed}"
+                name = retuned_name(row, variant, seed)
                 needs, ticket = (), ()
                 if width == 1 and not extra:  # the tuned setting itself: seed 1 is the tuning run
                     name = f"{family}-{winners[family]}-s{seed}"
@@ -385,6 +402,20 @@ def plan(a) -> tuple[list[Run], dict]:
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
     return list(unique.values()), winners
+
+
+def retuned_name(row: str, variant: str, seed: int) -> str:
+    return f"{row}-{variant}-s{seed}" if variant else f"{row}-s{seed}"
+
+
+def retune_choice(a, row: str) -> str | None:
+    """A RETUNED row's choice on validation: the variant ("" for the family's setting) whose converged seed-1 run
+    validates best (the family's setting on a tie); None until all of them have converged."""
+    runs = {v: Run(retuned_name(row, v, 1), [], a.cap, a.patience, ()) for v in ("", *RETUNED[row])}
+    if not all(complete(r) for r in runs.values()):
+        return None
+    scores = {v: best(validations(r))[1] for v, r in runs.items()}
+    return max(scores, key=lambda v: (scores[v], v == ""))
 
 
 def followup_choice(a, winners: dict) -> str | None:
@@ -889,12 +920,17 @@ def row_results(a, winners: dict) -> dict:
     for row, (label, family, width, extra, seeds, part) in all_rows(a).items():
         if winners[family] is None:
             continue
-        names = [n for n in runs if n.startswith(f"{row}-s") or (width == 1 and not extra and
-                 n.startswith(f"{family}-{winners[family]}-s"))]
+        variant = retune_choice(a, row) if row in RETUNED else ""
+        if variant is None:
+            continue
+        names = [n for n in runs if n.startswith(retuned_name(row, variant, "")) or (
+                 width == 1 and not extra and n.startswith(f"{family}-{winners[family]}-s"))]
         res = [result(n) for n in names if result(n)]
         if not res:
             continue
         bleus = [r["test_bleu"] for r in res]
+        if variant:
+            label += f" (dropout {RETUNED[row][variant][-1]}, chosen at its width)"
         rows[row] = {"label": label, "part": part, "seeds_done": len(res),
                      "seeds_planned": len(seeds[:a.seeds or None]),
                      "test_bleu": bleus, "mean": round(statistics.mean(bleus), 2),
@@ -962,6 +998,32 @@ def followup_table(a, winners: dict, lines: list[str]) -> dict:
                           chosen == "masks_only" else
                           f"Chosen: `{chosen}`; only it is scored on test, and it trains seeds 2 and 3."))
     return {"variants": table, "chosen": chosen}
+
+
+def retune_table(a, winners: dict, lines: list[str]) -> dict:
+    """The RETUNED rows' seed-1 candidates on validation (the choice), each row's chosen variant."""
+    if "width" not in a.parts or winners["dense"] is None:
+        return {}
+    lines += ["\n### Dropout chosen again at the frontier's smallest widths (dense, seed 1, validation BLEU)\n",
+              "| row | dropout | best valid BLEU (update) | trained | CPU h |", "|---|---|---|---|---|"]
+    table = {}
+    for row, variants in RETUNED.items():
+        chosen, width = retune_choice(a, row), ROWS[row][2]
+        base = setting_args("dense", winners["dense"])
+        for v in ("", *variants):
+            run = Run(retuned_name(row, v, 1), [], a.cap, a.patience, ())
+            flags = base + variants.get(v, [])
+            dropout = [x for i, x in enumerate(flags) if i and flags[i - 1] == "--dropout"][-1]  # fairseq: the last
+            vals, done = validations(run), trained(run)
+            top = best(vals) if vals else None
+            state = "converged" if complete(run) else "training" if vals else "waiting"
+            table[run.name] = {"dropout": dropout, "valid_bleu": top[1] if top else None, "state": state,
+                               "chosen": v == chosen}
+            lines.append(f"| {row}{' **chosen**' if v == chosen else ''} | {dropout} | "
+                         f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
+                         f"{cpu_hours(run.dir, done, measured_rate(a, width))[1]} |")
+    lines.append("\nEach row's chosen dropout alone is scored on test and trains seed 2 (the others never see test).")
+    return table
 
 
 def pruning_table(a, rows: dict, lines: list[str]) -> None:
@@ -1107,6 +1169,7 @@ def report(a) -> str:
     rows = row_results(a, winners)
     ratios_(rows, data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}")))
     results_table(rows, lines)
+    retuned = retune_table(a, winners, lines)
     followup = followup_table(a, winners, lines)
     pruning_table(a, rows, lines)
     compared = analysis(a, rows)
@@ -1131,7 +1194,7 @@ def report(a) -> str:
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(a.work, "report.md"), text)
     write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points,
-                                                         "followup": followup})
+                                                         "followup": followup, "retuned": retuned})
     return text
 
 

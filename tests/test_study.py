@@ -135,16 +135,17 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
     _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])
     _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
     names = [r.name for r in sorted(study.plan(a)[0], key=lambda r: (r.priority, r.name))]
-    blocks = [names[2:4], names[4:8], names[8:11], names[11:24], names[24:]]  # after the two tuning runs
+    blocks = [names[2:4], names[4:8], names[8:11], names[11:28], names[28:]]  # after the two tuning runs
     assert [sorted(b) for b in blocks] == [
         ["pretrained_frozen-s1", "pretrained_masked-s1"],  # core, seed by seed
         ["dense-lr1e-3-d0.1-s2", "mask-lr4e-3-d0-c0-s2", "pretrained_frozen-s2", "pretrained_masked-s2"],
         ["dense-lr1e-3-d0.1-s3", "mask-lr4e-3-d0-c0-s3", "pretrained_frozen-s3"],
         sorted(["coats-s1", "dense_half-s1", "dense_wide-s1", "dense_quarter-s1", "dense_eighth-s1",  # width ...
+                "dense_quarter-d0.1-s1", "dense_quarter-d0-s1", "dense_eighth-d0.1-s1", "dense_eighth-d0-s1",
                 "masks_only_wide-s1", "standard-s1",
                 "dense_rewind-s1", "magnitude_k0.1-s1", "magnitude_k0.5-s1", "masks_only_k0.1-s1", "ticket_k0.1-s1",
                 "ticket_k0.5-s1"]),  # ... and prune, seed 1 of each before either's seed 2
-        sorted(["coats-s2", "dense_half-s2", "dense_wide-s2", "dense_quarter-s2", "dense_eighth-s2",
+        sorted(["coats-s2", "dense_half-s2", "dense_wide-s2",  # a quarter's and an eighth's wait for the choice
                 "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
                 "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
@@ -188,6 +189,55 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
     assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
                                                              "followup_warmup1000-s1": False}
+
+
+def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any_test_score(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2", "--parts", "width",
+                          "--grid", "lr1e-3-d0.3,lr4e-3-d0-c0"])
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.3-s1", [(4, 1.0), (8, 2.0)])
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
+
+    def planned(row="dense_eighth"):
+        return {r.name: r for r in study.plan(a)[0] if r.name.startswith(row)}
+
+    runs = planned()
+    assert set(runs) == {"dense_eighth-s1", "dense_eighth-d0.1-s1", "dense_eighth-d0-s1"}  # no seed 2 yet
+    assert not any(r.scored for r in runs.values())
+    d0 = runs["dense_eighth-d0-s1"].args  # the family's dropout, then the variant's: fairseq takes the last
+    assert [x for i, x in enumerate(d0) if i and d0[i - 1] == "--dropout"] == ["0.3", "0"] and d0[-2:] == ["--seed", 1]
+    assert runs["dense_eighth-d0-s1"].width == 0.125 and "--dropout" not in runs["dense_eighth-s1"].args[-2:]
+    _run_with_log(tmp_path, "dense_eighth-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
+    _run_with_log(tmp_path, "dense_eighth-d0.1-s1", [(4, 1.0), (8, 3.0), (12, 2.0), (16, 2.0)])  # best on valid
+    _run_with_log(tmp_path, "dense_eighth-d0-s1", [(4, 1.0), (8, 2.5)])  # still training
+    assert study.retune_choice(a, "dense_eighth") is None and set(planned()) == set(runs)
+    _run_with_log(tmp_path, "dense_eighth-d0-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])
+    assert study.retune_choice(a, "dense_eighth") == "d0.1"
+    runs = planned()
+    assert {n: r.scored for n, r in runs.items()} == {"dense_eighth-s1": False, "dense_eighth-d0-s1": False,
+                                                       "dense_eighth-d0.1-s1": True, "dense_eighth-d0.1-s2": True}
+    assert runs["dense_eighth-d0.1-s2"].args == runs["dense_eighth-d0.1-s1"].args[:-1] + [2]
+    assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["dense_eighth-d0.1-s1"]
+    assert set(planned("dense_quarter")) == {"dense_quarter-s1", "dense_quarter-d0.1-s1", "dense_quarter-d0-s1"}
+    # the results row holds the chosen variant's seeds only, its dropout named; the table marks the choice
+    for name, bleu in (("dense_eighth-s1", 9.0), ("dense_eighth-d0.1-s1", 5.0)):
+        study.write_json(os.path.join(tmp_path, "runs", name, "result.json"), {
+            "run": name, "test_bleu": bleu, "valid_bleu": 3.0, "best_update": 8, "updates": 16, "cpu_hours": 0.1,
+            "fp16_bytes": 10, "int8_bytes": 8, "int8_test_bleu": bleu})
+    row = study.row_results(a, {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"})["dense_eighth"]
+    assert row["runs"] == ["dense_eighth-d0.1-s1"] and row["test_bleu"] == [5.0] and "dropout 0.1" in row["label"]
+    lines = []
+    table = study.retune_table(a, {"dense": "lr1e-3-d0.3"}, lines)
+    assert table["dense_eighth-d0.1-s1"] == {"dropout": "0.1", "valid_bleu": 3.0, "state": "converged",
+                                             "chosen": True}
+    assert table["dense_eighth-s1"]["dropout"] == "0.3" and table["dense_quarter-d0-s1"]["state"] == "waiting"
+    assert any("dense_eighth **chosen** | 0.1 | 3.00 (8)" in x for x in lines)
+    # a tie keeps the family's setting
+    for name in ("dense_eighth-d0.1-s1", "dense_eighth-d0-s1"):
+        _run_with_log(tmp_path, name, [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
+    assert study.retune_choice(a, "dense_eighth") == ""
+    assert {n: r.scored for n, r in planned().items()} == {"dense_eighth-s1": True, "dense_eighth-s2": True,
+                                                           "dense_eighth-d0-s1": False, "dense_eighth-d0.1-s1": False}
 
 
 def _machine(root, dictionary="de 5\n"):
