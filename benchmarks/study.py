@@ -119,7 +119,7 @@ ROWS = {
 # the family's tuned setting; "" is that setting itself): dense's grid picked dropout 0.3 at the benchmark width;
 # narrower, it starves the model (training nll at or above validation nll: half the width 2.50 against 2.47; an
 # eighth still 5.7 at 3,000 updates). Seed 2 trains with the winner, and only the winner is scored on test (added
-# 2026-12-05 09:20 UTC; at half the width seed 1 had been scored with 0.3, the choice reads validation only)
+# 2026-12-05 09:05-09:10 UTC; at half the width seed 1 had been scored with 0.3, the choice reads validation only)
 RETUNED = {row: {"d0.1": ["--dropout", "0.1"], "d0": ["--dropout", "0"]}
            for row in ("dense_half", "dense_quarter", "dense_eighth")}
 # part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
