@@ -173,7 +173,8 @@ class Run:
     width: float = 1
     needs: tuple = ()  # runs that must be complete first (their checkpoints are read)
     ticket: tuple = ()  # a lottery ticket's (final dense checkpoint, directory of the weights to rewind to, k)
-    scored: bool = True  # scored on test once converged (not a follow-up variant that was not chosen)
+    scored: bool = True  # scored on test once converged (not a candidate that was not chosen)
+    pending: bool = False  # a candidate whose choice on validation is not made yet: not final, kept off the ledger
 
     @property
     def dir(self) -> str:
@@ -372,7 +373,7 @@ def plan(a) -> tuple[list[Run], dict]:
                 variant = retune_choice(a, row)
                 base = setting_args(family, winners[family]) + extra
                 runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], a.cap, a.patience,
-                             queue(part_no, 1), 1, width, scored=False)
+                             queue(part_no, 1), 1, width, scored=False, pending=variant is None)
                          for v, flags in {"": [], **RETUNED[row]}.items() if v != variant]
                 if variant is None:
                     continue
@@ -398,7 +399,8 @@ def plan(a) -> tuple[list[Run], dict]:
                         k = float(extra[extra.index("--remaining-ratio") + 1])
                         needs, ticket = needs + (rewind.name, rewind_source.name), (best_ckpt, rewind_dir, k)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
-                                tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen))
+                                tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen,
+                                part == "followup" and chosen is None))
     unique = {}
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
@@ -728,8 +730,10 @@ def check_ledger(a) -> None:
 
 def final(a, run: Run, winners: dict) -> bool:
     """Whether a run will not train again: scored; converged and left unscored (a follow-up variant not chosen);
-    or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known."""
-    if not complete(run) or run.name.endswith(".regen"):
+    or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known. A
+    candidate converged before its choice is not final: were it restored from the ledger without its checkpoint and
+    then chosen, nothing could score it."""
+    if not complete(run) or run.name.endswith(".regen") or run.pending:
         return False
     if run.max_update < a.cap:
         return None not in winners.values()

@@ -173,6 +173,7 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     _run_with_log(tmp_path, "followup_anneal_k-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])  # best on valid
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # still training
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) is None and set(planned()) == set(runs)
+    assert not study.final(a, runs["followup_anneal_k-s1"], {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"})
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2), (12, 2.0), (16, 2.0)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "followup_anneal_k"
     runs = planned()
@@ -212,9 +213,14 @@ def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any
     _run_with_log(tmp_path, "dense_eighth-d0.1-s1", [(4, 1.0), (8, 3.0), (12, 2.0), (16, 2.0)])  # best on valid
     _run_with_log(tmp_path, "dense_eighth-d0-s1", [(4, 1.0), (8, 2.5)])  # still training
     assert study.retune_choice(a, "dense_eighth") is None and set(planned()) == set(runs)
+    winners = {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"}
+    # a converged candidate stays off the ledger until the choice (restored without its checkpoint and then chosen,
+    # it could not be scored)
+    assert not study.final(a, planned()["dense_eighth-s1"], winners)
     _run_with_log(tmp_path, "dense_eighth-d0-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])
     assert study.retune_choice(a, "dense_eighth") == "d0.1"
     runs = planned()
+    assert study.final(a, runs["dense_eighth-s1"], winners) and not study.final(a, runs["dense_eighth-d0.1-s1"], winners)
     assert {n: r.scored for n, r in runs.items()} == {"dense_eighth-s1": False, "dense_eighth-d0-s1": False,
                                                        "dense_eighth-d0.1-s1": True, "dense_eighth-d0.1-s2": True}
     assert runs["dense_eighth-d0.1-s2"].args == runs["dense_eighth-d0.1-s1"].args[:-1] + [2]
