@@ -407,9 +407,12 @@ def plan(a) -> tuple[list[Run], dict]:
     return list(unique.values()), winners
 
 
-def last_value(args: list, flag: str) -> str:
-    """A flag's value as fairseq reads it: the last of its occurrences."""
-    return [x for i, x in enumerate(args) if i and args[i - 1] == flag][-1]
+def retuned_dropout(winners: dict, row: str, variant: str | None) -> str:
+    """The dropout a RETUNED row's variant trains with (None, before the choice: its family's), as fairseq reads the
+    flag: its last occurrence."""
+    family = ROWS[row][1]
+    args = setting_args(family, winners[family]) + RETUNED[row].get(variant, [])
+    return [x for i, x in enumerate(args) if i and args[i - 1] == "--dropout"][-1]
 
 
 def retuned_name(row: str, variant: str, seed: int) -> str:
@@ -938,9 +941,8 @@ def row_results(a, winners: dict) -> dict:
             continue
         bleus = [r["test_bleu"] for r in res]
         if row in RETUNED:
-            dropout = last_value(setting_args(family, winners[family]) + RETUNED[row].get(variant, []), "--dropout")
-            label += f" (dropout {dropout}, " + ("chosen at its width)" if variant is not None else
-                                                 "its width's choice pending)")
+            label += f" (dropout {retuned_dropout(winners, row, variant)}, " + (
+                "chosen at its width)" if variant is not None else "its width's choice pending)")
         rows[row] = {"label": label, "part": part, "seeds_done": len(res),
                      "seeds_planned": len(seeds[:a.seeds or None]),
                      "test_bleu": bleus, "mean": round(statistics.mean(bleus), 2),
@@ -994,20 +996,26 @@ def followup_table(a, winners: dict, lines: list[str]) -> dict:
     table = {}
     for row, run in candidates.items():
         label, extra = FOLLOWUPS.get(row, ("the tuned setting", []))
-        vals, done = validations(run), trained(run)
-        top = best(vals) if vals else None
-        state = "converged" if complete(run) else "training" if vals else "waiting"
-        table[row] = {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None,
-                      "trained": done, "state": state}
+        table[row], cells = candidate(run, rate)
         mark = " **chosen**" if row == chosen else ""
-        lines.append(f"| {label}{mark} | `{' '.join(extra) or '-'}` | "
-                     f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
-                     f"{cpu_hours(run.dir, done, rate)[1]} |")
+        lines.append(f"| {label}{mark} | `{' '.join(extra) or '-'}` | {cells}")
     lines.append("\n" + ("Not chosen yet: every variant's seed 1 must converge first." if chosen is None else
                           "The tuned setting stays best on validation: no variant goes on to test." if
                           chosen == "masks_only" else
                           f"Chosen: `{chosen}`; only it is scored on test, and it trains seeds 2 and 3."))
     return {"variants": table, "chosen": chosen}
+
+
+def candidate(run: Run, rate: float | None) -> tuple[dict, str]:
+    """A candidate's seed-1 run on validation: its best, updates trained and state; and those as a table's last three
+    cells (best valid BLEU (update) | trained | CPU h)."""
+    vals, done = validations(run), trained(run)
+    top = best(vals) if vals else None
+    state = "converged" if complete(run) else "training" if vals else "waiting"
+    cells = (f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
+             f"{cpu_hours(run.dir, done, rate)[1]} |")
+    return {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None, "trained": done,
+            "state": state}, cells
 
 
 def retune_table(a, winners: dict, lines: list[str]) -> dict:
@@ -1018,20 +1026,13 @@ def retune_table(a, winners: dict, lines: list[str]) -> dict:
               "| row | dropout | best valid BLEU (update) | trained | CPU h |", "|---|---|---|---|---|"]
     table = {}
     for row, variants in RETUNED.items():
-        chosen, width = retune_choice(a, row), ROWS[row][2]
-        base = setting_args("dense", winners["dense"])
+        chosen, rate = retune_choice(a, row), measured_rate(a, ROWS[row][2])
         for v in ("", *variants):
             run = Run(retuned_name(row, v, 1), [], a.cap, a.patience, ())
-            flags = base + variants.get(v, [])
-            dropout = last_value(flags, "--dropout")
-            vals, done = validations(run), trained(run)
-            top = best(vals) if vals else None
-            state = "converged" if complete(run) else "training" if vals else "waiting"
-            table[run.name] = {"dropout": dropout, "valid_bleu": top[1] if top else None, "state": state,
+            dropout, (seen, cells) = retuned_dropout(winners, row, v), candidate(run, rate)
+            table[run.name] = {"dropout": dropout, "valid_bleu": seen["valid_bleu"], "state": seen["state"],
                                "chosen": v == chosen}
-            lines.append(f"| {row}{' **chosen**' if v == chosen else ''} | {dropout} | "
-                         f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
-                         f"{cpu_hours(run.dir, done, measured_rate(a, width))[1]} |")
+            lines.append(f"| {row}{' **chosen**' if v == chosen else ''} | {dropout} | {cells}")
     lines.append("\nEach row's chosen dropout alone is scored on test and trains seed 2 (the others never see test).")
     return table
 
