@@ -372,8 +372,11 @@ def plan(a) -> tuple[list[Run], dict]:
             if row in RETUNED:  # its seed-1 candidates, unscored but the chosen one; seed 2 waits for the choice
                 variant = retune_choice(a, row)
                 base = setting_args(family, winners[family]) + extra
+                # queued before the part's other seed-1 runs: the other dropouts first (with less dropout a run
+                # converges sooner), narrowest first, then the family's setting, so more of them finish in a session
                 runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], a.cap, a.patience,
-                             queue(part_no, 1), 1, width, scored=False, pending=variant is None)
+                             queue(part_no, 1, (-1 if v == "" else -2) + width / 10), 1, width, scored=False,
+                             pending=variant is None)
                          for v, flags in {"": [], **RETUNED[row]}.items() if v != variant]
                 if variant is None:
                     continue
@@ -389,13 +392,15 @@ def plan(a) -> tuple[list[Run], dict]:
                         continue
                     dense = tuned_run(a, "dense", winners["dense"], seed, part_no)
                     runs.append(dense)  # where another part trains it too, the first of the same name is kept
-                    best_ckpt, _, source = checkpoint_of(a, dense, runs)
+                    # a lost checkpoint is trained again only for a run still to train, in that run's turn
+                    done = complete(Run(name, [], a.cap, a.patience, ()))
+                    best_ckpt, _, source = checkpoint_of(a, dense, runs, queue(part_no, seed), done)
                     args = [x.replace("{dense}", best_ckpt) for x in args if x != TICKET]
                     needs = (dense.name, source.name)
                     if TICKET in extra:
                         rewind = rewind_run(a, winners["dense"], seed, part_no)
                         runs.append(rewind)
-                        _, rewind_dir, rewind_source = checkpoint_of(a, rewind, runs)
+                        _, rewind_dir, rewind_source = checkpoint_of(a, rewind, runs, queue(part_no, seed, -1), done)
                         k = float(extra[extra.index("--remaining-ratio") + 1])
                         needs, ticket = needs + (rewind.name, rewind_source.name), (best_ckpt, rewind_dir, k)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
@@ -447,7 +452,7 @@ def followup_candidates(a, winners: dict) -> dict:
             **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in FOLLOWUPS}}
 
 
-def queue(part_no: int, seed: int, sub: int = 0) -> tuple:
+def queue(part_no: int, seed: int, sub: float = 0) -> tuple:
     """A run's place in the queue after tuning: the core rows, seed by seed, then every later part's seed 1 before
     any part's seed 2 (each row gets its first figure before its second seed trains)."""
     return min(part_no, 2), seed, part_no, sub
@@ -795,7 +800,7 @@ def lost(run: Run) -> bool:
             and not os.path.exists(os.path.join(run.dir, "checkpoint_best.pt")))
 
 
-def regen_run(a, run: Run) -> Run:
+def regen_run(a, run: Run, priority: tuple | None = None) -> Run:
     """A restored run trained again on its seed to the update its checkpoint was chosen at (a budget run: to its
     budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). On the machine and code
     that trained the run it retraces it bit for bit (fairseq seeds every update from --seed and the update number;
@@ -804,15 +809,18 @@ def regen_run(a, run: Run) -> Run:
     ledger's."""
     vals = validations(run)
     upto = run.max_update if run.max_update < a.cap else best(vals)[0]
-    return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, run.priority, run.seed, run.width)
+    return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, priority or run.priority, run.seed, run.width)
 
 
-def checkpoint_of(a, run: Run, runs: list) -> tuple[str, str, Run]:
+def checkpoint_of(a, run: Run, runs: list, priority: tuple | None = None, reader_done: bool = False
+                  ) -> tuple[str, str, Run]:
     """Where a needed run's checkpoint is read: (its best checkpoint, its directory, the run that must be complete
-    first); a lost run's regenerated run stands in for it and joins `runs`."""
-    if not lost(run):
+    first); a lost run's regenerated run stands in for it and joins `runs`, queued at `priority` (its reader's
+    place: trained in the reader's turn, not its own run's), unless the reader is complete already (a restored
+    row needs nothing trained again)."""
+    if not lost(run) or reader_done:
         return os.path.join(run.dir, "checkpoint_best.pt"), run.dir, run
-    regen = regen_run(a, run)
+    regen = regen_run(a, run, priority)
     runs.append(regen)
     return os.path.join(regen.dir, "checkpoint_last.pt"), regen.dir, regen
 
