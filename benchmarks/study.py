@@ -748,32 +748,127 @@ def final(a, run: Run, winners: dict) -> bool:
     return result(run.name) is not None or not run.scored
 
 
-def record(a, run: Run, artifact: bool = False) -> bool:
-    """Copies a finished run's small files into the ledger (its log cut to the lines the runner reads: launches,
+def record(a, run: Run, artifact: bool = False, kind: str = "") -> bool:
+    """Copies a run's small files into the ledger (its log cut to the lines the runner reads: launches,
     validations, saves, the early stop; and the artifact if asked), once per state; run.json goes last, so a
-    record cut short is written again. True if it wrote."""
+    record cut short is written again. A finished run's record holds no checkpoint; `kind` "candidate" (converged
+    before its choice) adds its best checkpoint's weights, "carried" (in flight) its best weights and its last
+    checkpoint, each in parts under PART_BYTES. True if it wrote."""
     dest = os.path.join(a.ledger, run.name)
-    state = {"updates": trained(run), "scored": result(run.name) is not None}
+    state = {"updates": trained(run), "scored": result(run.name) is not None, **({kind: True} if kind else {})}
     if os.path.exists(os.path.join(dest, "run.json")) and read_json(os.path.join(dest, "run.json")) == state:
         return False
+    checkpoints = {}
+    if kind:  # read first: an unreadable or torn checkpoint writes nothing (the next save tries again)
+        checkpoints = carried_checkpoints(run, with_last=kind == "carried")
+        if checkpoints is None:
+            return False
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
         write_text(os.path.join(dest, "train.log"), "".join(x for x in f if LEDGER_LOG.search(x)))
-    for name in LEDGER_FILES + (("model.olt",) if artifact else ()):
+    for name in LEDGER_FILES + (("model.olt",) if artifact else ()) + (("cpu.json",) if kind else ()):
         if os.path.exists(os.path.join(run.dir, name)):
             shutil.copyfile(os.path.join(run.dir, name), os.path.join(dest, name))
+    for f in os.listdir(dest):
+        if PART.match(f):
+            os.unlink(os.path.join(dest, f))
+    for name, blob in checkpoints.items():
+        write_parts(blob, os.path.join(dest, name))
     write_json(os.path.join(dest, "run.json"), state)
     return True
 
 
+# ---------------------------------------------------------------- checkpoints that outlive the machine (in the ledger)
+
+PART_BYTES = 1_900_000  # a ledger file stays under 2 MiB, the repository's limit for a tracked file
+CARRY_BYTES = 8 * 2 ** 20  # a run in flight is carried when its last checkpoint takes at most this
+PART = re.compile(r"^checkpoint_(best|last)\.pt\.\d+$")
+
+
+def carried_checkpoints(run: Run, with_last: bool) -> dict | None:
+    """What a candidate or a carried run keeps in the ledger: checkpoint_best.pt as its weights alone (what
+    fairseq-generate reads) and, to resume it, checkpoint_last.pt as written; None unless both hold the update
+    of the run's last save (a save still being copied is not taken)."""
+    import io as bytes_io
+
+    import torch
+    from one_layer_lottery.io import weights_checkpoint  # its import allows fairseq's classes in safe loading
+
+    out = {}
+    for name in ("checkpoint_best.pt", "checkpoint_last.pt")[:2 if with_last else 1]:
+        path = os.path.join(run.dir, name)
+        try:
+            with open(path, "rb") as f:
+                blob = f.read()
+            state = torch.load(bytes_io.BytesIO(blob), map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - missing, torn or being written: not this time
+            return None
+        if name == "checkpoint_last.pt":
+            if state["optimizer_history"][-1]["num_updates"] != trained(run):
+                return None
+            out[name] = blob
+        else:
+            buf = bytes_io.BytesIO()
+            torch.save(weights_checkpoint(state["cfg"], state["model"], state["optimizer_history"][-1]), buf)
+            out[name] = buf.getvalue()
+    return out
+
+
+def write_parts(blob: bytes, prefix: str) -> None:
+    for i in range(0, max(len(blob), 1), PART_BYTES):
+        with open(f"{prefix}.{i // PART_BYTES}", "wb") as f:
+            f.write(blob[i:i + PART_BYTES])
+
+
+def join_parts(folder: str) -> list[str]:
+    """Joins a restored run's checkpoint parts back into its checkpoints (the parts removed); the names joined."""
+    names = sorted({PART.match(f).group(1) for f in os.listdir(folder) if PART.match(f)})
+    for name in names:
+        target = os.path.join(folder, f"checkpoint_{name}.pt")
+        parts = sorted((f for f in os.listdir(folder) if f.startswith(f"checkpoint_{name}.pt.")),
+                       key=lambda f: int(f.rsplit(".", 1)[1]))
+        with open(target + ".tmp", "wb") as out:
+            for f in parts:
+                with open(os.path.join(folder, f), "rb") as h:
+                    out.write(h.read())
+        os.replace(target + ".tmp", target)
+        for f in parts:
+            os.unlink(os.path.join(folder, f))
+    return names
+
+
+def carry(a, active: dict) -> list[str]:
+    """Records each small run in flight (its last checkpoint at most CARRY_BYTES) once per save, so a runner on a
+    fresh machine resumes it from the ledger; the names written."""
+    if not a.ledger:
+        return []
+    out = []
+    for name, job in active.items():
+        last = os.path.join(job.run.dir, "checkpoint_last.pt")
+        if (os.path.exists(last) and os.path.getsize(last) <= CARRY_BYTES and saved(job.run)
+                and record(a, job.run, kind="carried")):
+            out.append(name)
+    return out
+
+
 def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
-    masks-only or coated seed); the names written."""
+    masks-only or coated seed) and every candidate converged before its choice (with its weights, which score it
+    if it is chosen on a fresh machine); the names written."""
     if not a.ledger:
         return []
     artifact = ("coats-", f"mask-{winners['mask']}-s")
-    return [r.name for r in runs if r.name not in active and final(a, r, winners)
-            and record(a, r, r.name.startswith(artifact))]
+    out = []
+    for r in runs:
+        if r.name in active:
+            continue
+        if final(a, r, winners):
+            wrote = record(a, r, r.name.startswith(artifact))
+        else:
+            wrote = r.pending and complete(r) and record(a, r, kind="candidate")
+        if wrote:
+            out.append(r.name)
+    return out
 
 
 def restore(a) -> list[str]:
@@ -788,6 +883,7 @@ def restore(a) -> list[str]:
         if not os.path.exists(os.path.join(src, "run.json")) or os.path.exists(os.path.join(dest, "train.log")):
             continue
         shutil.copytree(src, dest, dirs_exist_ok=True)
+        join_parts(dest)
         write_json(os.path.join(dest, "restored.json"), {"from": os.path.abspath(src),
                                                          "at": time.strftime("%Y-%m-%d %H:%M:%S")})
         names.append(name)
@@ -795,7 +891,8 @@ def restore(a) -> list[str]:
 
 
 def lost(run: Run) -> bool:
-    """Restored from the ledger without its checkpoints (what other runs, the analysis and --publish read)."""
+    """Restored from the ledger without its checkpoints (what other runs, the analysis and --publish read; a
+    candidate's or a carried run's are restored)."""
     return (os.path.exists(os.path.join(run.dir, "restored.json"))
             and not os.path.exists(os.path.join(run.dir, "checkpoint_best.pt")))
 
@@ -1322,6 +1419,7 @@ def loop(a) -> int:
                   f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
         for name in keep(a, runs, winners, active):
             print(f"[study] {name}: recorded in the ledger {a.ledger}", flush=True)
+        carry(a, active)  # quietly, every save
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)

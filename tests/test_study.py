@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -205,6 +206,11 @@ def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any
 
     runs = planned()
     assert set(runs) == {"dense_eighth-s1", "dense_eighth-d0.1-s1", "dense_eighth-d0-s1"}  # no seed 2 yet
+    # queued narrowest first, the other dropouts (sooner converged) before the family's, all before the part's rest
+    order = [r.name for r in study.ready(study.plan(a)[0], {}) if r.name.startswith(("dense_", "coats")) and r.seed == 1]
+    assert order == ["dense_eighth-d0-s1", "dense_eighth-d0.1-s1", "dense_quarter-d0-s1", "dense_quarter-d0.1-s1",
+                     "dense_half-d0-s1", "dense_half-d0.1-s1", "dense_eighth-s1", "dense_quarter-s1",
+                     "dense_half-s1", "coats-s1", "dense_wide-s1"]
     assert not any(r.scored for r in runs.values())
     d0 = runs["dense_eighth-d0-s1"].args  # the family's dropout, then the variant's: fairseq takes the last
     assert [x for i, x in enumerate(d0) if i and d0[i - 1] == "--dropout"] == ["0.3", "0"] and d0[-2:] == ["--seed", 1]
@@ -316,10 +322,96 @@ def test_finished_runs_outlive_their_machine_through_the_ledger(tmp_path, monkey
     _run_with_log(second, regen.name, [(4, 1.0), (8, 2.0)])  # trained again: it retraced the ledger's run
     assert study.regen_lines(list(runs.values())) == [f"{regen.name}: 2 of 2 validations as in the ledger"]
     assert "pretrained_frozen-s1" in [r.name for r in study.ready(study.plan(b)[0], {})]
+    assert regen.priority == frozen.priority  # trained again in its reader's turn, not its own run's
+    # once every run that reads it is complete (restored from the ledger too), nothing trains it again
+    for name in ("pretrained_frozen-s1", "pretrained_masked-s1"):
+        _run_with_log(second, name, [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])
+    shutil.rmtree(os.path.join(second, "runs", regen.name))
+    assert not any(r.name.endswith(".regen") for r in study.plan(b)[0])
 
     other = _machine(tmp_path / "C", dictionary="de 7\n")  # another corpus: its ledger is refused, in one line
     with pytest.raises(study.ConfigError, match="dictionaries .* pass another folder"):
         study.restore(study.parse_args([*args, "--work", str(other)]))
+
+
+def _checkpoint(path, updates, value):
+    """A fairseq-shaped checkpoint: weights, the optimizer's state and its history (the update it was saved at)."""
+    torch.save({"cfg": {"model": {"_name": "transformer"}}, "model": {"w": torch.full((300,), value)},
+                "last_optimizer_state": {"state": {0: {"exp_avg": torch.full((300,), value)}}},
+                "optimizer_history": [{"criterion_name": "x", "optimizer_name": "adam", "lr_scheduler_state": {},
+                                       "num_updates": updates}], "extra_state": {"best": value}}, path)
+
+
+def test_candidates_and_small_runs_in_flight_outlive_their_machine_through_the_ledger(tmp_path, monkeypatch):
+    """A candidate converged before its width's choice is recorded with its best weights (chosen later on a fresh
+    machine, it is scored from them); a small run in flight is recorded at each save with its last checkpoint and
+    resumes on a fresh machine from where it was; the checkpoints go, in parts under the file limit, once a run is
+    final; a checkpoint that does not hold the run's last save is not taken."""
+    monkeypatch.setattr(study, "PART_BYTES", 1000)  # a few parts each
+    ledger = tmp_path / "ledger"
+    args = ["raw", "--stages", "8:1", "--patience", "2", "--parts", "width", "--grid", "lr1e-3-d0.3,lr4e-3-d0-c0",
+            "--ledger", str(ledger)]
+    first = _machine(tmp_path / "A")
+    monkeypatch.setattr(study, "WORK", str(first))
+    a = study.parse_args([*args, "--work", str(first)])
+    study.restore(a)
+    winners = {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"}
+    _run_with_log(first, "dense-lr1e-3-d0.3-s1", [(4, 1.0), (8, 2.0)])
+    _run_with_log(first, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
+    candidate = _run_with_log(first, "dense_eighth-d0-s1", [(4, 1.0), (8, 3.0), (12, 2.0), (16, 2.0)], patience=2)
+    flight = _run_with_log(first, "dense_eighth-d0.1-s1", [(4, 1.0), (8, 2.0)], patience=2)
+    for run, best_at, last_at in ((candidate, 8, 16), (flight, 8, 12)):
+        _checkpoint(os.path.join(run.dir, "checkpoint_best.pt"), best_at, 1.0)
+        _checkpoint(os.path.join(run.dir, "checkpoint_last.pt"), last_at, 2.0)
+    with open(os.path.join(candidate.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write(_saved_line(16, 2.0))
+    runs = {r.name: r for r in study.plan(a)[0]}
+    assert study.keep(a, list(runs.values()), winners, {flight.name: None}) == [candidate.name]
+    kept = sorted(os.listdir(ledger / candidate.name))
+    assert "checkpoint_best.pt.1" in kept and not any(f.startswith("checkpoint_last") for f in kept)
+    assert all(os.path.getsize(ledger / candidate.name / f) <= 1000 for f in kept if f.startswith("checkpoint"))
+    job = study.Job(runs[flight.name], 0, time.time(), 0)
+    assert study.carry(a, {flight.name: job}) == []  # its last save (update 8) is not in its log: not taken
+    with open(os.path.join(flight.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write(_saved_line(8, 2.0))
+    assert study.carry(a, {flight.name: job}) == []  # checkpoint_last.pt holds update 12, the log's last save is 8
+    _checkpoint(os.path.join(flight.dir, "checkpoint_last.pt"), 8, 2.0)
+    assert study.carry(a, {flight.name: job}) == [flight.name] and study.carry(a, {flight.name: job}) == []
+    assert any(f.startswith("checkpoint_last.pt.") for f in os.listdir(ledger / flight.name))
+    monkeypatch.setattr(study, "CARRY_BYTES", 100)  # a larger run in flight is not carried
+    _run_with_log(first, flight.name, [(4, 1.0), (8, 2.0), (12, 2.5)])
+    with open(os.path.join(flight.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write(_saved_line(12, 2.5))
+    _checkpoint(os.path.join(flight.dir, "checkpoint_last.pt"), 12, 2.0)
+    assert study.carry(a, {flight.name: job}) == []
+    monkeypatch.undo()
+    monkeypatch.setattr(study, "PART_BYTES", 1000)
+
+    second = _machine(tmp_path / "B")  # a fresh machine: the ledger only
+    monkeypatch.setattr(study, "WORK", str(second))
+    b = study.parse_args([*args, "--work", str(second)])
+    assert study.restore(b) == [candidate.name, flight.name]
+    _run_with_log(second, "dense-lr1e-3-d0.3-s1", [(4, 1.0), (8, 2.0)])  # the winners (the ledger holds them once
+    _run_with_log(second, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])  # they converge)
+    restored = {r.name: r for r in study.plan(b)[0]}
+    assert not study.lost(restored[candidate.name]) and not study.lost(restored[flight.name])
+    best = torch.load(os.path.join(restored[candidate.name].dir, "checkpoint_best.pt"), weights_only=True)
+    assert torch.equal(best["model"]["w"], torch.full((300,), 1.0)) and best["last_optimizer_state"] is None
+    last = torch.load(os.path.join(restored[flight.name].dir, "checkpoint_last.pt"), weights_only=True)
+    assert last["optimizer_history"][-1]["num_updates"] == 8 and "exp_avg" in last["last_optimizer_state"]["state"][0]
+    assert not any(study.PART.match(f) for f in os.listdir(restored[flight.name].dir))
+    assert study.trained(restored[flight.name]) == 8  # it resumes from update 8, first in the queue
+    assert [r.name for r in study.ready(list(restored.values()), {}) if r.name.startswith("dense_")][0] == flight.name
+    # converged and chosen (the family's 0.3 and d0 tie below d0.1's 3.0), the candidate is final: no checkpoints
+    _run_with_log(second, flight.name, [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
+    _run_with_log(second, "dense_eighth-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
+    runs = study.plan(b)[0]
+    assert study.retune_choice(b, "dense_eighth") == "d0"
+    assert [r.name for r in study.to_score(b, runs, {})] == [candidate.name]
+    study.write_json(os.path.join(second, "runs", candidate.name, "result.json"), {"run": candidate.name})
+    assert set(study.keep(b, runs, winners, {})) == {candidate.name, flight.name, "dense_eighth-s1"}
+    for name in (candidate.name, flight.name):
+        assert not any(study.PART.match(f) for f in os.listdir(ledger / name))
 
 
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
