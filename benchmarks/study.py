@@ -792,6 +792,7 @@ def carried_checkpoints(run: Run, with_last: bool) -> dict | None:
     import io as bytes_io
 
     import torch
+
     from one_layer_lottery.io import weights_checkpoint  # its import allows fairseq's classes in safe loading
 
     out = {}

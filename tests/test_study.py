@@ -401,7 +401,7 @@ def test_candidates_and_small_runs_in_flight_outlive_their_machine_through_the_l
     assert last["optimizer_history"][-1]["num_updates"] == 8 and "exp_avg" in last["last_optimizer_state"]["state"][0]
     assert not any(study.PART.match(f) for f in os.listdir(restored[flight.name].dir))
     assert study.trained(restored[flight.name]) == 8  # it resumes from update 8, first in the queue
-    assert [r.name for r in study.ready(list(restored.values()), {}) if r.name.startswith("dense_")][0] == flight.name
+    assert next(r.name for r in study.ready(list(restored.values()), {}) if r.name.startswith("dense_")) == flight.name
     # converged and chosen (the family's 0.3 and d0 tie below d0.1's 3.0), the candidate is final: no checkpoints
     _run_with_log(second, flight.name, [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
     _run_with_log(second, "dense_eighth-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
