@@ -766,7 +766,7 @@ def record(a, run: Run, artifact: bool = False, kind: str = "") -> bool:
     os.makedirs(dest, exist_ok=True)
     with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
         write_text(os.path.join(dest, "train.log"), "".join(x for x in f if LEDGER_LOG.search(x)))
-    for name in LEDGER_FILES + (("model.olt",) if artifact else ()) + (("cpu.json",) if kind else ()):
+    for name in LEDGER_FILES + (("model.olt",) if artifact else ()):
         if os.path.exists(os.path.join(run.dir, name)):
             shutil.copyfile(os.path.join(run.dir, name), os.path.join(dest, name))
     for f in os.listdir(dest):
