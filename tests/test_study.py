@@ -115,6 +115,22 @@ def test_cpu_time_is_measured_from_the_process_and_estimated_only_where_it_was_n
     assert study.seconds_per_update(run) == pytest.approx(own) and study.seconds_per_update(other) == 7.2
 
 
+def test_the_eta_takes_each_run_at_its_own_rate_else_its_peers(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    dense, mask = ["--arch", "transformer"], ["--arch", "x", "--arch", "one_layer"]  # fairseq reads the last
+    runs = [study.Run("narrow", dense, 0, 3, (), width=0.125), study.Run("narrow2", dense, 0, 3, (), width=0.125),
+            study.Run("full", mask, 0, 3, ()), study.Run("wide", mask, 0, 3, (), width=2),
+            study.Run("narrow_new", dense, 0, 3, (), width=0.125)]
+    rates = {"narrow": 0.4, "narrow2": 0.6, "full": 1.8, "wide": None, "narrow_new": None}
+    assert study.arch(runs[2]) == "one_layer" and study.arch(study.Run("r", [], 0, 3, ())) == ""
+    assert study.rate_guess(runs[0], runs, rates) == 0.4  # its own
+    assert study.rate_guess(runs[4], runs, rates) == pytest.approx(0.5)  # its peers' median: same model and width
+    # no peer: the measured runs' median rate at the benchmark width, scaled by width^1.5
+    at_width_1 = sorted([0.4 / 0.125 ** 1.5, 0.6 / 0.125 ** 1.5, 1.8])[1]
+    assert study.rate_guess(runs[3], runs, rates) == pytest.approx(at_width_1 * 2 ** 1.5)
+    assert study.rate_guess(runs[3], runs, {}) == pytest.approx(1.8 * 2 ** 1.5)  # nothing measured yet
+
+
 def test_a_run_under_way_resumes_before_fresh_runs(tmp_path, monkeypatch):
     """A restarted runner (the trainers stop with the session) resumes a half-trained run before starting a fresh
     one that ranks earlier; among fresh runs, part and seed order; a run waits for those it needs."""
