@@ -372,10 +372,11 @@ def plan(a) -> tuple[list[Run], dict]:
             if row in RETUNED:  # its seed-1 candidates, unscored but the chosen one; seed 2 waits for the choice
                 variant = retune_choice(a, row)
                 base = setting_args(family, winners[family]) + extra
-                # queued before the part's other seed-1 runs: the other dropouts first (with less dropout a run
-                # converges sooner), narrowest first, then the family's setting, so more of them finish in a session
+                # queued before the part's other seed-1 runs, narrowest first (the ledger carries a narrow run in
+                # flight to the next machine, not half the width's), and at a width the other dropouts (with less
+                # dropout a run converges sooner) before the family's setting
                 runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], a.cap, a.patience,
-                             queue(part_no, 1, (-1 if v == "" else -2) + width / 10), 1, width, scored=False,
+                             queue(part_no, 1, width - 2 + (0.01 if v == "" else 0)), 1, width, scored=False,
                              pending=variant is None)
                          for v, flags in {"": [], **RETUNED[row]}.items() if v != variant]
                 if variant is None:

@@ -222,10 +222,11 @@ def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any
 
     runs = planned()
     assert set(runs) == {"dense_eighth-s1", "dense_eighth-d0.1-s1", "dense_eighth-d0-s1"}  # no seed 2 yet
-    # queued narrowest first, the other dropouts (sooner converged) before the family's, all before the part's rest
+    # queued narrowest first (what the ledger can carry), at a width the other dropouts (sooner converged) before the
+    # family's, all before the part's other seed-1 runs
     order = [r.name for r in study.ready(study.plan(a)[0], {}) if r.name.startswith(("dense_", "coats")) and r.seed == 1]
-    assert order == ["dense_eighth-d0-s1", "dense_eighth-d0.1-s1", "dense_quarter-d0-s1", "dense_quarter-d0.1-s1",
-                     "dense_half-d0-s1", "dense_half-d0.1-s1", "dense_eighth-s1", "dense_quarter-s1",
+    assert order == ["dense_eighth-d0-s1", "dense_eighth-d0.1-s1", "dense_eighth-s1", "dense_quarter-d0-s1",
+                     "dense_quarter-d0.1-s1", "dense_quarter-s1", "dense_half-d0-s1", "dense_half-d0.1-s1",
                      "dense_half-s1", "coats-s1", "dense_wide-s1"]
     assert not any(r.scored for r in runs.values())
     d0 = runs["dense_eighth-d0-s1"].args  # the family's dropout, then the variant's: fairseq takes the last
