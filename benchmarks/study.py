@@ -413,12 +413,15 @@ def plan(a) -> tuple[list[Run], dict]:
     return list(unique.values()), winners
 
 
+def last_value(args: list, flag: str, default: str | None = None) -> str | None:
+    """A flag's value as fairseq reads it: the last of its occurrences (`default` if it has none)."""
+    return next((x for i, x in reversed(list(enumerate(args))) if i and args[i - 1] == flag), default)
+
+
 def retuned_dropout(winners: dict, row: str, variant: str | None) -> str:
-    """The dropout a RETUNED row's variant trains with (None, before the choice: its family's), as fairseq reads the
-    flag: its last occurrence."""
+    """The dropout a RETUNED row's variant trains with (None, before the choice: its family's)."""
     family = ROWS[row][1]
-    args = setting_args(family, winners[family]) + RETUNED[row].get(variant, [])
-    return [x for i, x in enumerate(args) if i and args[i - 1] == "--dropout"][-1]
+    return last_value(setting_args(family, winners[family]) + RETUNED[row].get(variant, []), "--dropout")
 
 
 def retuned_name(row: str, variant: str, seed: int) -> str:
@@ -948,8 +951,8 @@ def seconds_per_update(run: Run) -> float | None:
 
 
 def arch(run: Run) -> str:
-    """The run's model (the last --arch in its arguments, as fairseq reads it)."""
-    return next((x for i, x in reversed(list(enumerate(run.args))) if i and run.args[i - 1] == "--arch"), "")
+    """The run's model ("" where its arguments name none)."""
+    return last_value(run.args, "--arch", "")
 
 
 def rate_guess(run: Run, runs: list[Run], rates: dict) -> float:

@@ -285,15 +285,20 @@ def _machine(root, dictionary="de 5\n"):
     return root
 
 
+def _first_machine(tmp_path, monkeypatch, part, grid):
+    """Machine A of a ledger test, its study's work directory: (the ledger, the study's arguments but --work,
+    A's root, A's parsed arguments)."""
+    ledger = tmp_path / "ledger"
+    args = ["raw", "--stages", "8:1", "--patience", "2", "--parts", part, "--grid", grid, "--ledger", str(ledger)]
+    first = _machine(tmp_path / "A")
+    monkeypatch.setattr(study, "WORK", str(first))
+    return ledger, args, first, study.parse_args([*args, "--work", str(first)])
+
+
 def test_finished_runs_outlive_their_machine_through_the_ledger(tmp_path, monkeypatch):
     """Machine A records its finished runs; a fresh machine B restores their rows from the ledger alone, and the
     runs that read a restored run's checkpoint wait for it to be trained again to the update it was chosen at."""
-    ledger = tmp_path / "ledger"
-    args = ["raw", "--stages", "8:1", "--patience", "2", "--parts", "core", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0",
-            "--ledger", str(ledger)]
-    first = _machine(tmp_path / "A")
-    monkeypatch.setattr(study, "WORK", str(first))
-    a = study.parse_args([*args, "--work", str(first)])
+    ledger, args, first, a = _first_machine(tmp_path, monkeypatch, "core", "lr1e-3-d0.1,lr4e-3-d0-c0")
     assert study.restore(a) == [] and (ledger / "study.json").exists()
     dense = _run_with_log(first, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])  # converged
     mask = _run_with_log(first, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0), (12, 3.0)])  # training on
@@ -365,12 +370,7 @@ def test_candidates_and_small_runs_in_flight_outlive_their_machine_through_the_l
     resumes on a fresh machine from where it was; the checkpoints go, in parts under the file limit, once a run is
     final; a checkpoint that does not hold the run's last save is not taken."""
     monkeypatch.setattr(study, "PART_BYTES", 1000)  # a few parts each
-    ledger = tmp_path / "ledger"
-    args = ["raw", "--stages", "8:1", "--patience", "2", "--parts", "width", "--grid", "lr1e-3-d0.3,lr4e-3-d0-c0",
-            "--ledger", str(ledger)]
-    first = _machine(tmp_path / "A")
-    monkeypatch.setattr(study, "WORK", str(first))
-    a = study.parse_args([*args, "--work", str(first)])
+    ledger, args, first, a = _first_machine(tmp_path, monkeypatch, "width", "lr1e-3-d0.3,lr4e-3-d0-c0")
     study.restore(a)
     winners = {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"}
     _run_with_log(first, "dense-lr1e-3-d0.3-s1", [(4, 1.0), (8, 2.0)])
@@ -395,14 +395,13 @@ def test_candidates_and_small_runs_in_flight_outlive_their_machine_through_the_l
     _checkpoint(os.path.join(flight.dir, "checkpoint_last.pt"), 8, 2.0)
     assert study.carry(a, {flight.name: job}) == [flight.name] and study.carry(a, {flight.name: job}) == []
     assert any(f.startswith("checkpoint_last.pt.") for f in os.listdir(ledger / flight.name))
-    monkeypatch.setattr(study, "CARRY_BYTES", 100)  # a larger run in flight is not carried
-    _run_with_log(first, flight.name, [(4, 1.0), (8, 2.0), (12, 2.5)])
-    with open(os.path.join(flight.dir, "train.log"), "a", encoding="utf-8") as f:
-        f.write(_saved_line(12, 2.5))
-    _checkpoint(os.path.join(flight.dir, "checkpoint_last.pt"), 12, 2.0)
-    assert study.carry(a, {flight.name: job}) == []
-    monkeypatch.undo()
-    monkeypatch.setattr(study, "PART_BYTES", 1000)
+    with monkeypatch.context() as m:
+        m.setattr(study, "CARRY_BYTES", 100)  # a larger run in flight is not carried
+        _run_with_log(first, flight.name, [(4, 1.0), (8, 2.0), (12, 2.5)])
+        with open(os.path.join(flight.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_saved_line(12, 2.5))
+        _checkpoint(os.path.join(flight.dir, "checkpoint_last.pt"), 12, 2.0)
+        assert study.carry(a, {flight.name: job}) == []
 
     second = _machine(tmp_path / "B")  # a fresh machine: the ledger only
     monkeypatch.setattr(study, "WORK", str(second))
