@@ -1233,6 +1233,53 @@ def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
     return sorted(out, key=lambda p: p[1])
 
 
+def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
+    """Every other stored model against the dense models in each stored form (fp16, int8): the dense BLEU at its
+    bytes, linear in log bytes between the two dense models that bracket them. Outside the dense models' bytes the
+    nearest one decides only where it can: a model that scores above a dense model storing more bytes is above the
+    frontier, one below a dense model storing fewer is below it; anything else is not decided yet."""
+    import math
+
+    out = []
+    for label, x, y in points:
+        if label.endswith((" fp16", " int8")):
+            continue
+        for form in ("fp16", "int8"):
+            dense = sorted((p for p in points if p[0].endswith(f" {form}")), key=lambda p: p[1])
+            lo = next((p for p in reversed(dense) if p[1] <= x), None)
+            hi = next((p for p in dense if p[1] >= x), None)
+            at, verdict = None, "not decided"
+            if lo and hi:
+                t = 0.0 if hi[1] == lo[1] else (math.log(x) - math.log(lo[1])) / (math.log(hi[1]) - math.log(lo[1]))
+                at = lo[2] + t * (hi[2] - lo[2])
+                verdict = "above" if y > at else "below"
+                by = f"{lo[0]} {lo[1]:,.0f} B ({lo[2]:.2f}) .. {hi[0]} {hi[1]:,.0f} B ({hi[2]:.2f})"
+            elif hi:
+                verdict = "above" if y > hi[2] else verdict
+                by = f"smaller than every dense model; the smallest: {hi[0]} {hi[1]:,.0f} B ({hi[2]:.2f})"
+            elif lo:
+                verdict = "below" if y < lo[2] else verdict
+                by = f"larger than every dense model; the largest: {lo[0]} {lo[1]:,.0f} B ({lo[2]:.2f})"
+            else:
+                by = "no dense model scored yet"
+            out.append({"model": label, "bytes": x, "bleu": y, "form": form, "dense_bleu": at, "verdict": verdict,
+                        "by": by})
+    return out
+
+
+def frontier_lines(points: list[tuple[str, float, float]], lines: list[str]) -> list[dict]:
+    verdicts = frontier(points)
+    if verdicts:
+        lines += ["\n### At each model's bytes, the dense frontier\n",
+                  ("Dense test BLEU at the model's stored bytes, linear in log bytes between the dense models that "
+                   "bracket them (means over each row's seeds so far).\n"),
+                  "| model | bytes | test BLEU | form | dense at these bytes | verdict | from |", "|---|---|---|---|---|---|---|",
+                  *(f"| {v['model']} | {v['bytes']:,.0f} | {v['bleu']:.2f} | {v['form']} | "
+                    f"{'-' if v['dense_bleu'] is None else format(v['dense_bleu'], '.2f')} | {v['verdict']} | "
+                    f"{v['by']} |" for v in verdicts)]
+    return verdicts
+
+
 def plots(a, rows: dict) -> list[str]:
     """curves.png (validation BLEU against updates, seed 1 of every row) and bytes.png (test BLEU against bytes)."""
     from common import save_plot
@@ -1318,6 +1365,7 @@ def report(a) -> str:
     if points:
         lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
+    verdicts = frontier_lines(points, lines)
     written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
         [os.path.join(a.work, "analysis.png")] if compared else [])
     planned = plan(a)[0]
@@ -1333,7 +1381,8 @@ def report(a) -> str:
     text = "\n".join(lines) + "\n"
     write_text(os.path.join(a.work, "report.md"), text)
     write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points,
-                                                         "followup": followup, "retuned": retuned})
+                                                         "frontier": verdicts, "followup": followup,
+                                                         "retuned": retuned})
     return text
 
 

@@ -536,6 +536,31 @@ def test_bootstrap_interval_comes_from_the_sentences():
                                                                                               samples=200)
 
 
+def test_the_dense_frontier_at_a_models_bytes_interpolates_in_log_bytes_and_decides_outside_only_where_it_can():
+    import math
+
+    points = [("dense_eighth fp16", 400_000, 22.0), ("dense_eighth int8", 390_000, 21.5),
+              ("dense_quarter fp16", 1_600_000, 30.0), ("dense_quarter int8", 850_000, 29.8),
+              ("masks_only", 394_223, 33.37), ("coats", 800_000, 20.0), ("big", 2_000_000, 25.0),
+              ("tiny", 300_000, 10.0)]
+    got = {(v["model"], v["form"]): v for v in study.frontier(points)}
+    assert len(got) == 8 and not any(m.startswith("dense") for m, _ in got)
+    # below every dense model's bytes in fp16: it beats the smallest, which stores more, so it is above
+    assert got["masks_only", "fp16"]["verdict"] == "above" and got["masks_only", "fp16"]["dense_bleu"] is None
+    # bracketed in int8: the frontier is interpolated in log bytes
+    t = (math.log(394_223) - math.log(390_000)) / (math.log(850_000) - math.log(390_000))
+    assert got["masks_only", "int8"]["dense_bleu"] == pytest.approx(21.5 + t * 8.3)
+    assert got["masks_only", "int8"]["verdict"] == "above"
+    # halfway in log bytes between 400k and 1.6M is 800k: the mean of the two dense figures
+    assert got["coats", "fp16"]["dense_bleu"] == pytest.approx(26.0) and got["coats", "fp16"]["verdict"] == "below"
+    # above every dense model's bytes: below a smaller dense model is below, above it is not decided
+    assert got["big", "fp16"]["verdict"] == "below"
+    assert study.frontier([("dense fp16", 1e6, 20.0), ("big", 2e6, 25.0)])[0]["verdict"] == "not decided"
+    # smaller than every dense model and below the smallest: nothing says where the frontier is there
+    assert got["tiny", "fp16"]["verdict"] == got["tiny", "int8"]["verdict"] == "not decided"
+    assert study.frontier([("masks_only", 1e5, 30.0)])[0]["by"] == "no dense model scored yet"
+
+
 def test_int8_bytes_are_counted_from_the_quantized_model():
     from fairseq import options
     from fairseq.models.transformer import TransformerModel
@@ -591,6 +616,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
         assert res["cpu_hours_estimated"] == 0 and study.compute(str(work / "runs" / name), res["updates"])[0] > 0
     rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
+    frontier = json.loads((work / "report.json").read_text())["frontier"]  # masks-only at its bytes, both forms
+    assert {(v["model"], v["form"]) for v in frontier} >= {("masks_only", "fp16"), ("masks_only", "int8")}
+    assert "### At each model's bytes, the dense frontier" in rep.stdout
     assert "DEBUG" not in rep.stdout + rep.stderr  # matplotlib's font search under fairseq's DEBUG root logger
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
     assert (work / "tuning.png").read_bytes()[:4] == b"\x89PNG" and "tuning.png" in rep.stdout
