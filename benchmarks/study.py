@@ -404,7 +404,11 @@ def plan(a) -> tuple[list[Run], dict]:
                         _, rewind_dir, rewind_source = checkpoint_of(a, rewind, runs, queue(part_no, seed, -1), done)
                         k = float(extra[extra.index("--remaining-ratio") + 1])
                         needs, ticket = needs + (rewind.name, rewind_source.name), (best_ckpt, rewind_dir, k)
-                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, queue(part_no, seed), seed, width,
+                # a dense frontier row's second seed follows its width's choice, ahead of the part's other seed-1
+                # runs: a narrow dense run costs 2-3 CPU hours (the ledger carries it) and completes the row that
+                # decides the byte frontier at the supermask artifacts' bytes (added 2026-12-05 15:25 UTC)
+                place = queue(part_no, 1, width - 2 + 0.02) if row in RETUNED and seed > 1 else queue(part_no, seed)
+                runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, place, seed, width,
                                 tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen,
                                 part == "followup" and chosen is None))
     unique = {}
@@ -458,7 +462,8 @@ def followup_candidates(a, winners: dict) -> dict:
 
 def queue(part_no: int, seed: int, sub: float = 0) -> tuple:
     """A run's place in the queue after tuning: the core rows, seed by seed, then every later part's seed 1 before
-    any part's seed 2 (each row gets its first figure before its second seed trains)."""
+    any part's seed 2 (each row gets its first figure before its second seed trains; the one exception, the narrow
+    dense rows' seed 2 right after their width's choice, is placed in `plan`)."""
     return min(part_no, 2), seed, part_no, sub
 
 

@@ -248,6 +248,9 @@ def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any
                                                        "dense_eighth-d0.1-s1": True, "dense_eighth-d0.1-s2": True}
     assert runs["dense_eighth-d0.1-s2"].args == runs["dense_eighth-d0.1-s1"].args[:-1] + [2]
     assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["dense_eighth-d0.1-s1"]
+    # its seed 2 trains next, ahead of the other widths' candidates and the part's other seed-1 runs
+    order = [r.name for r in study.ready(study.plan(a)[0], {}) if r.name.startswith(("dense_", "coats"))]
+    assert order[:3] == ["dense_eighth-d0.1-s2", "dense_quarter-d0-s1", "dense_quarter-d0.1-s1"]
     assert set(planned("dense_quarter")) == {"dense_quarter-s1", "dense_quarter-d0.1-s1", "dense_quarter-d0-s1"}
     # the results row holds the chosen variant's seeds only, its dropout named; the table marks the choice
     for name, bleu in (("dense_eighth-s1", 9.0), ("dense_eighth-d0.1-s1", 5.0)):
