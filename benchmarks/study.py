@@ -1287,6 +1287,8 @@ def frontier_lines(points: list[tuple[str, float, float]], lines: list[str]) -> 
 
 def plots(a, rows: dict) -> list[str]:
     """curves.png (validation BLEU against updates, seed 1 of every row) and bytes.png (test BLEU against bytes)."""
+    import math
+
     from common import save_plot
 
     from one_layer_lottery.io import pyplot
@@ -1309,10 +1311,13 @@ def plots(a, rows: dict) -> list[str]:
     for kind, marker in (("fp16", "s"), ("int8", "^")):
         pts = [p for p in points if p[0].endswith(kind)]
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
-    for label, x, y in points:
-        if not label.endswith(("fp16", "int8")):
-            ax.scatter([x], [y], s=40, zorder=3)
-            ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    others = [p for p in points if not p[0].endswith(("fp16", "int8"))]
+    for label, x, y in others:
+        ax.scatter([x], [y], s=40, zorder=3)
+        # above the point unless its nearest neighbour in bytes scores higher: neighbours' labels do not cross
+        near = min((p for p in others if p[0] != label), key=lambda p: abs(math.log(p[1] / x)), default=None)
+        up = near is None or y >= near[2]
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if up else -11), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_xlabel("stored bytes (supermask: its artifact without tokenizer and dictionaries; dense: weights)")
     ax.set_ylabel("test BLEU (checkpoint chosen on validation)")
