@@ -1021,8 +1021,8 @@ def bootstrap_ratio(model: list[list[str]], dense: list[list[str]], refs: list[s
     return float(lo), float(hi)
 
 
-def read_hyps(run_name: str) -> list[str]:
-    with open(os.path.join(WORK, "runs", run_name, "test.hyp"), encoding="utf-8") as f:
+def read_hyps(run_name: str, name: str = "test.hyp") -> list[str]:
+    with open(os.path.join(WORK, "runs", run_name, name), encoding="utf-8") as f:
         return f.read().splitlines()
 
 
@@ -1268,20 +1268,47 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
             else:
                 by = "no dense model scored yet"
             out.append({"model": label, "bytes": x, "bleu": y, "form": form, "dense_bleu": at, "verdict": verdict,
-                        "by": by})
+                        "by": by, "larger": hi[0] if hi else None})
     return out
 
 
-def frontier_lines(points: list[tuple[str, float, float]], lines: list[str]) -> list[dict]:
+def frontier_intervals(verdicts: list[dict], rows: dict, refs: list[str]) -> None:
+    """Each model's test BLEU over that of the smallest dense model storing at least as many bytes in the same form
+    (the one it must beat), with the paired bootstrap interval of every other ratio (the int8 model's own
+    hypotheses for int8)."""
+    for v in verdicts:
+        if v["larger"] and v["model"] in rows:
+            dense, form = v["larger"].rsplit(" ", 1)
+            name = "test.int8.hyp" if form == "int8" else "test.hyp"
+            value = rows[dense]["int8_test_bleu" if form == "int8" else "mean"]
+            v["over_larger"] = round(v["bleu"] / value, 3) if value else None
+            v["over_larger_interval"] = [round(x, 3) for x in bootstrap_ratio(
+                [read_hyps(n) for n in rows[v["model"]]["runs"]], [read_hyps(n, name) for n in rows[dense]["runs"]],
+                refs)]
+
+
+def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], rows: dict | None = None,
+                   refs: list[str] | None = None) -> list[dict]:
     verdicts = frontier(points)
+    if rows is not None and refs is not None:
+        frontier_intervals(verdicts, rows, refs)
+
+    def over(v):
+        if v.get("over_larger") is None:
+            return "-"
+        lo, hi = v["over_larger_interval"]
+        return f"{v['over_larger']:.3f} [{lo:.3f}, {hi:.3f}] of {v['larger']}"
     if verdicts:
         lines += ["\n### At each model's bytes, the dense frontier\n",
                   ("Dense test BLEU at the model's stored bytes, linear in log bytes between the dense models that "
-                   "bracket them (means over each row's seeds so far).\n"),
-                  "| model | bytes | test BLEU | form | dense at these bytes | verdict | from |", "|---|---|---|---|---|---|---|",
+                   "bracket them (means over each row's seeds so far); the last column divides the model's BLEU by "
+                   "the smallest dense model's that stores at least as many bytes, with its 95 % paired bootstrap "
+                   "interval.\n"),
+                  ("| model | bytes | test BLEU | form | dense at these bytes | verdict | from | over the next larger "
+                   "dense model |"), "|---|---|---|---|---|---|---|---|",
                   *(f"| {v['model']} | {v['bytes']:,.0f} | {v['bleu']:.2f} | {v['form']} | "
                     f"{'-' if v['dense_bleu'] is None else format(v['dense_bleu'], '.2f')} | {v['verdict']} | "
-                    f"{v['by']} |" for v in verdicts)]
+                    f"{v['by']} | {over(v)} |" for v in verdicts)]
     return verdicts
 
 
@@ -1363,7 +1390,8 @@ def report(a) -> str:
               f"--parts {','.join(a.parts)}`)")]
     winners = tuning_table(a, lines)
     rows = row_results(a, winners)
-    ratios_(rows, data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}")))
+    refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
+    ratios_(rows, refs)
     results_table(rows, lines)
     retuned = retune_table(a, winners, lines)
     followup = followup_table(a, winners, lines)
@@ -1375,7 +1403,7 @@ def report(a) -> str:
     if points:
         lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
                   "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
-    verdicts = frontier_lines(points, lines)
+    verdicts = frontier_lines(points, lines, rows, refs)
     written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
         [os.path.join(a.work, "analysis.png")] if compared else [])
     planned = plan(a)[0]

@@ -564,6 +564,24 @@ def test_the_dense_frontier_at_a_models_bytes_interpolates_in_log_bytes_and_deci
     assert study.frontier([("masks_only", 1e5, 30.0)])[0]["by"] == "no dense model scored yet"
 
 
+def test_the_frontier_ratio_divides_by_the_next_larger_dense_model_in_the_same_form(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    refs = ["a dog runs through the park", "two men play music on the street", "a woman reads a book outside"]
+    worse = [x.rsplit(" ", 1)[0] for x in refs]  # every sentence keeps 4-grams: no resample scores 0
+    hyps = {("m", "test.hyp"): refs, ("d", "test.hyp"): worse, ("d", "test.int8.hyp"): refs}
+    for (run, name), lines in hyps.items():
+        (tmp_path / "runs" / run).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "runs" / run / name).write_text("".join(x + "\n" for x in lines))
+    rows = {"masks_only": {"runs": ["m"], "mean": 100.0}, "dense": {"runs": ["d"], "mean": 40.0,
+                                                                     "int8_test_bleu": 100.0}}
+    verdicts = study.frontier([("masks_only", 10, 100.0), ("dense fp16", 20, 40.0), ("dense int8", 15, 100.0)])
+    study.frontier_intervals(verdicts, rows, refs)
+    got = {v["form"]: v for v in verdicts}
+    assert got["fp16"]["larger"] == "dense fp16" and got["fp16"]["over_larger"] == 2.5
+    assert got["fp16"]["over_larger_interval"][0] > 1  # the worse fp16 hypotheses, resampled
+    assert got["int8"]["over_larger"] == 1.0 and got["int8"]["over_larger_interval"] == [1.0, 1.0]  # int8's own
+
+
 def test_int8_bytes_are_counted_from_the_quantized_model():
     from fairseq import options
     from fairseq.models.transformer import TransformerModel
@@ -622,6 +640,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     frontier = json.loads((work / "report.json").read_text())["frontier"]  # masks-only at its bytes, both forms
     assert {(v["model"], v["form"]) for v in frontier} >= {("masks_only", "fp16"), ("masks_only", "int8")}
     assert "### At each model's bytes, the dense frontier" in rep.stdout
+    assert all("over_larger_interval" in v for v in frontier if v["larger"])  # (tiny models' BLEU may be 0)
     assert "DEBUG" not in rep.stdout + rep.stderr  # matplotlib's font search under fairseq's DEBUG root logger
     assert (work / "curves.png").read_bytes()[:4] == b"\x89PNG" and (work / "bytes.png").exists()
     assert (work / "tuning.png").read_bytes()[:4] == b"\x89PNG" and "tuning.png" in rep.stdout
