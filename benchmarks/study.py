@@ -1274,8 +1274,8 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
 
 def frontier_intervals(verdicts: list[dict], rows: dict, refs: list[str]) -> None:
     """Each model's test BLEU over that of the smallest dense model storing at least as many bytes in the same form
-    (the one it must beat), with the paired bootstrap interval of every other ratio (the int8 model's own
-    hypotheses for int8)."""
+    (the one it must beat), with the ratio's paired bootstrap interval (against the int8 model's own hypotheses in
+    int8)."""
     for v in verdicts:
         if v["larger"] and v["model"] in rows:
             dense, form = v["larger"].rsplit(" ", 1)
