@@ -38,7 +38,8 @@ survives the loss of the machine that trained it, its finished rows intact; a ru
 checkpoint (a pre-trained-embedding row, a ticket) waits for RUN.regen, that run trained again on its seed to the
 update chosen on validation, its validations compared with the ledger's. Runs train --jobs at a time on
 --threads threads each. Every converged dense model is also scored in int8
-(torch's dynamic quantization, evaluated as quantized) for the byte frontier; every supermask model is exported
+(torch's dynamic quantization, evaluated as quantized), and in int8 with its embedding tables rounded to int8 too
+(one fp16 scale a row), for the byte frontier; every supermask model is exported
 and its artifact's bytes counted; a pruned model's bytes are its kept values in fp16 and a bit a position.
 """
 
@@ -692,17 +693,54 @@ def score(a, run: Run, prepared: str) -> dict:
 
 
 def dense_bytes(ckpt: str, bin_dir: str, refs: list[str], run_dir: str, threads: int) -> dict:
-    """fp16 bytes of a dense model, and its int8 form (dynamic quantization): bytes and test BLEU, as quantized."""
+    """fp16 bytes of a dense model, and its int8 forms (dynamic quantization; and that with the embedding tables
+    in int8 as well): bytes and test BLEU, as quantized."""
     import torch
-    from common import fp16_bytes, int8_bytes, load_for_inference, quantize_int8, translate_in_process
+    from common import fp16_bytes, load_for_inference
 
     torch.set_num_threads(max(threads, 1))
     model, task = load_for_inference(ckpt, bin_dir)
-    fp16 = fp16_bytes(model.state_dict())
+    return {"fp16_bytes": fp16_bytes(model.state_dict()), **int8_form(model, task, refs, run_dir),
+            **int8_form(model, task, refs, run_dir, tables=True)}
+
+
+def int8_form(model, task, refs: list[str], run_dir: str, tables: bool = False) -> dict:
+    """A dense model quantized (its linears dynamically; with `tables`, its embedding tables rounded to int8 first,
+    in place), scored on test: its bytes and BLEU, its hypotheses kept for the bootstrap."""
+    from common import int8_bytes, quantize_int8, quantize_tables_int8, translate_in_process
+
+    saved = quantize_tables_int8(model) if tables else 0
     q = quantize_int8(model)
     hyps = translate_in_process(q, task)
-    write_text(os.path.join(run_dir, "test.int8.hyp"), "".join(h + "\n" for h in hyps))
-    return {"fp16_bytes": fp16, "int8_bytes": int8_bytes(q), "int8_test_bleu": round(data.bleu(hyps, refs)[0], 2)}
+    form = "int8emb" if tables else "int8"
+    write_text(os.path.join(run_dir, f"test.{form}.hyp"), "".join(h + "\n" for h in hyps))
+    return {f"{form}_bytes": int8_bytes(q) - saved, f"{form}_test_bleu": round(data.bleu(hyps, refs)[0], 2)}
+
+
+def backfill_forms(a, runs: list[Run], active: dict, prepared: str) -> list[str]:
+    """Scores the int8 form with int8 tables of a dense run scored before that form existed (2026-12-05 16:40 UTC),
+    where its checkpoint is on this machine (a run restored from the ledger has none: its row leaves that form
+    out), and records it in the ledger again; the names of the runs it scored."""
+    import torch
+    from common import load_for_inference
+
+    done = []
+    for r in runs:
+        res = result(r.name)
+        ckpt = os.path.join(r.dir, "checkpoint_best.pt")
+        if (r.name in active or not r.name.startswith("dense") or res is None or "int8emb_bytes" in res
+                or "fp16_bytes" not in res or not os.path.exists(ckpt)):
+            continue
+        torch.set_num_threads(max(a.threads, 1))
+        model, task = load_for_inference(ckpt, os.path.join(prepared, "bin"))
+        refs = data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}"))
+        res.update(int8_form(model, task, refs, r.dir, tables=True))
+        write_json(os.path.join(r.dir, "result.json"), res)
+        if a.ledger and os.path.exists(os.path.join(a.ledger, r.name, "run.json")):
+            os.unlink(os.path.join(a.ledger, r.name, "run.json"))  # recorded before: written again with the form
+            record(a, r)
+        done.append(r.name)
+    return done
 
 
 def result(run_name: str) -> dict | None:
@@ -712,7 +750,7 @@ def result(run_name: str) -> dict | None:
 
 # ---------------------------------------------------------------- the ledger: finished runs, kept where they outlive the machine
 
-LEDGER_FILES = ("cpu.json", "compute.jsonl", "result.json", "test.hyp", "test.int8.hyp")
+LEDGER_FILES = ("cpu.json", "compute.jsonl", "result.json", "test.hyp", "test.int8.hyp", "test.int8emb.hyp")
 LEDGER_LOG = re.compile(r"^# |valid on 'valid' subset \||Saved checkpoint |" + re.escape(EARLY_STOP))
 
 
@@ -1085,8 +1123,8 @@ def row_results(a, winners: dict) -> dict:
                      "cpu_hours_estimated": round(sum(r.get("cpu_hours_estimated", 0) for r in res), 2),
                      "runs": [r["run"] for r in res]}
         for key in ("artifact_bytes", "model_bytes", "fp16_bytes", "int8_bytes", "int8_test_bleu", "sparse_bytes",
-                    "kept_fraction"):
-            if key in res[0]:
+                    "kept_fraction", "int8emb_bytes", "int8emb_test_bleu"):
+            if all(key in r for r in res):  # a form scored on every seed (int8 tables: not on runs restored before)
                 rows[row][key] = round(statistics.mean(r[key] for r in res), 2)
     return rows
 
@@ -1224,22 +1262,28 @@ def analysis_lines(result: dict, lines: list[str]) -> None:
         lines.append(f"| {label} | {sum(cka) / len(cka):.3f} | {sum(agree) / len(agree):.3f} |")
 
 
+# a dense model's stored forms: (label suffix, bytes key, test BLEU key (fp16: the row's mean), hypotheses file)
+DENSE_FORMS = (("fp16", "fp16_bytes", "mean", "test.hyp"), ("int8", "int8_bytes", "int8_test_bleu", "test.int8.hyp"),
+               ("int8+emb", "int8emb_bytes", "int8emb_test_bleu", "test.int8emb.hyp"))
+DENSE_SUFFIXES = tuple(f" {form}" for form, *_ in DENSE_FORMS)
+
+
 def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
     """(label, stored bytes, test BLEU) of every stored form: a supermask artifact's model (without the sentencepiece
-    models and dictionaries, which a dense model needs as well), dense weights in fp16 and in int8."""
+    models and dictionaries, which a dense model needs as well), dense weights in fp16, in int8, and in int8 with
+    int8 embedding tables (where every seed of the row has it)."""
     out = []
     for row, r in rows.items():
         if "model_bytes" in r:
             out.append((row, r["model_bytes"], r["mean"]))
         if "sparse_bytes" in r:
             out.append((row, r["sparse_bytes"], r["mean"]))
-        if "fp16_bytes" in r:
-            out += [(f"{row} fp16", r["fp16_bytes"], r["mean"]), (f"{row} int8", r["int8_bytes"], r["int8_test_bleu"])]
+        out += [(f"{row} {form}", r[size], r[bleu]) for form, size, bleu, _ in DENSE_FORMS if size in r]
     return sorted(out, key=lambda p: p[1])
 
 
 def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
-    """Every other stored model against the dense models in each stored form (fp16, int8): the dense BLEU at its
+    """Every other stored model against the dense models in each stored form (DENSE_FORMS): the dense BLEU at its
     bytes, linear in log bytes between the two dense models that bracket them. Outside the dense models' bytes the
     nearest one decides only where it can: a model that scores above a dense model storing more bytes is above the
     frontier, one below a dense model storing fewer is below it; anything else is not decided yet."""
@@ -1247,9 +1291,9 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
 
     out = []
     for label, x, y in points:
-        if label.endswith((" fp16", " int8")):
+        if label.endswith(DENSE_SUFFIXES):
             continue
-        for form in ("fp16", "int8"):
+        for form, *_ in DENSE_FORMS:
             dense = sorted((p for p in points if p[0].endswith(f" {form}")), key=lambda p: p[1])
             lo = next((p for p in reversed(dense) if p[1] <= x), None)
             hi = next((p for p in dense if p[1] >= x), None)
@@ -1279,8 +1323,8 @@ def frontier_intervals(verdicts: list[dict], rows: dict, refs: list[str]) -> Non
     for v in verdicts:
         if v["larger"] and v["model"] in rows:
             dense, form = v["larger"].rsplit(" ", 1)
-            name = "test.int8.hyp" if form == "int8" else "test.hyp"
-            value = rows[dense]["int8_test_bleu" if form == "int8" else "mean"]
+            _, _, key, name = next(f for f in DENSE_FORMS if f[0] == form)
+            value = rows[dense][key]
             v["over_larger"] = round(v["bleu"] / value, 3) if value else None
             v["over_larger_interval"] = [round(x, 3) for x in bootstrap_ratio(
                 [read_hyps(n) for n in rows[v["model"]]["runs"]], [read_hyps(n, name) for n in rows[dense]["runs"]],
@@ -1335,10 +1379,10 @@ def plots(a, rows: dict) -> list[str]:
     points = bytes_points(rows)
     widths = ", ".join(f"{ROWS[row][2]:g}" for row in sorted((r for r in rows if "fp16_bytes" in rows[r]),
                                                               key=lambda r: ROWS[r][2]))
-    for kind, marker in (("fp16", "s"), ("int8", "^")):
-        pts = [p for p in points if p[0].endswith(kind)]
+    for kind, marker in zip((f[0] for f in DENSE_FORMS), "s^v"):
+        pts = [p for p in points if p[0].endswith(f" {kind}")]
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
-    others = [p for p in points if not p[0].endswith(("fp16", "int8"))]
+    others = [p for p in points if not p[0].endswith(DENSE_SUFFIXES)]
     for label, x, y in others:
         ax.scatter([x], [y], s=40, zorder=3)
         # above the point unless its nearest neighbour in bytes scores higher: neighbours' labels do not cross
@@ -1529,6 +1573,8 @@ def loop(a) -> int:
                   f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
         for name in keep(a, runs, winners, active):
             print(f"[study] {name}: recorded in the ledger {a.ledger}", flush=True)
+        for name in backfill_forms(a, runs, active, prepared):
+            print(f"[study] {name}: scored in int8 with int8 embedding tables too", flush=True)
         carry(a, active)  # quietly, every save
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import signal
@@ -547,7 +548,8 @@ def test_the_dense_frontier_at_a_models_bytes_interpolates_in_log_bytes_and_deci
               ("masks_only", 394_223, 33.37), ("coats", 800_000, 20.0), ("big", 2_000_000, 25.0),
               ("tiny", 300_000, 10.0)]
     got = {(v["model"], v["form"]): v for v in study.frontier(points)}
-    assert len(got) == 8 and not any(m.startswith("dense") for m, _ in got)
+    assert len(got) == 12 and not any(m.startswith("dense") for m, _ in got)
+    assert got["masks_only", "int8+emb"]["by"] == "no dense model scored yet"  # the third form: none here
     # below every dense model's bytes in fp16: it beats the smallest, which stores more, so it is above
     assert got["masks_only", "fp16"]["verdict"] == "above" and got["masks_only", "fp16"]["dense_bleu"] is None
     # bracketed in int8: the frontier is interpolated in log bytes
@@ -580,6 +582,34 @@ def test_the_frontier_ratio_divides_by_the_next_larger_dense_model_in_the_same_f
     assert got["fp16"]["larger"] == "dense fp16" and got["fp16"]["over_larger"] == 2.5
     assert got["fp16"]["over_larger_interval"][0] > 1  # the worse fp16 hypotheses, resampled
     assert got["int8"]["over_larger"] == 1.0 and got["int8"]["over_larger_interval"] == [1.0, 1.0]  # int8's own
+
+
+def test_int8_tables_are_rounded_in_place_and_counted_a_byte_a_value_and_a_scale_a_row():
+    import copy
+
+    from fairseq import options
+    from fairseq.models.transformer import TransformerModel
+
+    args = options.parse_args_and_arch(options.get_training_parser(), [
+        "x", "--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
+        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
+        "--decoder-ffn-embed-dim", "32", "--share-decoder-input-output-embed"])
+    task = type("Task", (), {"source_dictionary": make_dictionary(30), "target_dictionary": make_dictionary(30)})
+    model = TransformerModel.build_model(args, task)
+    before = common.int8_bytes(common.quantize_int8(copy.deepcopy(model)))
+    float_tables = {id(m.weight): m.weight.detach().clone() for m in model.modules()
+                    if isinstance(m, torch.nn.Embedding)}
+    saved = common.quantize_tables_int8(model)
+    tables = {id(m.weight): m.weight for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    assert len(tables) == 2 and saved == sum(w.numel() - 2 * w.shape[0] for w in tables.values())
+    for key, w in tables.items():
+        scale = (float_tables[key].abs().amax(1, keepdim=True) / 127).half().float()
+        scale[scale == 0] = 1
+        steps = w.detach() / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-3) and steps.abs().max() <= 127  # scale * an int8
+        assert (w.detach() - float_tables[key]).abs().le(scale / 2 + 1e-6).all()  # rounded to the nearest step
+    assert model.decoder.output_projection.weight is model.decoder.embed_tokens.weight  # still one table
+    assert common.int8_bytes(common.quantize_int8(model)) - saved < before
 
 
 def test_int8_bytes_are_counted_from_the_quantized_model():
@@ -629,7 +659,8 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
         assert ckpt["optimizer_history"][-1]["num_updates"] == res["best_update"]  # scored: the validation's pick
         assert res["stopped_by"] == "patience" and res["updates"] < 40  # patience stopped it, not the cap
         if name.startswith("dense"):
-            assert 0 < res["int8_bytes"] < res["fp16_bytes"] and "int8_test_bleu" in res
+            assert 0 < res["int8emb_bytes"] < res["int8_bytes"] < res["fp16_bytes"] and "int8_test_bleu" in res
+            assert len((work / "runs" / name / "test.int8emb.hyp").read_text().splitlines()) == 37
         else:
             assert 0 < res["model_bytes"] < res["artifact_bytes"]
         assert len((work / "runs" / name / "test.hyp").read_text().splitlines()) == 37
@@ -676,6 +707,15 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
                           "eine kleine Katze"], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip()
+    # a dense run scored before the int8-table form existed gets it from its checkpoint, and the ledger with it
+    path = work / "runs" / "dense-lr1e-3-d0.1-s1" / "result.json"
+    before = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in before.items() if not k.startswith("int8emb")}))
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
+    assert again.returncode == 0 and "dense-lr1e-3-d0.1-s1: scored in int8 with int8 embedding tables" in again.stdout
+    assert json.loads(path.read_text()) == before
+    ledger = pathlib.Path(args[args.index("--ledger") + 1]) / "dense-lr1e-3-d0.1-s1"
+    assert json.loads((ledger / "result.json").read_text()) == before and (ledger / "test.int8emb.hyp").exists()
 
 
 @pytest.mark.e2e
