@@ -584,18 +584,23 @@ def test_the_frontier_ratio_divides_by_the_next_larger_dense_model_in_the_same_f
     assert got["int8"]["over_larger"] == 1.0 and got["int8"]["over_larger_interval"] == [1.0, 1.0]  # int8's own
 
 
-def test_int8_tables_are_rounded_in_place_and_counted_a_byte_a_value_and_a_scale_a_row():
-    import copy
-
+def _tied_transformer(dim: int, ffn: int):
+    """A 1+1-layer fairseq Transformer with a tied output table over 30-word dictionaries."""
     from fairseq import options
     from fairseq.models.transformer import TransformerModel
 
     args = options.parse_args_and_arch(options.get_training_parser(), [
         "x", "--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-embed-dim", "16", "--decoder-embed-dim", "16", "--encoder-ffn-embed-dim", "32",
-        "--decoder-ffn-embed-dim", "32", "--share-decoder-input-output-embed"])
+        "--encoder-embed-dim", str(dim), "--decoder-embed-dim", str(dim), "--encoder-ffn-embed-dim", str(ffn),
+        "--decoder-ffn-embed-dim", str(ffn), "--share-decoder-input-output-embed"])
     task = type("Task", (), {"source_dictionary": make_dictionary(30), "target_dictionary": make_dictionary(30)})
-    model = TransformerModel.build_model(args, task)
+    return TransformerModel.build_model(args, task)
+
+
+def test_int8_tables_are_rounded_in_place_and_counted_a_byte_a_value_and_a_scale_a_row():
+    import copy
+
+    model = _tied_transformer(16, 32)
     before = common.int8_bytes(common.quantize_int8(copy.deepcopy(model)))
     float_tables = {id(m.weight): m.weight.detach().clone() for m in model.modules()
                     if isinstance(m, torch.nn.Embedding)}
@@ -613,15 +618,7 @@ def test_int8_tables_are_rounded_in_place_and_counted_a_byte_a_value_and_a_scale
 
 
 def test_int8_bytes_are_counted_from_the_quantized_model():
-    from fairseq import options
-    from fairseq.models.transformer import TransformerModel
-
-    args = options.parse_args_and_arch(options.get_training_parser(), [
-        "x", "--task", "translation", "--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1",
-        "--encoder-embed-dim", "64", "--decoder-embed-dim", "64", "--encoder-ffn-embed-dim", "256",
-        "--decoder-ffn-embed-dim", "256", "--share-decoder-input-output-embed"])
-    task = type("Task", (), {"source_dictionary": make_dictionary(30), "target_dictionary": make_dictionary(30)})
-    model = TransformerModel.build_model(args, task)
+    model = _tied_transformer(64, 256)
     fp16 = common.fp16_bytes(model.state_dict())
     q = common.quantize_int8(model)
     linears = [m for m in q.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
