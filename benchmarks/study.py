@@ -718,7 +718,7 @@ def int8_form(model, task, refs: list[str], run_dir: str, tables: bool = False) 
 
 
 def backfill_forms(a, runs: list[Run], active: dict, prepared: str) -> list[str]:
-    """Scores the int8 form with int8 tables of a dense run scored before that form existed (2026-12-05 16:40 UTC),
+    """Scores the int8 form with int8 tables of a dense run scored before that form existed (2026-12-05 16:27 UTC),
     where its checkpoint is on this machine (a run restored from the ledger has none: its row leaves that form
     out), and records it in the ledger again; the names of the runs it scored."""
     import torch
@@ -1377,11 +1377,12 @@ def plots(a, rows: dict) -> list[str]:
     save_plot(fig, os.path.join(a.work, "curves.png"))
     fig, ax = plt.subplots(figsize=(7, 4.2))
     points = bytes_points(rows)
-    widths = ", ".join(f"{ROWS[row][2]:g}" for row in sorted((r for r in rows if "fp16_bytes" in rows[r]),
-                                                              key=lambda r: ROWS[r][2]))
-    for kind, marker in zip((f[0] for f in DENSE_FORMS), "s^v"):
+    for (kind, size, _, _), marker in zip(DENSE_FORMS, "s^v"):
         pts = [p for p in points if p[0].endswith(f" {kind}")]
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
+        widths = ", ".join(f"{ROWS[row][2]:g}" for row in sorted((r for r in rows if size in rows[r]),
+                                                                  key=lambda r: ROWS[r][2]))
+        if pts:
+            ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
     others = [p for p in points if not p[0].endswith(DENSE_SUFFIXES)]
     for label, x, y in others:
         ax.scatter([x], [y], s=40, zorder=3)
@@ -1390,6 +1391,10 @@ def plots(a, rows: dict) -> list[str]:
         up = near is None or y >= near[2]
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if up else -11), textcoords="offset points")
     ax.set_xscale("log")
+    ticks = [t for t in (1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7) if min(p[1] for p in points) / 1.5 < t
+             < max(p[1] for p in points) * 1.5]
+    ax.set_xticks(ticks, [f"{t / 1e6:g} MB" for t in ticks])
+    ax.set_xticks([], minor=True)
     ax.set_xlabel("stored bytes (supermask: its artifact without tokenizer and dictionaries; dense: weights)")
     ax.set_ylabel("test BLEU (checkpoint chosen on validation)")
     ax.grid(alpha=0.3)
