@@ -1290,11 +1290,12 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
     import math
 
     out = []
+    by_form = {form: sorted((p for p in points if p[0].endswith(f" {form}")), key=lambda p: p[1])
+               for form, *_ in DENSE_FORMS}
     for label, x, y in points:
         if label.endswith(DENSE_SUFFIXES):
             continue
-        for form, *_ in DENSE_FORMS:
-            dense = sorted((p for p in points if p[0].endswith(f" {form}")), key=lambda p: p[1])
+        for form, dense in by_form.items():
             lo = next((p for p in reversed(dense) if p[1] <= x), None)
             hi = next((p for p in dense if p[1] >= x), None)
             at, verdict = None, "not decided"
@@ -1331,11 +1332,9 @@ def frontier_intervals(verdicts: list[dict], rows: dict, refs: list[str]) -> Non
                 refs)]
 
 
-def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], rows: dict | None = None,
-                   refs: list[str] | None = None) -> list[dict]:
+def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], rows: dict, refs: list[str]) -> list[dict]:
     verdicts = frontier(points)
-    if rows is not None and refs is not None:
-        frontier_intervals(verdicts, rows, refs)
+    frontier_intervals(verdicts, rows, refs)
 
     def over(v):
         if v.get("over_larger") is None:
@@ -1391,7 +1390,7 @@ def plots(a, rows: dict) -> list[str]:
         up = near is None or y >= near[2]
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if up else -11), textcoords="offset points")
     ax.set_xscale("log")
-    ticks = [t for t in (1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7) if min(p[1] for p in points) / 1.5 < t
+    ticks = [t for t in (1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7) if points and min(p[1] for p in points) / 1.5 < t
              < max(p[1] for p in points) * 1.5]
     ax.set_xticks(ticks, [f"{t / 1e6:g} MB" for t in ticks])
     ax.set_xticks([], minor=True)
@@ -1568,6 +1567,9 @@ def loop(a) -> int:
     active = {r.name: j for r in plan(a)[0] if (j := adopt(r))}
     for name in active:
         print(f"[study] {name}: still training (started by an earlier runner), followed", flush=True)
+    # once: a run scored from here on gets every form from score()
+    for name in backfill_forms(a, plan(a)[0], active, prepared):
+        print(f"[study] {name}: scored in int8 with int8 embedding tables too", flush=True)
     last_status, failures = 0.0, {}
     while True:
         runs, winners = plan(a)
@@ -1578,8 +1580,6 @@ def loop(a) -> int:
                   f"{res['valid_bleu']:.2f} at {res['best_update']}); test BLEU {res['test_bleu']:.2f}", flush=True)
         for name in keep(a, runs, winners, active):
             print(f"[study] {name}: recorded in the ledger {a.ledger}", flush=True)
-        for name in backfill_forms(a, runs, active, prepared):
-            print(f"[study] {name}: scored in int8 with int8 embedding tables too", flush=True)
         carry(a, active)  # quietly, every save
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
             print(f"[study] {r.name}: training from update {trained(r)} to "
