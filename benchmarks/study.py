@@ -130,6 +130,11 @@ FOLLOWUPS = {
     "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)",
                             ["--warmup-updates", "1000"]),
 }
+# rows whose seed 1 starts before the part's other seed-1 runs: masks-only at twice the width takes about 5 s an
+# update (some 14 CPU hours to converge) and decides the last undecided target of the issue; started first, it
+# trains beside the narrow dense rows instead of after them (added 2026-12-05 18:20 UTC; this moves when a figure
+# lands, not the figure)
+LONG_POLES = ("masks_only_wide",)
 FOLLOWUP_SEEDS = (1, 2, 3)  # the chosen variant's, as the core row it would replace
 PARTS = ("tune", "core", "width", "followup", "prune")
 TICKET = "{ticket}"  # in a row's arguments: retrain a lottery ticket of the same seed's converged dense run
@@ -409,6 +414,8 @@ def plan(a) -> tuple[list[Run], dict]:
                 # runs: a narrow dense run costs 2-3 CPU hours (the ledger carries it) and completes the row that
                 # decides the byte frontier at the supermask artifacts' bytes (added 2026-12-05 15:25 UTC)
                 place = queue(part_no, 1, width - 2 + 0.02) if row in RETUNED and seed > 1 else queue(part_no, seed)
+                if row in LONG_POLES and seed == 1:
+                    place = queue(part_no, 1, -2)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, place, seed, width,
                                 tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen,
                                 part == "followup" and chosen is None))
@@ -1011,9 +1018,16 @@ def rate_guess(run: Run, runs: list[Run], rates: dict) -> float:
     return (statistics.median(known) if known else 1.8) * run.width ** 1.5
 
 
+def typical_length(runs: list[Run], cap: int) -> int:
+    """Updates a run to convergence is expected to take before it starts: the median of the converged runs' (those
+    trained to convergence and complete), else 6,000."""
+    done = [trained(r) for r in runs if r.max_update == cap and complete(r)]
+    return int(statistics.median(done)) if done else 6000
+
+
 def status(a, runs: list[Run], active: dict) -> str:
     """One line per run (updates, best validation BLEU, state) and the ETA of what is planned now, each run at its
-    own rate (rate_guess)."""
+    own rate (rate_guess) and, before it converges, at least the typical length (typical_length)."""
     rates = {r.name: seconds_per_update(r) for r in runs}
     lines, left = [], 0.0
     for r in sorted(runs, key=lambda r: (r.priority, r.name)):
@@ -1023,7 +1037,8 @@ def status(a, runs: list[Run], active: dict) -> str:
                  else "done" if complete(r) else "waiting") + (" (restored: no checkpoint here)" if lost(r) else "")
         target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
         if state in ("running", "waiting"):
-            guess = r.max_update if r.max_update < a.cap else max(trained(r) + a.patience * a.eval_every, 6000)
+            guess = (r.max_update if r.max_update < a.cap
+                     else max(trained(r) + a.patience * a.eval_every, typical_length(runs, a.cap)))
             left += max(guess - trained(r), 0) * rate_guess(r, runs, rates)
         lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
                      f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}"

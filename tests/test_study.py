@@ -132,6 +132,20 @@ def test_the_eta_takes_each_run_at_its_own_rate_else_its_peers(tmp_path, monkeyp
     assert study.rate_guess(runs[3], runs, {}) == pytest.approx(1.8 * 2 ** 1.5)  # nothing measured yet
 
 
+def test_the_eta_expects_a_fresh_run_to_train_as_long_as_the_converged_ones(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    fresh = study.Run("fresh", [], 100, 2, ())
+    assert study.typical_length([fresh], 100) == 6000  # nothing converged yet
+    short = _run_with_log(tmp_path, "short", [(4, 2.0), (8, 1.0), (12, 1.0)])  # patience 2: converged at 12
+    long = _run_with_log(tmp_path, "long", [(4, 1.0), (8, 2.0), (12, 3.0), (16, 1.0), (20, 1.0)])  # at 20
+    going = _run_with_log(tmp_path, "going", [(4, 1.0), (8, 2.0), (12, 3.0), (16, 4.0)])  # not converged
+    capped = _run_with_log(tmp_path, "capped", [(4, 1.0)])  # a fixed budget, not trained to convergence
+    for r in (short, long, going):
+        r.max_update, r.patience = 100, 2
+    capped.max_update, capped.patience = 4, 2
+    assert study.typical_length([fresh, short, long, going, capped], 100) == 16  # the median of 12 and 20
+
+
 def test_a_run_under_way_resumes_before_fresh_runs(tmp_path, monkeypatch):
     """A restarted runner (the trainers stop with the session) resumes a half-trained run before starting a fresh
     one that ranks earlier; among fresh runs, part and seed order; a run waits for those it needs."""
@@ -168,6 +182,7 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
                 "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
                 "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
+    assert names[11] == "masks_only_wide-s1"  # the long pole starts first of its part, beside the narrow rows
 
 
 def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees_test(tmp_path, monkeypatch):
