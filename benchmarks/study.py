@@ -132,7 +132,7 @@ FOLLOWUPS = {
 }
 # rows whose seed 1 starts before the part's other seed-1 runs: masks-only at twice the width takes about 5 s an
 # update (some 14 CPU hours to converge) and decides the last undecided target of the issue; started first, it
-# trains beside the narrow dense rows instead of after them (added 2026-12-05 18:20 UTC; this moves when a figure
+# trains beside the narrow dense rows instead of after them (added 2026-12-05 18:15 UTC; this moves when a figure
 # lands, not the figure)
 LONG_POLES = ("masks_only_wide",)
 FOLLOWUP_SEEDS = (1, 2, 3)  # the chosen variant's, as the core row it would replace
