@@ -130,11 +130,11 @@ FOLLOWUPS = {
     "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)",
                             ["--warmup-updates", "1000"]),
 }
-# rows whose seed 1 starts before the part's other seed-1 runs: masks-only at twice the width takes about 5 s an
-# update (some 14 CPU hours to converge) and decides the last undecided target of the issue; started first, it
+# rows whose seed 1 starts before the part's other seed-1 runs: masks-only at twice the width takes about 1.8 s
+# an update (some 5 CPU hours to converge) and decides the last undecided target of the issue; started first, it
 # trains beside the narrow dense rows instead of after them (added 2026-12-05 18:15 UTC; this moves when a figure
 # lands, not the figure)
-LONG_POLES = ("masks_only_wide",)
+EARLY_ROWS = ("masks_only_wide",)
 FOLLOWUP_SEEDS = (1, 2, 3)  # the chosen variant's, as the core row it would replace
 PARTS = ("tune", "core", "width", "followup", "prune")
 TICKET = "{ticket}"  # in a row's arguments: retrain a lottery ticket of the same seed's converged dense run
@@ -414,7 +414,7 @@ def plan(a) -> tuple[list[Run], dict]:
                 # runs: a narrow dense run costs 2-3 CPU hours (the ledger carries it) and completes the row that
                 # decides the byte frontier at the supermask artifacts' bytes (added 2026-12-05 15:25 UTC)
                 place = queue(part_no, 1, width - 2 + 0.02) if row in RETUNED and seed > 1 else queue(part_no, seed)
-                if row in LONG_POLES and seed == 1:
+                if row in EARLY_ROWS and seed == 1:
                     place = queue(part_no, 1, -2)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, place, seed, width,
                                 tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen,

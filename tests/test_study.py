@@ -182,7 +182,7 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
                 "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
                 "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
-    assert names[11] == "masks_only_wide-s1"  # the long pole starts first of its part, beside the narrow rows
+    assert names[11] == "masks_only_wide-s1"  # the row that decides the open target starts first of its part
 
 
 def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees_test(tmp_path, monkeypatch):
