@@ -123,6 +123,16 @@ ROWS = {
 # 2026-12-05 09:05-09:10 UTC; at half the width seed 1 had been scored with 0.3, the choice reads validation only)
 RETUNED = {row: {"d0.1": ["--dropout", "0.1"], "d0": ["--dropout", "0"]}
            for row in ("dense_half", "dense_quarter", "dense_eighth")}
+# masks-only at twice the width: the family's learning rate (8e-3, tuned at the benchmark width) does not start
+# there (seed 1's training nll 8.4 bits, the unigram's, and validation BLEU 0.01 after 500 updates, where every
+# benchmark-width seed had 22-23; scores are initialised 1/sqrt(fan-in) wide, so the same Adam step flips more of a
+# wider model's masks), so its learning rate is chosen again at its width among the family grid's three, the same
+# number of settings the narrow dense rows get (added 2026-12-05 19:00 UTC, after seed 1 had trained 900 updates)
+RETUNED["masks_only_wide"] = {"lr4e-3": ["--lr", "4e-3"], "lr2e-3": ["--lr", "2e-3"]}
+# RETUNED rows whose candidates train to the family tuning's first halving budget (--stages) and are chosen there:
+# only the best on validation up to it trains on to convergence (a wide run costs about 5 CPU hours; the narrow
+# dense rows' candidates train to convergence)
+STAGED = ("masks_only_wide",)
 # part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
 FOLLOWUPS = {
     "followup_anneal_k": ("one-layer masks-only, k annealed from 1 over the first 1,000 updates (cubic)",
@@ -380,10 +390,10 @@ def plan(a) -> tuple[list[Run], dict]:
                 base = setting_args(family, winners[family]) + extra
                 # queued before the part's other seed-1 runs, narrowest first (the ledger carries a narrow run in
                 # flight to the next machine, not half the width's), and at a width the other dropouts (with less
-                # dropout a run converges sooner) before the family's setting
-                runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], a.cap, a.patience,
-                             queue(part_no, 1, width - 2 + (0.01 if v == "" else 0)), 1, width, scored=False,
-                             pending=variant is None)
+                # dropout a run converges sooner) before the family's setting; an EARLY_ROWS row's first of all
+                runs += [Run(retuned_name(row, v, 1), base + flags + ["--seed", 1], retune_budget(a, row), a.patience,
+                             queue(part_no, 1, (-2 if row in EARLY_ROWS else width - 2) + (0.01 if v == "" else 0)),
+                             1, width, scored=False, pending=variant is None)
                          for v, flags in {"": [], **RETUNED[row]}.items() if v != variant]
                 if variant is None:
                     continue
@@ -413,7 +423,8 @@ def plan(a) -> tuple[list[Run], dict]:
                 # a dense frontier row's second seed follows its width's choice, ahead of the part's other seed-1
                 # runs: a narrow dense run costs 2-3 CPU hours (the ledger carries it) and completes the row that
                 # decides the byte frontier at the supermask artifacts' bytes (added 2026-12-05 15:25 UTC)
-                place = queue(part_no, 1, width - 2 + 0.02) if row in RETUNED and seed > 1 else queue(part_no, seed)
+                narrow_second = row in RETUNED and width < 1 and seed > 1
+                place = queue(part_no, 1, width - 2 + 0.02) if narrow_second else queue(part_no, seed)
                 if row in EARLY_ROWS and seed == 1:
                     place = queue(part_no, 1, -2)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, place, seed, width,
@@ -430,10 +441,16 @@ def last_value(args: list, flag: str, default: str | None = None) -> str | None:
     return next((x for i, x in reversed(list(enumerate(args))) if i and args[i - 1] == flag), default)
 
 
-def retuned_dropout(winners: dict, row: str, variant: str | None) -> str:
-    """The dropout a RETUNED row's variant trains with (None, before the choice: its family's)."""
-    family = ROWS[row][1]
-    return last_value(setting_args(family, winners[family]) + RETUNED[row].get(variant, []), "--dropout")
+def retuned_setting(winners: dict, row: str, variant: str | None) -> str:
+    """What a RETUNED row's variant sets, as "dropout 0.1" or "lr 4e-3" (None, before the choice: its family's)."""
+    family, flag = ROWS[row][1], next(iter(RETUNED[row].values()))[0]
+    return f"{flag[2:]} {last_value(setting_args(family, winners[family]) + RETUNED[row].get(variant, []), flag)}"
+
+
+def retune_budget(a, row: str) -> int:
+    """The updates a RETUNED row's candidates train to before its choice: convergence (the cap), or a STAGED row's
+    first halving budget."""
+    return a.stages[0][0] if row in STAGED else a.cap
 
 
 def retuned_name(row: str, variant: str, seed: int) -> str:
@@ -441,12 +458,14 @@ def retuned_name(row: str, variant: str, seed: int) -> str:
 
 
 def retune_choice(a, row: str) -> str | None:
-    """A RETUNED row's choice on validation: the variant ("" for the family's setting) whose converged seed-1 run
-    validates best (the family's setting on a tie); None until all of them have converged."""
-    runs = {v: Run(retuned_name(row, v, 1), [], a.cap, a.patience, ()) for v in ("", *RETUNED[row])}
+    """A RETUNED row's choice on validation: the variant ("" for the family's setting) whose seed-1 run validates
+    best up to its budget (retune_budget; the family's setting on a tie); None until all of them have reached it
+    (or converged)."""
+    budget = retune_budget(a, row)
+    runs = {v: Run(retuned_name(row, v, 1), [], budget, a.patience, ()) for v in ("", *RETUNED[row])}
     if not all(complete(r) for r in runs.values()):
         return None
-    scores = {v: best(validations(r))[1] for v, r in runs.items()}
+    scores = {v: best(validations(r), budget)[1] for v, r in runs.items()}
     return max(scores, key=lambda v: (scores[v], v == ""))
 
 
@@ -920,7 +939,8 @@ def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
         if final(a, r, winners):
             wrote = record(a, r, r.name.startswith(artifact))
         else:
-            wrote = r.pending and complete(r) and record(a, r, kind="candidate")
+            # a STAGED candidate at its budget carries no weights: chosen, it trains on from its last checkpoint
+            wrote = r.pending and r.max_update == a.cap and complete(r) and record(a, r, kind="candidate")
         if wrote:
             out.append(r.name)
     return out
@@ -1127,7 +1147,7 @@ def row_results(a, winners: dict) -> dict:
             continue
         bleus = [r["test_bleu"] for r in res]
         if row in RETUNED:
-            label += f" (dropout {retuned_dropout(winners, row, variant)}, " + (
+            label += f" ({retuned_setting(winners, row, variant)}, " + (
                 "chosen at its width)" if variant is not None else "its width's choice pending)")
         rows[row] = {"label": label, "part": part, "seeds_done": len(res),
                      "seeds_planned": len(seeds[:a.seeds or None]),
@@ -1192,12 +1212,13 @@ def followup_table(a, winners: dict, lines: list[str]) -> dict:
     return {"variants": table, "chosen": chosen}
 
 
-def candidate(run: Run, rate: float | None) -> tuple[dict, str]:
-    """A candidate's seed-1 run on validation: its best, updates trained and state; and those as a table's last three
-    cells (best valid BLEU (update) | trained | CPU h)."""
+def candidate(run: Run, rate: float | None, budget: int | None = None) -> tuple[dict, str]:
+    """A candidate's seed-1 run on validation: its best (up to `budget`, where it is chosen at one), updates trained
+    and state; and those as a table's last three cells (best valid BLEU (update) | trained | CPU h)."""
     vals, done = validations(run), trained(run)
-    top = best(vals) if vals else None
-    state = "converged" if complete(run) else "training" if vals else "waiting"
+    top = best(vals, budget) if vals else None
+    state = ("training" if vals else "waiting") if not complete(run) else (
+        "converged" if budget is None else f"reached {budget:,}")
     cells = (f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
              f"{cpu_hours(run.dir, done, rate)[1]} |")
     return {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None, "trained": done,
@@ -1206,20 +1227,26 @@ def candidate(run: Run, rate: float | None) -> tuple[dict, str]:
 
 def retune_table(a, winners: dict, lines: list[str]) -> dict:
     """The RETUNED rows' seed-1 candidates on validation (the choice), each row's chosen variant."""
-    if "width" not in a.parts or winners["dense"] is None:
+    if "width" not in a.parts or None in (winners["dense"], winners["mask"]):
         return {}
-    lines += ["\n### Dropout chosen again below the benchmark width (dense, seed 1, validation BLEU)\n",
-              "| row | dropout | best valid BLEU (update) | trained | CPU h |", "|---|---|---|---|---|"]
+    lines += ["\n### Settings chosen again at a row's own width (seed 1, validation BLEU)\n",
+              "| row | setting | best valid BLEU (update) | trained | CPU h |", "|---|---|---|---|---|"]
     table = {}
     for row, variants in RETUNED.items():
         chosen, rate = retune_choice(a, row), measured_rate(a, ROWS[row][2])
+        budget = retune_budget(a, row)
         for v in ("", *variants):
-            run = Run(retuned_name(row, v, 1), [], a.cap, a.patience, ())
-            dropout, (seen, cells) = retuned_dropout(winners, row, v), candidate(run, rate)
-            table[run.name] = {"dropout": dropout, "valid_bleu": seen["valid_bleu"], "state": seen["state"],
+            run = Run(retuned_name(row, v, 1), [], budget, a.patience, ())
+            setting = retuned_setting(winners, row, v)
+            seen, cells = candidate(run, rate, budget if budget < a.cap else None)
+            table[run.name] = {"setting": setting, "valid_bleu": seen["valid_bleu"], "state": seen["state"],
                                "chosen": v == chosen}
-            lines.append(f"| {row}{' **chosen**' if v == chosen else ''} | {dropout} | {cells}")
-    lines.append("\nEach row's chosen dropout alone is scored on test and trains seed 2 (the others never see test).")
+            lines.append(f"| {row}{' **chosen**' if v == chosen else ''} | {setting} | {cells}")
+    staged = [f"{row} at {retune_budget(a, row):,} updates" for row in STAGED]
+    lines.append("\nEach row's chosen setting alone is scored on test and trains seed 2 (the others never see test). "
+                 "A row chooses on its candidates' best validation once all have converged, except "
+                 f"{', '.join(staged)} (the family tuning's first halving budget: the table reads each candidate's best "
+                 "up to it; the chosen one then trains on to convergence).")
     return table
 
 
@@ -1648,11 +1675,12 @@ def wait(active: dict, seconds: float = 5) -> None:
 
 def reap(a, active: dict, failures: dict) -> None:
     """Account for finished jobs; stop those whose patience ran out (counted over the whole log: fairseq's own
-    count restarts when a run resumes) once the checkpoint of their last validation is written."""
+    count restarts when a run resumes) or that reached their budget (one adopted from an earlier runner may have
+    been launched with a larger one), once the checkpoint of their last validation is written."""
     for name, job in list(active.items()):
         job.meter()
         if job.poll() is None:
-            if not (stopped(validations(job.run), job.run.patience) and saved(job.run)):
+            if not (complete(job.run) and saved(job.run)):
                 continue
             job.stop()
         job.meter(every=0)  # written now: the latest sample (the process may already be gone)

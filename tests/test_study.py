@@ -65,6 +65,7 @@ def test_a_run_out_of_patience_is_stopped_once_its_last_validation_is_saved(tmp_
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--patience", "2"])
     run = _run_with_log(tmp_path, "r", [(4, 3.0), (8, 2.0), (12, 2.5)], patience=2)  # 2 without a better one
+    run.max_update = 100  # far from its budget: patience stops it
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     active = {"r": study.Job(run, proc.pid, time.time(), 0, proc)}
     try:
@@ -74,6 +75,33 @@ def test_a_run_out_of_patience_is_stopped_once_its_last_validation_is_saved(tmp_
             f.write(_saved_line(12, 2.5))
             f.write("2026-12-02 10:00:02 | INFO | fairseq_cli.train | end of epoch 3 (average epoch stats below)\n"
                     "2026-12-02 10:00:02 | INFO | fairseq.trainer | begin training epoch 4\n")
+        study.reap(a, active, {})
+        assert "r" not in active and proc.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_run_past_its_budget_is_stopped_once_that_validation_is_saved(tmp_path, monkeypatch):
+    """A run adopted from an earlier runner may have been launched with a larger --max-update than its plan's now
+    (a candidate chosen at a halving budget)."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--patience", "4"])
+    run = _run_with_log(tmp_path, "r", [(4, 1.0), (8, 2.0)], patience=4)  # improving: patience would not stop it
+    run.max_update = 12
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    active = {"r": study.Job(run, proc.pid, time.time(), 0, proc)}
+    try:
+        with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_saved_line(8, 2.0))
+        study.reap(a, active, {})
+        assert "r" in active  # below its budget: it trains on
+        with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_valid_line(12, 3.0))
+        study.reap(a, active, {})
+        assert "r" in active  # at its budget, but update 12's checkpoint is not written yet
+        with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_saved_line(12, 3.0))
         study.reap(a, active, {})
         assert "r" not in active and proc.wait(timeout=30) == -signal.SIGTERM
     finally:
@@ -167,7 +195,7 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
     _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0)])
     _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
     names = [r.name for r in sorted(study.plan(a)[0], key=lambda r: (r.priority, r.name))]
-    blocks = [names[2:4], names[4:8], names[8:11], names[11:30], names[30:]]  # after the two tuning runs
+    blocks = [names[2:4], names[4:8], names[8:11], names[11:32], names[32:]]  # after the two tuning runs
     assert [sorted(b) for b in blocks] == [
         ["pretrained_frozen-s1", "pretrained_masked-s1"],  # core, seed by seed
         ["dense-lr1e-3-d0.1-s2", "mask-lr4e-3-d0-c0-s2", "pretrained_frozen-s2", "pretrained_masked-s2"],
@@ -175,14 +203,14 @@ def test_every_row_gets_its_first_seed_before_a_later_part_trains_a_second(tmp_p
         sorted(["coats-s1", "dense_half-s1", "dense_wide-s1", "dense_quarter-s1", "dense_eighth-s1",  # width ...
                 "dense_half-d0.1-s1", "dense_half-d0-s1", "dense_quarter-d0.1-s1", "dense_quarter-d0-s1",
                 "dense_eighth-d0.1-s1", "dense_eighth-d0-s1",
-                "masks_only_wide-s1", "standard-s1",
+                "masks_only_wide-s1", "masks_only_wide-lr4e-3-s1", "masks_only_wide-lr2e-3-s1", "standard-s1",
                 "dense_rewind-s1", "magnitude_k0.1-s1", "magnitude_k0.5-s1", "masks_only_k0.1-s1", "ticket_k0.1-s1",
                 "ticket_k0.5-s1"]),  # ... and prune, seed 1 of each before either's seed 2
-        sorted(["coats-s2", "dense_wide-s2",  # half, a quarter and an eighth wait for their dropout's choice
-                "masks_only_wide-s2", "standard-s2", "dense_rewind-s2",
+        sorted(["coats-s2", "dense_wide-s2",  # the narrow rows and twice the width wait for their setting's choice
+                "standard-s2", "dense_rewind-s2",
                 "magnitude_k0.5-s2", "ticket_k0.5-s2"])]
     assert names.index("dense_rewind-s1") < names.index("ticket_k0.5-s1")
-    assert names[11] == "masks_only_wide-s1"  # the row that decides the open target starts first of its part
+    assert {n[:15] for n in names[11:14]} == {"masks_only_wide"}  # it decides the open target: first of its part
 
 
 def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees_test(tmp_path, monkeypatch):
@@ -283,17 +311,68 @@ def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any
     row = study.row_results(a, {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"})["dense_half"]
     assert row["test_bleu"] == [7.0] and row["label"].endswith("(dropout 0.3, its width's choice pending)")
     lines = []
-    table = study.retune_table(a, {"dense": "lr1e-3-d0.3"}, lines)
-    assert table["dense_eighth-d0.1-s1"] == {"dropout": "0.1", "valid_bleu": 3.0, "state": "converged",
+    table = study.retune_table(a, {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"}, lines)
+    assert table["dense_eighth-d0.1-s1"] == {"setting": "dropout 0.1", "valid_bleu": 3.0, "state": "converged",
                                              "chosen": True}
-    assert table["dense_eighth-s1"]["dropout"] == "0.3" and table["dense_quarter-d0-s1"]["state"] == "waiting"
-    assert any("dense_eighth **chosen** | 0.1 | 3.00 (8)" in x for x in lines)
+    assert table["dense_eighth-s1"]["setting"] == "dropout 0.3" and table["dense_quarter-d0-s1"]["state"] == "waiting"
+    assert any("dense_eighth **chosen** | dropout 0.1 | 3.00 (8)" in x for x in lines)
     # a tie keeps the family's setting
     for name in ("dense_eighth-d0.1-s1", "dense_eighth-d0-s1"):
         _run_with_log(tmp_path, name, [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
     assert study.retune_choice(a, "dense_eighth") == ""
     assert {n: r.scored for n, r in planned().items()} == {"dense_eighth-s1": True, "dense_eighth-s2": True,
                                                            "dense_eighth-d0-s1": False, "dense_eighth-d0.1-s1": False}
+
+
+def test_masks_only_at_twice_the_width_chooses_its_learning_rate_at_the_first_halving_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    ledger = tmp_path / "ledger"
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2", "--parts", "width",
+                          "--grid", "lr1e-3-d0.3,lr4e-3-d0-c0", "--ledger", str(ledger)])
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.3-s1", [(4, 1.0), (8, 2.0)])
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0)])
+    winners = {"dense": "lr1e-3-d0.3", "mask": "lr4e-3-d0-c0"}
+    names = ("masks_only_wide-s1", "masks_only_wide-lr4e-3-s1", "masks_only_wide-lr2e-3-s1")
+
+    def planned():
+        return {r.name: r for r in study.plan(a)[0] if r.name.startswith("masks_only_wide")}
+
+    runs = planned()
+    assert set(runs) == set(names)  # no seed 2 before the choice
+    assert {r.max_update for r in runs.values()} == {8}  # the first halving budget, not convergence
+    assert not any(r.scored for r in runs.values()) and all(r.pending for r in runs.values())
+    lr = runs["masks_only_wide-lr2e-3-s1"].args  # the family's lr, then the variant's: fairseq takes the last
+    assert [x for i, x in enumerate(lr) if i and lr[i - 1] == "--lr"] == ["4e-3", "2e-3"]
+    assert runs["masks_only_wide-lr2e-3-s1"].width == 2
+    # first of the part's seed-1 runs, before the narrow dense rows' candidates
+    order = [r.name for r in study.ready(study.plan(a)[0], {}) if r.seed == 1 and r.priority[0] == 2]
+    assert set(order[:3]) == set(names) and order[3] == "dense_eighth-d0-s1"
+    _run_with_log(tmp_path, names[0], [(4, 0.01), (8, 0.02), (12, 20.0)])  # adopted past its budget: 12 not read
+    _run_with_log(tmp_path, names[1], [(4, 5.0), (8, 9.0)])
+    _run_with_log(tmp_path, names[2], [(4, 6.0)])  # not at the budget yet
+    assert study.retune_choice(a, "masks_only_wide") is None
+    assert not {n for n in study.keep(a, study.plan(a)[0], winners, {}) if n.startswith("masks_only_wide")}
+    _run_with_log(tmp_path, names[2], [(4, 6.0), (8, 7.0)])
+    assert study.retune_choice(a, "masks_only_wide") == "lr4e-3"
+    # at its budget and not chosen yet, a candidate goes to the ledger without weights only once it is final
+    runs = planned()
+    assert {n: (r.max_update, r.scored) for n, r in runs.items()} == {
+        names[0]: (8, False), names[2]: (8, False), names[1]: (a.cap, True), "masks_only_wide-lr4e-3-s2": (a.cap, True)}
+    assert runs["masks_only_wide-lr4e-3-s2"].priority == study.queue(2, 2)  # seed 2 in the seed-2 order
+    assert runs[names[1]].priority == study.queue(2, 1, -2)
+    written = set(study.keep(a, study.plan(a)[0], winners, {}))
+    assert {names[0], names[2]} <= written and names[1] not in written
+    assert not [f for f in os.listdir(ledger / names[0]) if f.startswith("checkpoint")]
+    lines = []
+    table = study.retune_table(a, winners, lines)
+    assert table[names[1]] == {"setting": "lr 4e-3", "valid_bleu": 9.0, "state": "reached 8", "chosen": True}
+    assert table[names[0]]["valid_bleu"] == 0.02 and table["dense_eighth-d0-s1"]["setting"] == "dropout 0"
+    assert any("masks_only_wide **chosen** | lr 4e-3 | 9.00 (8) | 8 (reached 8)" in x for x in lines)
+    study.write_json(os.path.join(tmp_path, "runs", names[1], "result.json"), {
+        "run": names[1], "test_bleu": 5.0, "valid_bleu": 9.0, "best_update": 8, "updates": 16, "cpu_hours": 0.1,
+        "artifact_bytes": 10})
+    row = study.row_results(a, winners)["masks_only_wide"]
+    assert row["runs"] == [names[1]] and row["label"].endswith("(lr 4e-3, chosen at its width)")
 
 
 def _machine(root, dictionary="de 5\n"):
