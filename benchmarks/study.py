@@ -127,7 +127,7 @@ RETUNED = {row: {"d0.1": ["--dropout", "0.1"], "d0": ["--dropout", "0"]}
 # there (seed 1's training nll 8.4 bits, the unigram's, and validation BLEU 0.01 after 500 updates, where every
 # benchmark-width seed had 22-23; scores are initialised 1/sqrt(fan-in) wide, so the same Adam step flips more of a
 # wider model's masks), so its learning rate is chosen again at its width among the family grid's three, the same
-# number of settings the narrow dense rows get (added 2026-12-05 19:00 UTC, after seed 1 had trained 900 updates)
+# number of settings the narrow dense rows get (added 2026-12-05 18:50 UTC, after seed 1 had trained 900 updates)
 RETUNED["masks_only_wide"] = {"lr4e-3": ["--lr", "4e-3"], "lr2e-3": ["--lr", "2e-3"]}
 # RETUNED rows whose candidates train to the family tuning's first halving budget (--stages) and are chosen there:
 # only the best on validation up to it trains on to convergence (a wide run costs about 5 CPU hours; the narrow
