@@ -1179,11 +1179,10 @@ def results_table(rows: dict, lines: list[str]) -> None:
               ("| model | seeds | test BLEU per seed | mean [spread] | ratio to dense [95 % paired bootstrap] | "
                "best update / trained | CPU h |"), "|---|---|---|---|---|---|---|"]
     for row, r in rows.items():
-        partial = "" if r["seeds_done"] == r["seeds_planned"] else " (partial)"
         ratio = (f"{r['ratio']:.3f} [{r['interval'][0]:.3f}, {r['interval'][1]:.3f}]" if "ratio" in r
                  else "1.000" if row == "dense" else "-")
         reuse = {"pretrained": " + dense's", "ticket": " + dense's + its rewind run's"}.get(row.split("_")[0], "")
-        lines.append(f"| {r['label']} | {r['seeds_done']}/{r['seeds_planned']}{partial} | "
+        lines.append(f"| {r['label']} | {seeds_of(r)} | "
                      f"{' / '.join(f'{b:.2f}' for b in r['test_bleu'])} | {r['mean']:.2f} "
                      f"[{r['spread'][0]:.2f}, {r['spread'][1]:.2f}] | {ratio} | "
                      f"{' / '.join(f'{b:,}' for b in r['best_update'])} of {' / '.join(f'{u:,}' for u in r['updates'])}"
@@ -1308,6 +1307,12 @@ def analysis_lines(result: dict, lines: list[str]) -> None:
 DENSE_FORMS = (("fp16", "fp16_bytes", "mean", "test.hyp"), ("int8", "int8_bytes", "int8_test_bleu", "test.int8.hyp"),
                ("int8+emb", "int8emb_bytes", "int8emb_test_bleu", "test.int8emb.hyp"))
 DENSE_SUFFIXES = tuple(f" {form}" for form, *_ in DENSE_FORMS)
+
+
+def seeds_of(row: dict) -> str:
+    """A row's seeds so far, as "2/2" or "1/2 (partial)"."""
+    done, planned = row["seeds_done"], row["seeds_planned"]
+    return f"{done}/{planned}" + (" (partial)" if done < planned else "")
 
 
 def bytes_points(rows: dict) -> list[tuple[str, float, float]]:
@@ -1491,8 +1496,9 @@ def report(a) -> str:
         analysis_lines(compared, lines)
     points = bytes_points(rows)
     if points:
-        lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU |",
-                  "|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} |" for label, x, y in points)]
+        lines += ["\n### Stored bytes against test BLEU\n", "| model (stored form) | bytes | test BLEU | seeds |",
+                  "|---|---|---|---|", *(f"| {label} | {x:,.0f} | {y:.2f} | {seeds_of(rows[label.split()[0]])} |"
+                                         for label, x, y in points)]
     verdicts = frontier_lines(points, lines, rows, refs)
     written = ([p] if (p := tuning_plot(a)) else []) + (plots(a, rows) if rows else []) + (
         [os.path.join(a.work, "analysis.png")] if compared else [])

@@ -738,6 +738,11 @@ def tiny_study(tiny_corpus, tmp_path_factory):
     return work, args, r
 
 
+def table_of(text: str, heading: str) -> str:
+    """A report's section from its heading to the next one."""
+    return text.split(heading)[1].split("###")[0]
+
+
 @pytest.mark.e2e
 def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     work, args, r = tiny_study
@@ -759,6 +764,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
         assert res["cpu_hours_estimated"] == 0 and study.compute(str(work / "runs" / name), res["updates"])[0] > 0
     rep = subprocess.run(args + ["--report"], capture_output=True, text=True, cwd=ROOT, timeout=600, check=False)
     assert rep.returncode == 0 and "### Tuning: dense" in rep.stdout and "### Stored bytes" in rep.stdout
+    # every stored form's line names its row's seeds, the same count as the results table's
+    seeds = re.search(r"\| (\d/\d(?: \(partial\))?) \|", table_of(rep.stdout, "### Results")).group(1)
+    assert re.search(r"\| dense int8 \| [\d,]+ \| [\d.]+ \| " + re.escape(seeds) + r" \|", rep.stdout)
     frontier = json.loads((work / "report.json").read_text())["frontier"]  # masks-only at its bytes, both forms
     assert {(v["model"], v["form"]) for v in frontier} >= {("masks_only", "fp16"), ("masks_only", "int8")}
     assert "### At each model's bytes, the dense frontier" in rep.stdout
@@ -776,9 +784,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
                            timeout=600, check=False)
     assert again.returncode == 0 and "restored from the ledger" in again.stdout, again.stderr[-2000:]
 
-    def table(text):
-        return text.split("### Results")[1].split("###")[0]
-    assert table(again.stdout) == table(rep.stdout) and "| 0.5 | " in again.stdout
+    assert table_of(again.stdout, "### Results") == table_of(rep.stdout, "### Results") and "| 0.5 | " in again.stdout
     assert "`one-layer-lottery analyze`" not in again.stdout and "Restored from the ledger without" in again.stdout
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
