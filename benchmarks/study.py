@@ -1049,6 +1049,7 @@ def status(a, runs: list[Run], active: dict) -> str:
     """One line per run (updates, best validation BLEU, state) and the ETA of what is planned now, each run at its
     own rate (rate_guess) and, before it converges, at least the typical length (typical_length)."""
     rates = {r.name: seconds_per_update(r) for r in runs}
+    typical = typical_length(runs, a.cap)  # reads every run's log: once, not once a run
     lines, left = [], 0.0
     for r in sorted(runs, key=lambda r: (r.priority, r.name)):
         vals = validations(r)
@@ -1058,7 +1059,7 @@ def status(a, runs: list[Run], active: dict) -> str:
         target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
         if state in ("running", "waiting"):
             guess = (r.max_update if r.max_update < a.cap
-                     else max(trained(r) + a.patience * a.eval_every, typical_length(runs, a.cap)))
+                     else max(trained(r) + a.patience * a.eval_every, typical))
             left += max(guess - trained(r), 0) * rate_guess(r, runs, rates)
         lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
                      f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}"
