@@ -1214,11 +1214,12 @@ def followup_table(a, winners: dict, lines: list[str]) -> dict:
 
 def candidate(run: Run, rate: float | None, budget: int | None = None) -> tuple[dict, str]:
     """A candidate's seed-1 run on validation: its best (up to `budget`, where it is chosen at one), updates trained
-    and state; and those as a table's last three cells (best valid BLEU (update) | trained | CPU h)."""
+    and state (a run that trains past the budget, the chosen one, converges); and those as a table's last three
+    cells (best valid BLEU (update) | trained | CPU h)."""
     vals, done = validations(run), trained(run)
     top = best(vals, budget) if vals else None
     state = ("training" if vals else "waiting") if not complete(run) else (
-        "converged" if budget is None else f"reached {budget:,}")
+        "converged" if budget is None or run.max_update > budget else f"reached {budget:,}")
     cells = (f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
              f"{cpu_hours(run.dir, done, rate)[1]} |")
     return {"valid_bleu": top[1] if top else None, "best_update": top[0] if top else None, "trained": done,
@@ -1235,8 +1236,8 @@ def retune_table(a, winners: dict, lines: list[str]) -> dict:
     for row, variants in RETUNED.items():
         chosen, rate = retune_choice(a, row), measured_rate(a, ROWS[row][2])
         budget = retune_budget(a, row)
-        for v in ("", *variants):
-            run = Run(retuned_name(row, v, 1), [], budget, a.patience, ())
+        for v in ("", *variants):  # the chosen one trains on to convergence (the cap), the others stop at the budget
+            run = Run(retuned_name(row, v, 1), [], a.cap if v == chosen else budget, a.patience, ())
             setting = retuned_setting(winners, row, v)
             seen, cells = candidate(run, rate, budget if budget < a.cap else None)
             table[run.name] = {"setting": setting, "valid_bleu": seen["valid_bleu"], "state": seen["state"],

@@ -365,9 +365,19 @@ def test_masks_only_at_twice_the_width_chooses_its_learning_rate_at_the_first_ha
     assert not [f for f in os.listdir(ledger / names[0]) if f.startswith("checkpoint")]
     lines = []
     table = study.retune_table(a, winners, lines)
-    assert table[names[1]] == {"setting": "lr 4e-3", "valid_bleu": 9.0, "state": "reached 8", "chosen": True}
+    assert table[names[1]] == {"setting": "lr 4e-3", "valid_bleu": 9.0, "state": "training", "chosen": True}
     assert table[names[0]]["valid_bleu"] == 0.02 and table["dense_eighth-d0-s1"]["setting"] == "dropout 0"
-    assert any("masks_only_wide **chosen** | lr 4e-3 | 9.00 (8) | 8 (reached 8)" in x for x in lines)
+    assert table[names[2]]["state"] == "reached 8"
+    assert any("masks_only_wide **chosen** | lr 4e-3 | 9.00 (8) | 8 (training)" in x for x in lines)
+    # the chosen one trains on past the budget: the table keeps its best up to the budget, the choice's figure,
+    # and says training, then converged (not "reached 8")
+    _run_with_log(tmp_path, names[1], [(4, 5.0), (8, 9.0), (12, 9.5)])
+    lines = []
+    study.retune_table(a, winners, lines)
+    assert any("masks_only_wide **chosen** | lr 4e-3 | 9.00 (8) | 12 (training)" in x for x in lines)
+    _run_with_log(tmp_path, names[1], [(4, 5.0), (8, 9.0), (12, 9.5)] + [(16 + 4 * i, 1.0) for i in range(a.patience)])
+    assert study.retune_table(a, winners, [])[names[1]]["state"] == "converged"
+    _run_with_log(tmp_path, names[1], [(4, 5.0), (8, 9.0)])
     study.write_json(os.path.join(tmp_path, "runs", names[1], "result.json"), {
         "run": names[1], "test_bleu": 5.0, "valid_bleu": 9.0, "best_update": 8, "updates": 16, "cpu_hours": 0.1,
         "artifact_bytes": 10})
