@@ -1079,19 +1079,24 @@ def bootstrap_ratio(model: list[list[str]], dense: list[list[str]], refs: list[s
     sacreBLEU's paired bootstrap resampling: the same resampled test sentences for every system, each system's
     corpus BLEU recomputed from its per-sentence statistics; seeds are averaged inside every sample.
     """
+    return paired_bootstrap([model, dense], refs, lambda m: m[0] / m[1] if m[1] else float("nan"), samples, seed)
+
+
+def paired_bootstrap(systems: list[list[list[str]]], refs: list[str], statistic, samples: int = 1000,
+                     seed: int = 12345) -> tuple[float, float]:
+    """95 % paired bootstrap interval of statistic([mean-over-seeds BLEU of each system]) (see bootstrap_ratio)."""
     import numpy as np
     from sacrebleu.metrics import BLEU
 
     metric = BLEU()
-    stats = [[np.array(metric._extract_corpus_statistics(h, [refs])) for h in hyps] for hyps in (model, dense)]
+    stats = [[np.array(metric._extract_corpus_statistics(h, [refs])) for h in hyps] for hyps in systems]
     rng = np.random.default_rng(seed)
-    ratios = []
+    values = []
     for _ in range(samples):
         idx = rng.integers(0, len(refs), len(refs))
-        means = [statistics.mean(metric._compute_score_from_stats(list(st[idx].sum(0))).score for st in side)
-                 for side in stats]
-        ratios.append(means[0] / means[1] if means[1] else float("nan"))
-    lo, hi = np.percentile(ratios, [2.5, 97.5])
+        values.append(statistic([statistics.mean(metric._compute_score_from_stats(list(st[idx].sum(0))).score
+                                                 for st in side) for side in stats]))
+    lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
 
 
@@ -1362,45 +1367,66 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
             else:
                 by = "no dense model scored yet"
             out.append({"model": label, "bytes": x, "bleu": y, "form": form, "dense_bleu": at, "verdict": verdict,
-                        "by": by, "larger": hi[0] if hi else None})
+                        "by": by, "larger": hi[0] if hi else None, "smaller": lo[0] if lo else None,
+                        "t": t if lo and hi else None})
     return out
 
 
 def frontier_intervals(verdicts: list[dict], rows: dict, refs: list[str]) -> None:
     """Each model's test BLEU over that of the smallest dense model storing at least as many bytes in the same form
     (the one it must beat), with the ratio's paired bootstrap interval (against the int8 model's own hypotheses in
-    int8)."""
+    int8); and over the frontier at its bytes, where that is interpolated, with the interval of the same resamples
+    of both dense models. The verdict then stands only where the interval says so: "above" (or "below") where all
+    of it lies above (below) 1, "level" where a bracketed model's interval holds 1, "not decided" outside."""
+    def hyps(label):
+        dense, form = label.rsplit(" ", 1)
+        _, _, key, name = next(f for f in DENSE_FORMS if f[0] == form)
+        return rows[dense][key], [read_hyps(n, name) for n in rows[dense]["runs"]]
+
     for v in verdicts:
-        if v["larger"] and v["model"] in rows:
-            dense, form = v["larger"].rsplit(" ", 1)
-            _, _, key, name = next(f for f in DENSE_FORMS if f[0] == form)
-            value = rows[dense][key]
+        if v["model"] not in rows:
+            continue
+        model = [read_hyps(n) for n in rows[v["model"]]["runs"]]
+        if v["larger"]:
+            value, dense = hyps(v["larger"])
             v["over_larger"] = round(v["bleu"] / value, 3) if value else None
-            v["over_larger_interval"] = [round(x, 3) for x in bootstrap_ratio(
-                [read_hyps(n) for n in rows[v["model"]]["runs"]], [read_hyps(n, name) for n in rows[dense]["runs"]],
-                refs)]
+            v["over_larger_interval"] = [round(x, 3) for x in bootstrap_ratio(model, dense, refs)]
+        if v["t"] is not None:
+            t, (_, lo), (_, hi) = v["t"], hyps(v["smaller"]), hyps(v["larger"])
+            v["over_line"] = round(v["bleu"] / v["dense_bleu"], 3) if v["dense_bleu"] else None
+            v["over_line_interval"] = [round(x, 3) for x in paired_bootstrap(
+                [model, lo, hi], refs, lambda m, t=t: m[0] / ((1 - t) * m[1] + t * m[2]) if m[1] or m[2] else 1.0)]
+            low, high = v["over_line_interval"]
+            v["verdict"] = "above" if low > 1 else "below" if high < 1 else "level"
+        elif v["larger"] and v["verdict"] == "above" and v["over_larger_interval"][0] <= 1:
+            v["verdict"] = "not decided"
+        elif v["smaller"] and v["verdict"] == "below":
+            value, dense = hyps(v["smaller"])
+            if bootstrap_ratio(model, dense, refs)[1] >= 1:
+                v["verdict"] = "not decided"
 
 
 def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], rows: dict, refs: list[str]) -> list[dict]:
     verdicts = frontier(points)
     frontier_intervals(verdicts, rows, refs)
 
-    def over(v):
-        if v.get("over_larger") is None:
+    def over(v, key="over_larger"):
+        if v.get(key) is None:
             return "-"
-        lo, hi = v["over_larger_interval"]
-        return f"{v['over_larger']:.3f} [{lo:.3f}, {hi:.3f}] of {v['larger']}"
+        lo, hi = v[f"{key}_interval"]
+        return f"{v[key]:.3f} [{lo:.3f}, {hi:.3f}]" + (f" of {v['larger']}" if key == "over_larger" else "")
     if verdicts:
         lines += ["\n### At each model's bytes, the dense frontier\n",
                   ("Dense test BLEU at the model's stored bytes, linear in log bytes between the dense models that "
-                   "bracket them (means over each row's seeds so far); the last column divides the model's BLEU by "
-                   "the smallest dense model's that stores at least as many bytes, with its 95 % paired bootstrap "
-                   "interval.\n"),
-                  ("| model | bytes | test BLEU | form | dense at these bytes | verdict | from | over the next larger "
-                   "dense model |"), "|---|---|---|---|---|---|---|---|",
+                   "bracket them (means over each row's seeds so far), and the model's BLEU over it with its 95 % "
+                   "paired bootstrap interval (both dense models resampled with it); the verdict is above or below "
+                   "only where the whole interval is, else level. The last column divides the model's BLEU by the "
+                   "smallest dense model's that stores at least as many bytes, with its interval.\n"),
+                  ("| model | bytes | test BLEU | form | dense at these bytes | over it | verdict | from | over the "
+                   "next larger dense model |"), "|---|---|---|---|---|---|---|---|---|",
                   *(f"| {v['model']} | {v['bytes']:,.0f} | {v['bleu']:.2f} | {v['form']} | "
-                    f"{'-' if v['dense_bleu'] is None else format(v['dense_bleu'], '.2f')} | {v['verdict']} | "
-                    f"{v['by']} | {over(v)} |" for v in verdicts)]
+                    f"{'-' if v['dense_bleu'] is None else format(v['dense_bleu'], '.2f')} | {over(v, 'over_line')} | "
+                    f"{v['verdict']} | {v['by']} | {over(v)} |" for v in verdicts)]
     return verdicts
 
 

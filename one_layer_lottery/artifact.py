@@ -4,7 +4,8 @@ A supermask model is a pure function of (config, weight seed, masks, frozen pre-
 embeddings, dictionaries). The artifact is one safetensors file (no pickle: loading runs
 no code) holding exactly that: every mask packed 1 bit per weight, the embeddings in
 fp16 (or fp32), and the config and dictionaries as JSON metadata. The random weights are
-not stored; they are regenerated from the seed and checked at export time.
+not stored; they are regenerated from the seed and checked at export time. The vocabulary (both
+dictionaries and, where the model was prepared with them, both sentencepiece models) is one xz stream.
 """
 
 import argparse
@@ -24,10 +25,11 @@ from .io import atomic_path, is_regenerated, read_checkpoint, require_file, save
 from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
-FORMAT_VERSION = 3  # 3: multicoated or N:M-packed masks (written only by such models; others still write 2)
-# 2: per-role inits (the config names its init preset). Format 1 (before per-role inits) was written only by this
-# repository's early commits; it is refused in one line.
-READS = (2, 3)
+FORMAT_VERSION = 4  # 4: the dictionaries in the xz stream of the vocabulary, no longer JSON metadata
+# 3: multicoated or N:M-packed masks (written only by such models; others still wrote 2). 2: per-role inits (the
+# config names its init preset). Format 1 (before per-role inits) was written only by this repository's early
+# commits; it is refused in one line.
+READS = (2, 3, 4)
 _META_KEY = "one_layer_lottery"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -127,24 +129,24 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         tensors[f"tensor:{key}"] = t.detach().to(dtype).contiguous()
         stored[key] = str(dtype).replace("torch.", "")
         floor += tensors[f"tensor:{key}"].numel() * tensors[f"tensor:{key}"].element_size()
-    meta_core = {"cfg": cfg, "dicts": {"src": dictionary_text(src_dict), "tgt": dictionary_text(tgt_dict)},
-                 "langs": list(langs)}
-    floor += len(json.dumps(meta_core, default=str).encode())
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION if packing else 2, "masks": shapes,
-            "stored": stored, "aliases": aliases, "weights_dtype": weights_dtype, **meta_core, **packing}
+    dicts = [dictionary_text(d).encode() for d in (src_dict, tgt_dict)]
+    parts = dicts + list(pieces or [])
+    # both dictionaries and both sentencepiece models in one xz stream: as JSON metadata the dictionaries took 1.3
+    # times their text (escaped twice over), and the two sides share most of their pieces
+    blob = lzma.compress(b"".join(parts), preset=9)
+    tensors["vocabulary"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": shapes, "stored": stored,
+            "aliases": aliases, "weights_dtype": weights_dtype, "cfg": cfg, "langs": list(langs),
+            "vocabulary": {"dicts": [len(p) for p in dicts], "sentencepiece": [len(p) for p in pieces or []]},
+            **packing}
     if model.classification_heads_shape():
         meta["heads"] = model.classification_heads_shape()
-    if pieces:  # both sides' sentencepiece models in one xz stream: they share their normalization table
-        blob = lzma.compress(b"".join(pieces), preset=9)
-        tensors["sentencepiece"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-        meta["sentencepiece"] = [len(p) for p in pieces]
-        floor += len(blob)
+    floor += len(blob) + len(json.dumps({"cfg": cfg, "langs": list(langs)}, default=str).encode())
     with atomic_path(out) as tmp:  # a crash never leaves a half-written artifact at `out`
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta, default=str)})
-    shared = sum(len(t.encode()) for t in meta_core["dicts"].values()) + (len(blob) if pieces else 0)
     size = os.path.getsize(out)
     # model_bytes: the model without what a dense model needs as well (its sentencepiece models, dictionaries)
-    return {"bytes": size, "floor": floor, "mask_bits": mask_bits, "model_bytes": size - shared}
+    return {"bytes": size, "floor": floor, "mask_bits": mask_bits, "model_bytes": size - len(blob)}
 
 
 def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16",
@@ -232,7 +234,23 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
             t = tensors.get(key)
             if t is None or t.numel() != size:
                 raise ConfigError(f"artifact {path!r} is corrupt: mask {key} is missing or has the wrong size")
+    if "vocabulary" in meta:  # format 4: the dictionaries come out of the vocabulary's xz stream
+        try:
+            texts = [p.decode() for p in _vocabulary(meta, tensors)[:2]]
+        except (KeyError, lzma.LZMAError, UnicodeDecodeError, TypeError, ValueError):
+            raise ConfigError(f"artifact {path!r} is corrupt: its vocabulary does not unpack") from None
+        meta["dicts"] = dict(zip(("src", "tgt"), texts))
     return meta, tensors
+
+
+def _vocabulary(meta: dict, tensors: dict) -> list[bytes]:
+    """Format 4's vocabulary stream, split: [source dictionary, target dictionary, (sentencepiece models)]."""
+    blob = lzma.decompress(tensors["vocabulary"].numpy().tobytes())
+    sizes = [*meta["vocabulary"]["dicts"], *meta["vocabulary"]["sentencepiece"]]
+    if len(sizes) not in (2, 4) or sum(sizes) != len(blob):
+        raise ValueError("vocabulary sizes do not add up")
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [blob[a:a + n] for a, n in zip(starts, sizes)]
 
 
 def load_model(path: str, data: str | None = None):
@@ -282,16 +300,34 @@ def expand(path: str, out: str, data: str | None = None) -> None:
     save(weights_checkpoint(meta["cfg"], model.state_dict()), out)
 
 
+def upgrade(path: str, out: str) -> dict[str, int]:
+    """Rewrite an artifact of an earlier format in this one: the same model, mask for mask (what export returns)."""
+    model, src_dict, tgt_dict, meta = load_model(path)
+    protos = [p.serialized_model_proto() for p in sentencepiece_of(meta, read(path)[1]) or ()]
+    stored = set(meta["stored"].values())
+    return export_model(model, meta["cfg"], src_dict, tgt_dict, out, meta.get("langs") or ("src", "tgt"),
+                        "float16" if "float16" in stored else "float32", meta.get("weights_dtype", "float32"),
+                        protos or None)
+
+
+def carries_sentencepiece(meta: dict) -> bool:
+    return bool(meta.get("sentencepiece") or meta.get("vocabulary", {}).get("sentencepiece"))
+
+
 def sentencepiece_of(meta: dict, tensors: dict):
     """(source, target) sentencepiece processors an artifact carries, or None."""
-    if "sentencepiece" not in meta:
+    if "vocabulary" in meta:
+        protos = _vocabulary(meta, tensors)[2:]
+    elif "sentencepiece" in meta:  # formats 2 and 3: the sentencepiece models alone in their xz stream
+        blob = lzma.decompress(tensors["sentencepiece"].numpy().tobytes())
+        protos = [blob[:meta["sentencepiece"][0]], blob[meta["sentencepiece"][0]:]]
+    else:
+        protos = []
+    if not protos:
         return None
     import sentencepiece as spm
 
-    blob = lzma.decompress(tensors["sentencepiece"].numpy().tobytes())
-    sizes = meta["sentencepiece"]
-    return tuple(spm.SentencePieceProcessor(model_proto=blob[start:start + n])
-                 for start, n in zip((0, sizes[0]), sizes))
+    return tuple(spm.SentencePieceProcessor(model_proto=p) for p in protos)
 
 
 def hub(path: str, **generation):

@@ -124,7 +124,7 @@ def _translate(a) -> None:
 
     logging.getLogger("fairseq").setLevel(logging.WARNING)  # its batching chatter is not a translation
     translator = artifact.hub(a.artifact, beam=a.beam, max_len_a=a.max_len_a, max_len_b=a.max_len_b)
-    if not artifact.read(a.artifact)[0].get("sentencepiece") and not a.pieces:
+    if not artifact.carries_sentencepiece(artifact.read(a.artifact)[0]) and not a.pieces:
         raise ConfigError(f"artifact {a.artifact!r} carries no sentencepiece models, so it cannot read plain text: "
                           f"export it again with --spm DIR, or give sentencepiece pieces with --pieces")
     lines = a.text or [line.rstrip("\n") for line in sys.stdin]
@@ -138,6 +138,15 @@ def _expand(a) -> None:
     artifact.expand(a.artifact, a.out, data=a.data)
     meta, _ = artifact.read(a.artifact)
     print(f"wrote {a.out} (fairseq checkpoint; {artifact.model_class(meta['cfg']['model']).expanded_use})")
+
+
+def _upgrade(a) -> None:
+    from . import artifact
+
+    before = os.path.getsize(a.artifact) if os.path.isfile(a.artifact) else None
+    r = artifact.upgrade(a.artifact, a.out)
+    print(f"wrote {a.out}: format {artifact.FORMAT_VERSION}, {r['bytes']:,} bytes (was {before:,}); "
+          f"the model without its vocabulary: {r['model_bytes']:,} bytes")
 
 
 def _inspect(a) -> None:
@@ -274,6 +283,11 @@ def _add_models_commands(sub) -> None:
     s.add_argument("out")
     s.add_argument("--data", help="check the artifact's dictionaries against this data directory")
     s.set_defaults(func=_expand)
+
+    s = sub.add_parser("upgrade", help="rewrite an artifact of an earlier format in the current one (same model)")
+    s.add_argument("artifact")
+    s.add_argument("out")
+    s.set_defaults(func=_upgrade)
 
     s = sub.add_parser("inspect", help="masks, sizes and mask overlap across depths of a checkpoint or artifact")
     s.add_argument("path")

@@ -41,6 +41,9 @@ def atomic_path(path: str):
     os.close(fd)
     try:
         yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # a new file's mode, as open() would give it: mkstemp's is 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

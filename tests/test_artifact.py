@@ -60,8 +60,8 @@ def test_artifact_translates_plain_text_as_fairseq_generate_does(trained, tiny_c
     art = tmp_path / "m.olt"
     artifact.export(str(trained), str(art))
     model, _, _, meta = artifact.load_model(str(art))
-    assert not model.training and meta["format_version"] == 2 and "coats" not in meta  # plain masks: still 2
-    assert len(meta["sentencepiece"]) == 2
+    assert not model.training and meta["format_version"] == 4 and "coats" not in meta
+    assert len(meta["vocabulary"]["sentencepiece"]) == 2 and artifact.carries_sentencepiece(meta)
     sources = (tiny_corpus.root / "prep" / "raw" / "test.src").read_text(encoding="utf-8").splitlines()
     hub = artifact.hub(str(art), beam=5, max_len_a=1.2, max_len_b=10)
     with warnings.catch_warnings(record=True) as caught:
@@ -82,6 +82,54 @@ def test_artifact_translates_plain_text_as_fairseq_generate_does(trained, tiny_c
                         (tmp_path / "broken.olt", "is truncated, corrupt or not an artifact")):
         r = run_cli("one-layer-lottery", "translate", bad, "x", check=False)
         assert r.returncode == 1 and needle in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _as_format_2(path, out):
+    """Rewrite a format-4 artifact in format 2's layout: the dictionaries as JSON metadata, the sentencepiece models
+    alone in their xz stream (what the study's ledger and the published models held before 2026-12-06)."""
+    import lzma
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(path, framework="pt") as f:
+        meta = json.loads(f.metadata()["one_layer_lottery"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open, not a dict)
+    parts = artifact._vocabulary(meta, tensors)
+    vocab, meta["format_version"] = meta.pop("vocabulary"), 2
+    del tensors["vocabulary"]
+    meta["dicts"] = {"src": parts[0].decode(), "tgt": parts[1].decode()}
+    if parts[2:]:
+        tensors["sentencepiece"] = torch.frombuffer(bytearray(lzma.compress(b"".join(parts[2:]))), dtype=torch.uint8)
+        meta["sentencepiece"] = vocab["sentencepiece"]
+    save_file(tensors, out, metadata={"one_layer_lottery": json.dumps(meta)})
+
+
+@pytest.mark.e2e
+def test_earlier_formats_translate_and_upgrade_to_the_same_file(good_artifact, tiny_corpus, tmp_path):
+    """Format 2 (dictionaries as JSON metadata) still loads and translates plain text as format 4 does, and
+    `upgrade` rewrites it as export wrote it, byte for byte and smaller; a vocabulary that does not unpack is refused
+    in one line."""
+    old, new = tmp_path / "old.olt", tmp_path / "new.olt"
+    _as_format_2(good_artifact, old)
+    assert artifact.read(str(old))[0]["format_version"] == 2
+    sources = (tiny_corpus.root / "prep" / "raw" / "test.src").read_text(encoding="utf-8").splitlines()[:4]
+    hubs = [artifact.hub(str(p), beam=5) for p in (good_artifact, old)]
+    assert [hubs[0].translate(x) for x in sources] == [hubs[1].translate(x) for x in sources]
+    r = olt("upgrade", old, new)
+    assert f"{good_artifact.stat().st_size:,} bytes (was {old.stat().st_size:,})" in r.stdout
+    assert new.read_bytes() == good_artifact.read_bytes() and new.stat().st_size < old.stat().st_size
+    with open(good_artifact, "rb") as f:  # the vocabulary's stream, garbled in place
+        raw = bytearray(f.read())
+    from safetensors import safe_open
+
+    with safe_open(good_artifact, framework="pt") as f:
+        blob = f.get_tensor("vocabulary").numpy().tobytes()
+    at = bytes(raw).index(blob)
+    raw[at + 100:at + 200] = bytes(100)
+    (tmp_path / "garbled.olt").write_bytes(raw)
+    out = tmp_path / "out.pt"
+    _fails_one_line(olt("expand", tmp_path / "garbled.olt", out, check=False), out, "vocabulary does not unpack")
 
 
 @pytest.mark.e2e
@@ -165,7 +213,7 @@ def test_bad_artifacts(good_artifact, tmp_path, tiny_corpus):
     corrupt = tmp_path / "corrupt.olt"
     corrupt.write_bytes(raw[:8] + b"\x00garbage" + raw[16:])
     (n,) = struct.unpack("<Q", raw[:8])
-    header = raw[8:8 + n].decode().replace('\\"format_version\\": 2', '\\"format_version\\": 99')
+    header = raw[8:8 + n].decode().replace('\\"format_version\\": 4', '\\"format_version\\": 99')
     assert '99' in header
     future = tmp_path / "future.olt"
     future.write_bytes(struct.pack("<Q", len(header.encode())) + header.encode() + raw[8 + n:])
@@ -251,7 +299,7 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
     art, back = tmp_path / "m.olt", tmp_path / "back.pt"
     rep = artifact.export(str(ckpt), str(art))
     meta, tensors = artifact.read(str(art))
-    assert meta["format_version"] == 3 and set(meta["coats"].values()) == {2}
+    assert meta["format_version"] == 4 and set(meta["coats"].values()) == {2}
     assert rep["mask_bits"] == 3 * sum(math.prod(s) for s in meta["masks"].values())
     sd = torch.load(ckpt, weights_only=True)["model"]
     from one_layer_lottery.masks import topk_mask
@@ -290,7 +338,7 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
     rep = artifact.export(str(ckpt), str(art))
     meta, tensors = artifact.read(str(art))
     weights = sum(math.prod(s) for s in meta["masks"].values())
-    assert meta["format_version"] == 3 and set(map(tuple, meta["nm"].values())) == {(2, 4)}
+    assert meta["format_version"] == 4 and set(map(tuple, meta["nm"].values())) == {(2, 4)}
     assert not any(k.startswith("mask:") for k in tensors) and rep["mask_bits"] <= weights * 2 / 3 + 8 * len(meta["nm"])
     model, _, _, _ = artifact.load_model(str(art))
     for name, m in model.named_modules():

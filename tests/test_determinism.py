@@ -54,7 +54,7 @@ def test_format_1_artifacts_are_refused_in_one_line(trained, tmp_path):
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     meta["format_version"] = 1
     save_file(tensors, tmp_path / "old.olt", metadata={"one_layer_lottery": json.dumps(meta)})
-    with pytest.raises(ConfigError, match="format version 1; this version reads 2, 3") as e:
+    with pytest.raises(ConfigError, match="format version 1; this version reads 2, 3, 4") as e:
         artifact.load_model(str(tmp_path / "old.olt"))
     assert "\n" not in str(e.value)
 

@@ -1,5 +1,6 @@
 """io.py: checkpoint reading with one-line errors, atomic writes, and the one rule for stored bytes."""
 
+import os
 import subprocess
 import sys
 
@@ -58,6 +59,19 @@ def test_atomic_writes_leave_the_old_file_when_writing_fails(tmp_path):
             f.write("half")
         raise RuntimeError("killed midway")
     assert path.read_text() == "first" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_atomic_writes_give_a_new_file_the_mode_open_would(tmp_path):
+    """mkstemp makes its file 0600: a published card or artifact must be readable as any file written is."""
+    old = os.umask(0o022)
+    try:
+        write_text(str(tmp_path / "card.md"), "x")
+        os.umask(0o077)
+        write_text(str(tmp_path / "private.md"), "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "card.md").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.md").stat().st_mode & 0o777 == 0o600
 
 
 def test_plots_stay_quiet_under_fairseqs_debug_root_logger(tmp_path):

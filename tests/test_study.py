@@ -688,6 +688,29 @@ def test_the_frontier_ratio_divides_by_the_next_larger_dense_model_in_the_same_f
     assert got["int8"]["over_larger"] == 1.0 and got["int8"]["over_larger_interval"] == [1.0, 1.0]  # int8's own
 
 
+def test_a_verdict_on_the_interpolated_frontier_stands_only_where_its_interval_does(tmp_path, monkeypatch):
+    """Between two dense models the line is resampled with the model: a model level with it (the same hypotheses
+    as both dense models) is "level", not above by a rounding; one better on every sentence is above."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    refs = [f"a dog number {i} runs through the green park today" for i in range(30)]
+    worse = [x.rsplit(" ", 2)[0] for x in refs]
+    for run, lines in {"same": worse, "better": refs, "lo": worse, "hi": worse}.items():
+        (tmp_path / "runs" / run).mkdir(parents=True)
+        (tmp_path / "runs" / run / "test.hyp").write_text("".join(x + "\n" for x in lines))
+    rows = {"same": {"runs": ["same"], "mean": 30.0}, "better": {"runs": ["better"], "mean": 100.0},
+            "lo": {"runs": ["lo"], "mean": 29.99}, "hi": {"runs": ["hi"], "mean": 29.99}}
+    points = [("lo fp16", 100, 29.99), ("hi fp16", 400, 29.99), ("same", 200, 30.0), ("better", 200, 100.0)]
+    verdicts = study.frontier(points)
+    got = {v["model"]: v for v in verdicts if v["form"] == "fp16"}
+    assert got["same"]["verdict"] == "above" and got["same"]["t"] == pytest.approx(0.5)  # by the point estimate
+    study.frontier_intervals(verdicts, rows, refs)
+    assert got["same"]["verdict"] == "level" and got["same"]["over_line_interval"] == [1.0, 1.0]
+    assert got["better"]["verdict"] == "above" and got["better"]["over_line_interval"][0] > 1
+    lines = []
+    study.frontier_lines(points, lines, rows, refs)
+    assert any(line.startswith("| same | 200 | 30.00 | fp16 | 29.99 | 1.000 [1.000, 1.000] | level |") for line in lines)
+
+
 def _tied_transformer(dim: int, ffn: int):
     """A 1+1-layer fairseq Transformer with a tied output table over 30-word dictionaries."""
     from fairseq import options
