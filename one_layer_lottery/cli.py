@@ -113,7 +113,7 @@ def _export(a) -> None:
         print(json.dumps(r))
     else:
         print(f"wrote {a.out}: {r['bytes']:,} bytes ({r['mask_bits']:,} mask bits)\n"
-              f"  floor (mask bits/8 + stored tensors + dictionaries + sentencepiece + config): {r['floor']:,} bytes, "
+              f"  floor (mask bits/8 + stored tensors + the vocabulary's xz stream + config): {r['floor']:,} bytes, "
               f"ratio {r['ratio_to_floor']:.4f}\n"
               f"  the model without its sentencepiece models and dictionaries: {r['model_bytes']:,} bytes; a dense fp32 "
               f"checkpoint of the same architecture: {dense:,} bytes, ratio {r['ratio_to_dense']:.4f}")
