@@ -3,9 +3,9 @@
 A supermask model is a pure function of (config, weight seed, masks, frozen pre-trained
 embeddings, dictionaries). The artifact is one safetensors file (no pickle: loading runs
 no code) holding exactly that: every mask packed 1 bit per weight, the embeddings in
-fp16 (or fp32), and the config and dictionaries as JSON metadata. The random weights are
-not stored; they are regenerated from the seed and checked at export time. The vocabulary (both
-dictionaries and, where the model was prepared with them, both sentencepiece models) is one xz stream.
+fp16 (or fp32), the config as JSON metadata, and the vocabulary (both dictionaries and, where the
+model was prepared with them, both sentencepiece models) as one xz stream. The random weights are
+not stored; they are regenerated from the seed and checked at export time.
 """
 
 import argparse

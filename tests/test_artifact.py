@@ -130,6 +130,7 @@ def test_earlier_formats_translate_and_upgrade_to_the_same_file(good_artifact, t
     (tmp_path / "garbled.olt").write_bytes(raw)
     out = tmp_path / "out.pt"
     _fails_one_line(olt("expand", tmp_path / "garbled.olt", out, check=False), out, "vocabulary does not unpack")
+    _fails_one_line(olt("upgrade", tmp_path / "missing.olt", out, check=False), out, "does not exist")
 
 
 @pytest.mark.e2e
