@@ -7,8 +7,10 @@ import re
 from collections import defaultdict
 
 import numpy as np
+import torch
 
 from .io import read_checkpoint, save_figure
+from .masks import packed_bits
 from .models.options import mask_rule
 
 _DEPTH = re.compile(r"^(.*(?:encoder|decoder))\.layers\.(\d+)\.(.+)$")  # encoder., encoder.sentence_encoder.
@@ -26,6 +28,7 @@ def masks_of(path: str):
         meta, tensors = artifact.read(path)
         masks = {n: artifact.mask_of(meta, tensors, n).reshape(s) for n, s in meta["masks"].items()}
         stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])
+        meta["packed_bits"] = {n: packed_bits(meta, n, m.size) for n, m in masks.items()}
         return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
     state = read_checkpoint(path)
     cfg = artifact.supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
@@ -36,6 +39,8 @@ def masks_of(path: str):
             scores[k[: -len(".scores")]] = v
     rule = mask_rule(argparse.Namespace(**cfg))
     masks = {k: rule.select(v.float()).numpy() for k, v in scores.items()}
+    bits = {k: packed_bits(rule.pack(k, v.float(), torch.from_numpy(masks[k]))[1], k, masks[k].size)
+            for k, v in scores.items()}
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once
@@ -43,7 +48,7 @@ def masks_of(path: str):
                   if k.startswith("classification_heads.") and k.endswith((".weight", ".bias")))
     rows = next((v.shape[0] for k, v in state["model"].items() if ".embed_tokens." in k and v.dim() == 2), None)
     heads = artifact.model_class(cfg).heads_in_state(state["model"])
-    return masks, cfg, stored, None, {"heads": heads, "input_rows": rows}
+    return masks, cfg, stored, None, {"heads": heads, "input_rows": rows, "packed_bits": bits}
 
 
 def state_dict_stats(state: dict) -> dict[str, int]:
@@ -89,14 +94,15 @@ def overlap(masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def inspect(path: str, png: str | None = None) -> dict:
     masks, cfg, stored, artifact_bytes, meta = masks_of(path)
     shared = bool(cfg.get("share_layer_weights"))
-    modules = [{"name": n, "shape": list(m.shape), "remaining_ratio": round(float(m.mean()), 6), "bits": int(m.size)}
-               for n, m in masks.items()]
+    modules = [{"name": n, "shape": list(m.shape), "remaining_ratio": round(float(m.mean()), 6),
+                "bits": meta["packed_bits"][n]} for n, m in masks.items()]
     unique = {}
     for n, m in masks.items():
         match = _DEPTH.match(n)
         key = f"{match[1]}.{match[3]}" if (shared and match) else n
         unique[key] = m.size
-    bits = sum(m["bits"] for m in modules)
+    scores = sum(m.size for m in masks.values())
+    bits = sum(m["bits"] for m in modules)  # with coats or N:M packing, not one a score
     n_src, n_tgt = vocab_sizes(masks, cfg, meta)
     dense = dense_param_count(cfg, n_src, n_tgt)
     random_weights = sum(unique.values())
@@ -104,7 +110,7 @@ def inspect(path: str, png: str | None = None) -> dict:
     report = {
         "file": path, "arch": cfg.get("_name"), "remaining_ratio": cfg.get("remaining_ratio"),
         "share_layer_weights": shared, "modules": modules,
-        "totals": {"scores_trainable": bits, "unique_random_weights": random_weights, "mask_bits": bits,
+        "totals": {"scores_trainable": scores, "unique_random_weights": random_weights, "mask_bits": bits,
                    "stored_tensor_bytes": stored, "artifact_bytes": artifact_bytes,
                    "dense_params": dense, "dense_checkpoint_bytes": 4 * dense},
         # Table 1 of the paper: "Param (no mask)" and "Memory" (fp32 random weights + 1-bit masks + embeddings)

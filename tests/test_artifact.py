@@ -302,6 +302,8 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
     meta, tensors = artifact.read(str(art))
     assert meta["format_version"] == 4 and set(meta["coats"].values()) == {2}
     assert rep["mask_bits"] == 3 * sum(math.prod(s) for s in meta["masks"].values())
+    for path in (art, ckpt):  # inspect counts the bits the artifact stores: every coat's plane, from either file
+        assert json.loads(olt("inspect", path, "--json").stdout)["totals"]["mask_bits"] == rep["mask_bits"], path
     sd = torch.load(ckpt, weights_only=True)["model"]
     from one_layer_lottery.masks import topk_mask
 
@@ -341,6 +343,8 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
     weights = sum(math.prod(s) for s in meta["masks"].values())
     assert meta["format_version"] == 4 and set(map(tuple, meta["nm"].values())) == {(2, 4)}
     assert not any(k.startswith("mask:") for k in tensors) and rep["mask_bits"] <= weights * 2 / 3 + 8 * len(meta["nm"])
+    for path in (art, ckpt):
+        assert json.loads(olt("inspect", path, "--json").stdout)["totals"]["mask_bits"] == rep["mask_bits"], path
     model, _, _, _ = artifact.load_model(str(art))
     for name, m in model.named_modules():
         if hasattr(m, "structure"):
