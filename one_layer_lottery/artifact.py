@@ -110,8 +110,7 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     if weights_dtype not in _WEIGHT_DTYPES:
         raise ConfigError(f"weights dtype {weights_dtype!r} is unknown; allowed: {', '.join(_WEIGHT_DTYPES)}")
     tensors, shapes, packing = _pack_masks(model)
-    mask_bits = sum(math.prod(shapes[k.split(":", 1)[1]]) if k.startswith(("mask:", "coat")) else 8 * t.numel()
-                    for k, t in tensors.items())
+    mask_bits = sum(masks.packed_bits(packing, name, math.prod(shape)) for name, shape in shapes.items())
     floor = sum(t.numel() for t in tensors.values())
     stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():

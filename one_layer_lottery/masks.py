@@ -357,7 +357,6 @@ def packed_sizes(meta: dict, name: str, numel: int) -> dict[str, int]:
     return {key: math.ceil(numel / 8) for key in [f"mask:{name}"] + [f"coat{i}:{name}" for i in range(1, 1 + coats)]}
 
 
-
 def packed_bits(meta: dict, name: str, numel: int) -> int:
     """The bits a module's mask takes in an artifact (what export counts): a bit a weight for each plane (the mask,
     then one a coat), or the bytes of its N:M pattern indices."""
