@@ -1558,40 +1558,77 @@ def fp16_tied(model: dict) -> dict:
     return {k: halves[v.data_ptr()] if v.is_floating_point() else v for k, v in model.items()}
 
 
+def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: str
+                     ) -> tuple[str, str, float, str] | None:
+    """Where a row's published model comes from: (its run, the file to read, its test BLEU, a note), the median seed
+    when its files are here, else the seed nearest the median whose run trained again (RUN.regen, for a ticket or a
+    pre-trained-embedding row) is complete. That checkpoint need not be the ledger's bit for bit (another machine),
+    so its own test BLEU is scored and its validations are compared with the ledger's; None where neither is here."""
+    ranked = sorted(zip(row["test_bleu"], row["runs"]))
+    mid = (len(ranked) - 1) // 2
+    by_name = {r.name: r for r in runs}
+    for i in sorted(range(len(ranked)), key=lambda i: (abs(i - mid), i)):
+        bleu, name = ranked[i]
+        src = os.path.join(WORK, "runs", name, "model.olt" if artifact else "checkpoint_best.pt")
+        if os.path.exists(src):
+            return name, src, bleu, "" if i == mid else f"not the median seed ({ranked[mid][1]}'s files are not here)"
+        if artifact or name not in by_name:
+            continue
+        regen = regen_run(a, by_name[name])
+        ckpt = os.path.join(regen.dir, "checkpoint_last.pt")
+        if os.path.exists(ckpt) and complete(regen):
+            hyps = generate(ckpt, os.path.join(prepared, "bin"), threads=a.threads)
+            again = data.bleu(hyps, data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}")))[0]
+            compared = regen_lines([regen])[0].split(": ", 1)[1].split(" (ledger ")[0]
+            return name, ckpt, round(again, 2), (
+                f"trained again to its chosen update {regen.max_update:,}: {compared}; the ledger's test BLEU "
+                f"{bleu:.2f}{'' if i == mid else f'; not the median seed ({ranked[mid][1]} was not trained again)'}")
+    return None
+
+
 def publish(a, out: str) -> list[str]:
     """The converged models a user would try: the median seed's masks-only and coated artifacts (each carrying its
-    sentencepiece models) and the tuned dense model in fp16, with a README of their test BLEU and commands."""
+    sentencepiece models) and the tuned dense model in fp16 (also in parts under PART_BYTES, which the repository
+    can hold: the whole file is ignored), with a README of their test BLEU and commands."""
     from one_layer_lottery.io import read_checkpoint, save, weights_checkpoint
 
-    rows = row_results(a, plan(a)[1])
+    runs, winners = plan(a)
+    rows = row_results(a, winners)
+    prepared = os.path.join(WORK, "data")
     os.makedirs(out, exist_ok=True)
-    written, notes = [], []
+    written, notes, parts = [], [], 0
     for row, name in (("masks_only", "masks_only.olt"), ("coats", "coats.olt"), ("dense", "dense_fp16.pt")):
-        if row not in rows:
+        source = published_source(a, rows[row], name.endswith(".olt"), runs, prepared) if row in rows else None
+        if source is None:
+            if row in rows:
+                print(f"[study] {name}: no seed of {row} has its files on this machine (restored from the ledger "
+                      f"without them): not published", flush=True)
             continue
-        r = rows[row]
-        median = sorted(zip(r["test_bleu"], r["runs"]))[(len(r["runs"]) - 1) // 2]
-        src = os.path.join(WORK, "runs", median[1])
-        if not os.path.exists(os.path.join(src, "model.olt" if name.endswith(".olt") else "checkpoint_best.pt")):
-            print(f"[study] {name}: {median[1]}'s files are not on this machine (restored from the ledger without "
-                  f"them): not published", flush=True)
-            continue
+        run_name, src, bleu, note = source
+        target = os.path.join(out, name)
         if name.endswith(".olt"):
-            shutil.copyfile(os.path.join(src, "model.olt"), os.path.join(out, name))
+            shutil.copyfile(src, target)
         else:
-            state = read_checkpoint(os.path.join(src, "checkpoint_best.pt"))
-            save(weights_checkpoint(state["cfg"], fp16_tied(state["model"]), state["optimizer_history"][-1]),
-                 os.path.join(out, name))
+            state = read_checkpoint(src)
+            save(weights_checkpoint(state["cfg"], fp16_tied(state["model"]), state["optimizer_history"][-1]), target)
+            for old in (f for f in os.listdir(out) if re.fullmatch(re.escape(name) + r"\.\d+", f)):
+                os.unlink(os.path.join(out, old))
+            if os.path.getsize(target) > PART_BYTES:
+                with open(target, "rb") as f:
+                    write_parts(f.read(), target)
+                parts = -(-os.path.getsize(target) // PART_BYTES)
         written.append(name)
-        notes.append(f"| `{name}` | {r['label']} | {median[0]:.2f} | {median[1]} | {r['seeds_done']}/"
-                     f"{r['seeds_planned']} | {os.path.getsize(os.path.join(out, name)):,} |")
+        r = rows[row]
+        notes.append(f"| `{name}` | {r['label']} | {bleu:.2f} | {run_name}{f' ({note})' if note else ''} | "
+                     f"{r['seeds_done']}/{r['seeds_planned']} | {os.path.getsize(target):,} |")
     for folder, prefix in (("bin", "dict."), ("spm", "spm.")):  # what the dense model needs to read raw text
-        for f in sorted(os.listdir(os.path.join(WORK, "data", folder))):
+        for f in sorted(os.listdir(os.path.join(prepared, folder))):
             if f.startswith(prefix) and f.endswith((".txt", ".model")):
-                shutil.copyfile(os.path.join(WORK, "data", folder, f), os.path.join(out, f))
+                shutil.copyfile(os.path.join(prepared, folder, f), os.path.join(out, f))
     spm = f"spm.{a.src}.model" if os.path.exists(os.path.join(out, f"spm.{a.src}.model")) else "spm.joined.model"
     where = os.path.abspath(out)  # as seen from the repository's root
     where = os.path.relpath(where, ROOT) if where.startswith(ROOT + os.sep) else where
+    join = [f"cat {where}/dense_fp16.pt.{{0..{parts - 1}}} > {where}/dense_fp16.pt   # once"] if parts else []
     write_text(os.path.join(out, "README.md"), "\n".join([
         "# Multi30k de-en models (converged study, benchmarks/study.py)", "",
         ("| file | model | test BLEU (test_2016_flickr) | run (the median of the seeds finished) | seeds finished | "
@@ -1600,9 +1637,10 @@ def publish(a, out: str) -> list[str]:
          "den Park.\"`."), "",
         *([("The dense model, with stock fairseq from the repository's root (the user-dir lets torch load a fairseq "
             "checkpoint safely; its test BLEU above is its run's fp32 checkpoint's, and the fp16 copy here can "
-            "translate a sentence or two differently; at megabytes it is not committed to the repository, whose "
-            "files stay under 2 MiB, so a clone gets it by running `--publish DIR` on a work directory that "
-            "holds the run):"), "", "```bash",
+            "translate a sentence or two differently"
+            + (f"; the repository's files stay under 2 MiB, so it holds this one in {parts} parts, "
+               "`dense_fp16.pt.0` onwards, joined once by the first line):" if parts else "):")), "", "```bash",
+           *join,
            f"echo \"Ein Hund läuft durch den Park.\" | fairseq-interactive {where} --user-dir one_layer_lottery \\",
            f"    --path {where}/dense_fp16.pt --source-lang {a.src} --target-lang {a.tgt} --beam 5 \\",
            f"    --bpe sentencepiece --sentencepiece-model {where}/{spm}", "```", ""]

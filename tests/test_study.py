@@ -849,6 +849,39 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
 
 
 @pytest.mark.e2e
+def test_the_dense_model_is_published_in_parts_and_from_its_run_trained_again(tiny_study, tmp_path, monkeypatch):
+    """Where the dense run's checkpoint did not outlive its machine, its run trained again (RUN.regen) stands in,
+    scored on test on its own; a dense file over the repository's limit is also written in parts, and the card's
+    commands, run as written with the whole file gone, join them and translate."""
+    work, args, _ = tiny_study
+    copy, out, dense = tmp_path / "work", tmp_path / "models", "dense-lr1e-3-d0.1-s1"
+    shutil.copytree(work, copy, symlinks=True)
+    regen = copy / "runs" / f"{dense}.regen"
+    regen.mkdir()
+    shutil.copyfile(copy / "runs" / dense / "train.log", regen / "train.log")  # it retraced the run
+    os.replace(copy / "runs" / dense / "checkpoint_best.pt", regen / "checkpoint_last.pt")
+    (copy / "runs" / dense / "restored.json").write_text("{}")  # restored from the ledger, its checkpoint lost
+    monkeypatch.setattr(study, "PART_BYTES", 40_000)
+    assert study.main(args[2:] + ["--work", str(copy), "--publish", str(out)]) == 0
+    whole = (out / "dense_fp16.pt").read_bytes()
+    parts = sorted(out.glob("dense_fp16.pt.*"), key=lambda p: int(p.suffix[1:]))
+    assert len(parts) > 1 and all(p.stat().st_size <= 40_000 for p in parts) and b"".join(
+        p.read_bytes() for p in parts) == whole
+    card = (out / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| `dense_fp16.pt` |"))
+    ledger_bleu = json.loads((copy / "runs" / dense / "result.json").read_text())["test_bleu"]
+    assert f"| {ledger_bleu:.2f} | {dense} (trained again to its chosen update " in row, row
+    assert "validations as in the ledger; the ledger's test BLEU" in row and f"in {len(parts)} parts" in card
+    (out / "dense_fp16.pt").unlink()
+    commands = card.split("```bash\n")[1].split("```")[0]
+    env = dict(os.environ, PATH=os.path.dirname(common.command("fairseq-interactive")) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", commands], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=600, check=False)
+    assert r.returncode == 0 and re.search(r"^H-0\t", r.stdout, re.MULTILINE), r.stderr[-2000:]
+    assert (out / "dense_fp16.pt").read_bytes() == whole
+
+
+@pytest.mark.e2e
 def test_pruned_models_converge_from_a_ramp_and_a_ticket(tiny_study):
     """Part prune on a tiny budget: magnitude pruning validates (and so is chosen) only after its ramp; the ticket is
     the converged dense model's mask over the rewind run's weights, retrained with it fixed; both scored."""
