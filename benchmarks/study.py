@@ -1279,26 +1279,32 @@ def pruning_table(a, rows: dict, lines: list[str]) -> None:
 def analysis(a, rows: dict) -> dict | None:
     """`one-layer-lottery analyze` of seed 1's converged models at k = ONE_LAYER_K against seed 1's dense model
     (kept fraction, CKA of states and attention agreement, layer by layer, on validation): WORK/analysis.json and
-    analysis.png; None until all four are scored."""
+    analysis.png; each model read where `stand_in` finds it (the JSON's "sources" say what stood in); None until
+    all four are here. Computed again only when what it reads changes."""
     k = f"{ONE_LAYER_K:g}"
     picked = {"dense": "dense", f"magnitude_k{k}": "magnitude", f"ticket_k{k}": "ticket", "masks_only": "one_layer"}
-    runs = {}
+    by_name = {r.name: r for r in plan(a)[0]}
+    paths, sources = {}, {}
     for row, label in picked.items():
         first = [n for n in rows.get(row, {}).get("runs", []) if n.endswith("-s1")]
-        if not first:
-            return None
-        runs[label] = os.path.join(WORK, "runs", first[0], "checkpoint_best.pt")
-    if not all(map(os.path.exists, runs.values())):
-        return None  # restored from the ledger: the checkpoints stayed where they trained (the report says so)
-    dense = runs.pop("dense")
-    cmd = [command("one-layer-lottery"), "analyze", dense, *runs.values(), "--data",
-           os.path.join(a.work, "data", "bin"), "--labels", ",".join(runs), "--json", "--png",
+        found = stand_in(a, by_name[first[0]]) if first and first[0] in by_name else None
+        if found is None:
+            return None  # not trained yet, or restored from the ledger without a stand-in (the report says so)
+        paths[label], how = found
+        sources[label] = f"{first[0]}: {how}"
+    inputs = {label: [p, os.path.getsize(p), os.path.getmtime(p)] for label, p in paths.items()}
+    done = os.path.join(a.work, "analysis.json")
+    if os.path.exists(done) and read_json(done).get("inputs") == inputs:
+        return read_json(done)
+    dense = paths.pop("dense")
+    cmd = [command("one-layer-lottery"), "analyze", dense, *paths.values(), "--data",
+           os.path.join(a.work, "data", "bin"), "--labels", ",".join(paths), "--json", "--png",
            os.path.join(a.work, "analysis.png")]
     r = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(a.threads), check=False)
     if r.returncode != 0:
         raise ConfigError(f"analyze failed: {r.stderr.strip()[-400:]}")
-    out = json.loads(r.stdout)
-    write_json(os.path.join(a.work, "analysis.json"), out)
+    out = {**json.loads(r.stdout), "sources": sources, "inputs": inputs}
+    write_json(done, out)
     return out
 
 
@@ -1308,6 +1314,9 @@ def analysis_lines(result: dict, lines: list[str]) -> None:
     for label, m in result["models"].items():
         cka, agree = m["cka_by_layer"].values(), m["attention_agreement"].values()
         lines.append(f"| {label} | {sum(cka) / len(cka):.3f} | {sum(agree) / len(agree):.3f} |")
+    read = [f"{label} {how}" for label, how in result.get("sources", {}).items() if "best checkpoint" not in how]
+    if read:
+        lines.append(f"\nRead from stand-ins: {'; '.join(read)}.")
 
 
 # a dense model's stored forms: (label suffix, bytes key, test BLEU key (fp16: the row's mean), hypotheses file)
@@ -1535,8 +1544,8 @@ def report(a) -> str:
     if restored:
         lines.append(f"\nRestored from the ledger without their checkpoints ({len(restored)}: "
                      f"{', '.join(restored)}): their rows stand; a run built on one of them waits for it to be "
-                     f"trained again (RUN.regen); the analysis and --publish of a dense model need the checkpoints "
-                     f"of the machine that trained them.")
+                     f"trained again (RUN.regen), which the analysis and --publish then read for a dense model "
+                     f"(for a supermask model its artifact, expanded).")
     lines += [f"\n{x}" for x in regen_lines(planned)]
     if written:
         lines.append("\n" + ", ".join(written))
@@ -1558,6 +1567,29 @@ def fp16_tied(model: dict) -> dict:
     return {k: halves[v.data_ptr()] if v.is_floating_point() else v for k, v in model.items()}
 
 
+def stand_in(a, run: Run) -> tuple[str, str] | None:
+    """The checkpoint a run's model is read from on this machine, and what it is: its best checkpoint; for a run
+    restored from the ledger without it, a supermask's artifact expanded (the same masks: `one-layer-lottery expand`,
+    cached as expanded.pt) or its run trained again to its chosen update once that is complete (RUN.regen, from
+    which its tickets and pre-trained-embedding rows were built); None where neither is here."""
+    here = os.path.join(run.dir, "checkpoint_best.pt")
+    if os.path.exists(here):
+        return here, "its best checkpoint"
+    if os.path.exists(os.path.join(run.dir, "model.olt")):
+        from one_layer_lottery import artifact
+
+        here = os.path.join(run.dir, "expanded.pt")
+        if not os.path.exists(here):
+            artifact.expand(os.path.join(run.dir, "model.olt"), here)
+        return here, "its artifact expanded (the same masks)"
+    regen = regen_run(a, run)
+    here = os.path.join(regen.dir, "checkpoint_last.pt")
+    if os.path.exists(here) and complete(regen):
+        compared = regen_lines([regen])[0].split(": ", 1)[1].split(" (ledger ")[0]
+        return here, f"trained again to its chosen update {regen.max_update:,}: {compared}"
+    return None
+
+
 def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: str
                      ) -> tuple[str, str, float, str] | None:
     """Where a row's published model comes from: (its run, the file to read, its test BLEU, a note), the median seed
@@ -1569,20 +1601,22 @@ def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: st
     by_name = {r.name: r for r in runs}
     for i in sorted(range(len(ranked)), key=lambda i: (abs(i - mid), i)):
         bleu, name = ranked[i]
-        src = os.path.join(WORK, "runs", name, "model.olt" if artifact else "checkpoint_best.pt")
-        if os.path.exists(src):
-            return name, src, bleu, "" if i == mid else f"not the median seed ({ranked[mid][1]}'s files are not here)"
-        if artifact or name not in by_name:
+        elsewhere = "" if i == mid else f"not the median seed ({ranked[mid][1]}'s files are not here)"
+        if artifact:
+            src = os.path.join(WORK, "runs", name, "model.olt")
+            if os.path.exists(src):
+                return name, src, bleu, elsewhere
             continue
-        regen = regen_run(a, by_name[name])
-        ckpt = os.path.join(regen.dir, "checkpoint_last.pt")
-        if os.path.exists(ckpt) and complete(regen):
-            hyps = generate(ckpt, os.path.join(prepared, "bin"), threads=a.threads)
-            again = data.bleu(hyps, data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}")))[0]
-            compared = regen_lines([regen])[0].split(": ", 1)[1].split(" (ledger ")[0]
-            return name, ckpt, round(again, 2), (
-                f"trained again to its chosen update {regen.max_update:,}: {compared}; the ledger's test BLEU "
-                f"{bleu:.2f}{'' if i == mid else f'; not the median seed ({ranked[mid][1]} was not trained again)'}")
+        found = stand_in(a, by_name[name]) if name in by_name else None
+        if found is None:
+            continue
+        src, how = found
+        if src.endswith("checkpoint_best.pt"):
+            return name, src, bleu, elsewhere
+        hyps = generate(src, os.path.join(prepared, "bin"), threads=a.threads)
+        again = data.bleu(hyps, data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}")))[0]
+        return name, src, round(again, 2), "; ".join(
+            x for x in (f"{how}; the ledger's test BLEU {bleu:.2f}", elsewhere) if x)
     return None
 
 

@@ -851,11 +851,18 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
 @pytest.mark.e2e
 def test_the_dense_model_is_published_in_parts_and_from_its_run_trained_again(tiny_study, tmp_path, monkeypatch):
     """Where the dense run's checkpoint did not outlive its machine, its run trained again (RUN.regen) stands in,
-    scored on test on its own; a dense file over the repository's limit is also written in parts, and the card's
+    scored on test on its own, for --publish and the analysis (a masks-only run's artifact, expanded, stands in for
+    its checkpoint there); a dense file over the repository's limit is also written in parts, and the card's
     commands, run as written with the whole file gone, join them and translate."""
     work, args, _ = tiny_study
     copy, out, dense = tmp_path / "work", tmp_path / "models", "dense-lr1e-3-d0.1-s1"
     shutil.copytree(work, copy, symlinks=True)
+    assert study.main(args[2:] + ["--work", str(copy), "--report"]) == 0  # the analysis from the best checkpoints
+    first = json.loads((copy / "analysis.json").read_text())
+    assert set(first["sources"]) == {"dense", "magnitude", "ticket", "one_layer"}
+    assert all("best checkpoint" in how for how in first["sources"].values())
+    mask = next(p.parent.name for p in (copy / "runs").glob("mask-*-s1/model.olt"))
+    (copy / "runs" / mask / "checkpoint_best.pt").unlink()  # masks-only lost too: its artifact stands in
     regen = copy / "runs" / f"{dense}.regen"
     regen.mkdir()
     shutil.copyfile(copy / "runs" / dense / "train.log", regen / "train.log")  # it retraced the run
@@ -872,6 +879,15 @@ def test_the_dense_model_is_published_in_parts_and_from_its_run_trained_again(ti
     ledger_bleu = json.loads((copy / "runs" / dense / "result.json").read_text())["test_bleu"]
     assert f"| {ledger_bleu:.2f} | {dense} (trained again to its chosen update " in row, row
     assert "validations as in the ledger; the ledger's test BLEU" in row and f"in {len(parts)} parts" in card
+    # the analysis again, from the stand-ins: the same masks and weights, so the same figures
+    assert study.main(args[2:] + ["--work", str(copy), "--report"]) == 0
+    again = json.loads((copy / "analysis.json").read_text())
+    figures = [{label: {k: v for k, v in m.items() if k != "path"} for label, m in r["models"].items()}
+               for r in (first, again)]
+    assert figures[0] == figures[1] and again["inputs"] != first["inputs"]
+    assert "trained again to its chosen update" in again["sources"]["dense"]
+    assert "artifact expanded" in again["sources"]["one_layer"] and (copy / "runs" / mask / "expanded.pt").exists()
+    assert "Read from stand-ins: dense " in (copy / "report.md").read_text()
     (out / "dense_fp16.pt").unlink()
     commands = card.split("```bash\n")[1].split("```")[0]
     env = dict(os.environ, PATH=os.path.dirname(common.command("fairseq-interactive")) + os.pathsep + os.environ["PATH"])
