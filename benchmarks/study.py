@@ -1082,6 +1082,24 @@ def bootstrap_ratio(model: list[list[str]], dense: list[list[str]], refs: list[s
     return paired_bootstrap([model, dense], refs, lambda m: m[0] / m[1] if m[1] else float("nan"), samples, seed)
 
 
+_STATS: dict = {}  # sentence_stats' results by content: a report resamples the same hypotheses many times
+
+
+def sentence_stats(hyps: list[str], refs: list[str]):
+    """sacreBLEU's per-sentence BLEU statistics of hypotheses against references (a numpy array, a row a sentence),
+    extracted once per content (the references cached once per content, as sacreBLEU caches them)."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    refs_key = hashlib.sha1("\n".join(refs).encode()).hexdigest()
+    key = (refs_key, hashlib.sha1("\n".join(hyps).encode()).hexdigest(), len(hyps))
+    if key not in _STATS:
+        if refs_key not in _STATS:
+            _STATS[refs_key] = BLEU(references=[refs])
+        _STATS[key] = np.array(_STATS[refs_key]._extract_corpus_statistics(hyps, None))
+    return _STATS[key]
+
+
 def paired_bootstrap(systems: list[list[list[str]]], refs: list[str], statistic, samples: int = 1000,
                      seed: int = 12345) -> tuple[float, float]:
     """95 % paired bootstrap interval of statistic([mean-over-seeds BLEU of each system]) (see bootstrap_ratio)."""
@@ -1089,7 +1107,7 @@ def paired_bootstrap(systems: list[list[list[str]]], refs: list[str], statistic,
     from sacrebleu.metrics import BLEU
 
     metric = BLEU()
-    stats = [[np.array(metric._extract_corpus_statistics(h, [refs])) for h in hyps] for hyps in systems]
+    stats = [[sentence_stats(h, refs) for h in hyps] for hyps in systems]
     rng = np.random.default_rng(seed)
     values = []
     for _ in range(samples):

@@ -644,6 +644,17 @@ def test_bootstrap_interval_comes_from_the_sentences():
                                                                                               samples=200)
 
 
+def test_sentence_statistics_are_sacrebleus_extracted_once_per_content():
+    from sacrebleu.metrics import BLEU
+
+    refs = [f"the cat {i} sat on the mat number {i}" for i in range(40)]
+    hyps = [r if i % 3 else "a dog sat" for i, r in enumerate(refs)]
+    fresh = BLEU()._extract_corpus_statistics(hyps, [refs])
+    assert study.sentence_stats(hyps, refs).tolist() == fresh
+    assert study.sentence_stats(list(hyps), list(refs)) is study.sentence_stats(hyps, refs)  # the same content
+    assert study.sentence_stats(hyps, refs[::-1]).tolist() == BLEU()._extract_corpus_statistics(hyps, [refs[::-1]])
+
+
 def test_the_dense_frontier_at_a_models_bytes_interpolates_in_log_bytes_and_decides_outside_only_where_it_can():
     import math
 
