@@ -479,6 +479,23 @@ def followup_choice(a, winners: dict) -> str | None:
     return max(scores, key=lambda row: (scores[row], row == "masks_only"))
 
 
+def out_of_the_running(a, run: Run, winners: dict) -> bool:
+    """Whether a candidate that converged before its choice can no longer be chosen: a competitor that has reached
+    its budget validates better already, or as well and wins the tie (the family's or the tuned setting). Such a
+    candidate's weights are not kept in the ledger (a supermask's take some 19 MB)."""
+    groups = [(followup_candidates(a, winners), None, "masks_only")]
+    groups += [({v: Run(retuned_name(row, v, 1), [], retune_budget(a, row), a.patience, ())
+                 for v in ("", *RETUNED[row])}, retune_budget(a, row), "") for row in RETUNED]
+    for group, budget, favoured in groups:
+        mine = next((k for k, r in group.items() if r.name == run.name), None)
+        if mine is None:
+            continue
+        scores = {k: (best(validations(r), budget)[1], k == favoured) for k, r in group.items()
+                  if k == mine or complete(r)}
+        return any(score > scores[mine] for k, score in scores.items() if k != mine)
+    return False
+
+
 def followup_candidates(a, winners: dict) -> dict:
     """Part followup's seed-1 runs by row, the tuned setting's ("masks_only") first; {} without the part."""
     if "followup" not in a.parts or winners["mask"] is None:
@@ -928,7 +945,7 @@ def carry(a, active: dict) -> list[str]:
 def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
     masks-only or coated seed) and every candidate converged before its choice (with its weights, which score it
-    if it is chosen on a fresh machine); the names written."""
+    if it is chosen on a fresh machine, unless it is out of the running already); the names written."""
     if not a.ledger:
         return []
     artifact = ("coats-", f"mask-{winners['mask']}-s")
@@ -940,7 +957,8 @@ def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
             wrote = record(a, r, r.name.startswith(artifact))
         else:
             # a STAGED candidate at its budget carries no weights: chosen, it trains on from its last checkpoint
-            wrote = r.pending and r.max_update == a.cap and complete(r) and record(a, r, kind="candidate")
+            wrote = r.pending and r.max_update == a.cap and complete(r) and record(
+                a, r, kind="" if out_of_the_running(a, r, winners) else "candidate")
         if wrote:
             out.append(r.name)
     return out

@@ -234,6 +234,8 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     _run_with_log(tmp_path, "followup_anneal_k-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])  # best on valid
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # still training
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) is None and set(planned()) == set(runs)
+    winners = {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"}
+    assert not study.out_of_the_running(a, runs["followup_anneal_k-s1"], winners)  # 2.5 leads the tuned 2.0
     assert not study.final(a, runs["followup_anneal_k-s1"], {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"})
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2), (12, 2.0), (16, 2.0)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "followup_anneal_k"
@@ -252,6 +254,23 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
     assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
                                                              "followup_warmup1000-s1": False}
+    # before the choice, a converged variant that the tuned setting beats (or ties) is out of the running: the
+    # ledger keeps its log, not its weights (a supermask's take some 19 MB); one still in the running keeps them
+    _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # training: it may yet win
+    assert study.out_of_the_running(a, runs["followup_anneal_k-s1"], winners)  # 2.0, tied with the tuned 2.0
+    assert not study.out_of_the_running(a, runs["followup_warmup1000-s1"], winners)
+    a.ledger = str(tmp_path / "ledger")
+    for name, scores in (("followup_anneal_k-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)]),
+                         ("followup_warmup1000-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])):
+        run = _run_with_log(tmp_path, name, scores)
+        _checkpoint(os.path.join(run.dir, "checkpoint_best.pt"), 8, 1.0)
+        with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+            f.write(_saved_line(16, 2.0))
+        _checkpoint(os.path.join(run.dir, "checkpoint_last.pt"), 16, 2.0)
+        if name.startswith("followup_anneal"):  # the warmup variant still trains past its first validations
+            assert study.keep(a, list(planned().values()), winners, {"followup_warmup1000-s1": None}) == [name]
+            assert not any(study.PART.match(f) for f in os.listdir(tmp_path / "ledger" / name))
+    assert study.followup_choice(a, winners) == "followup_warmup1000"
 
 
 def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any_test_score(tmp_path, monkeypatch):
