@@ -709,15 +709,21 @@ def cpu_hours(run_dir: str, updates: int, rate: float | None = None) -> tuple[fl
     return measured + estimated, f"{'≈' if estimated > 0 else ''}{measured + estimated:.1f}"
 
 
+def scored_on_test(a, ckpt: str, prepared: str) -> tuple[list[str], list[str], tuple[float, str]]:
+    """A checkpoint's test hypotheses (fairseq-generate, GENERATION's settings), the references, and (BLEU,
+    sacreBLEU's signature)."""
+    hyps = generate(ckpt, os.path.join(prepared, "bin"), threads=a.threads)
+    refs = data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}"))
+    return hyps, refs, data.bleu(hyps, refs)
+
+
 def score(a, run: Run, prepared: str) -> dict:
     """Test BLEU of the checkpoint chosen on validation, scored once; hypotheses kept for the bootstrap; the bytes
     it takes to store (the artifact of a supermask model; a dense model in fp16, and in int8 scored as such)."""
     vals = validations(run)
     chosen = best(vals)
     ckpt, bin_dir = os.path.join(run.dir, "checkpoint_best.pt"), os.path.join(prepared, "bin")
-    hyps = generate(ckpt, bin_dir, threads=a.threads)
-    refs = data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}"))
-    bleu, signature = data.bleu(hyps, refs)
+    hyps, refs, (bleu, signature) = scored_on_test(a, ckpt, prepared)
     write_text(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
     out = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
            "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
@@ -1015,18 +1021,19 @@ def checkpoint_of(a, run: Run, runs: list, priority: tuple | None = None, reader
     return os.path.join(regen.dir, "checkpoint_last.pt"), regen.dir, regen
 
 
+def regen_agreement(regen: Run) -> tuple[str, str]:
+    """How a regenerated run's validations compare with the ledger's for the same updates: ("N of M validations as
+    in the ledger", the differing figures, or "" where all agree)."""
+    again = dict(validations(regen))
+    before = {u: b for u, b in validations(Run(regen.name[:-len(".regen")], [], 0, 0, ())) if u in again}
+    same = sum(again[u] == b for u, b in before.items())
+    return (f"{same} of {len(before)} validations as in the ledger",
+            "" if same == len(before) else f" (ledger {before}, again {again})")
+
+
 def regen_lines(runs: list[Run]) -> list[str]:
     """Each complete regenerated run's validations against the ledger's for the same updates."""
-    out = []
-    for r in runs:
-        if not r.name.endswith(".regen") or not complete(r):
-            continue
-        again = dict(validations(r))
-        before = {u: b for u, b in validations(Run(r.name[:-len(".regen")], [], 0, 0, ())) if u in again}
-        same = sum(again[u] == b for u, b in before.items())
-        out.append(f"{r.name}: {same} of {len(before)} validations as in the ledger" +
-                   ("" if same == len(before) else f" (ledger {before}, again {again})"))
-    return out
+    return [f"{r.name}: {''.join(regen_agreement(r))}" for r in runs if r.name.endswith(".regen") and complete(r)]
 
 
 # ---------------------------------------------------------------- progress
@@ -1621,8 +1628,7 @@ def stand_in(a, run: Run) -> tuple[str, str] | None:
     regen = regen_run(a, run)
     here = os.path.join(regen.dir, "checkpoint_last.pt")
     if os.path.exists(here) and complete(regen):
-        compared = regen_lines([regen])[0].split(": ", 1)[1].split(" (ledger ")[0]
-        return here, f"trained again to its chosen update {regen.max_update:,}: {compared}"
+        return here, f"trained again to its chosen update {regen.max_update:,}: {regen_agreement(regen)[0]}"
     return None
 
 
@@ -1649,8 +1655,7 @@ def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: st
         src, how = found
         if src.endswith("checkpoint_best.pt"):
             return name, src, bleu, elsewhere
-        hyps = generate(src, os.path.join(prepared, "bin"), threads=a.threads)
-        again = data.bleu(hyps, data.read_lines(os.path.join(prepared, "raw", f"test.{a.tgt}")))[0]
+        again = scored_on_test(a, src, prepared)[2][0]
         return name, src, round(again, 2), "; ".join(
             x for x in (f"{how}; the ledger's test BLEU {bleu:.2f}", elsewhere) if x)
     return None

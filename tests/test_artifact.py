@@ -367,6 +367,7 @@ def test_published_models_translate_raw_german_and_their_card_matches_the_ledger
     with open(os.path.join(PUBLISHED, "README.md"), encoding="utf-8") as f:
         row = next(line for line in f if line.startswith(f"| `{os.path.basename(path)}` |"))
     cells = [c.strip() for c in row.split("|")[1:-1]]
-    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", cells[3].split()[0], "result.json"), encoding="utf-8") as f:
+    run = cells[3].split()[0]  # the run's name, before any note
+    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", run, "result.json"), encoding="utf-8") as f:
         assert float(cells[2]) == json.load(f)["test_bleu"]
     assert int(cells[5].replace(",", "")) == os.path.getsize(path)
