@@ -1632,18 +1632,25 @@ def stand_in(a, run: Run) -> tuple[str, str] | None:
     return None
 
 
+def nearest_the_median(bleus: list[float], names: list[str]) -> list[tuple[float, str]]:
+    """(test BLEU, run) of a row's seeds, the median seed first (the lower middle one of an even count), then the
+    others by how far their test BLEU lies from the median seed's, the higher of two equally far first."""
+    ranked = sorted(zip(bleus, names))
+    mid = ranked[(len(ranked) - 1) // 2]
+    return sorted(ranked, key=lambda x: (x != mid, abs(x[0] - mid[0]), -x[0]))
+
+
 def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: str
                      ) -> tuple[str, str, float, str] | None:
     """Where a row's published model comes from: (its run, the file to read, its test BLEU, a note), the median seed
-    when its files are here, else the seed nearest the median whose run trained again (RUN.regen, for a ticket or a
-    pre-trained-embedding row) is complete. That checkpoint need not be the ledger's bit for bit (another machine),
-    so its own test BLEU is scored and its validations are compared with the ledger's; None where neither is here."""
-    ranked = sorted(zip(row["test_bleu"], row["runs"]))
-    mid = (len(ranked) - 1) // 2
+    when its files are here, else the seed nearest the median (nearest_the_median) whose run trained again
+    (RUN.regen, for a ticket or a pre-trained-embedding row) is complete. That checkpoint need not be the ledger's bit
+    for bit (another machine), so its own test BLEU is scored and its validations are compared with the ledger's;
+    None where neither is here."""
+    ranked = nearest_the_median(row["test_bleu"], row["runs"])
     by_name = {r.name: r for r in runs}
-    for i in sorted(range(len(ranked)), key=lambda i: (abs(i - mid), i)):
-        bleu, name = ranked[i]
-        elsewhere = "" if i == mid else f"not the median seed ({ranked[mid][1]}'s files are not here)"
+    for i, (bleu, name) in enumerate(ranked):
+        elsewhere = "" if i == 0 else f"not the median seed ({ranked[0][1]}'s files are not here)"
         if artifact:
             src = os.path.join(WORK, "runs", name, "model.olt")
             if os.path.exists(src):

@@ -649,6 +649,16 @@ def test_prune_part_plans_pruning_tickets_and_their_rewind_runs(tmp_path, monkey
             study.parse_args(["raw", *bad])
 
 
+def test_a_published_model_comes_from_the_median_seed_else_the_seed_nearest_its_test_bleu():
+    # the study's dense seeds: seed 3 is the median; seed 1 lies 0.31 from it, seed 2 1.19
+    order = study.nearest_the_median([42.55, 41.05, 42.24], ["s1", "s2", "s3"])
+    assert [name for _, name in order] == ["s3", "s1", "s2"]
+    # equally far: the higher scorer first; an even count: the lower middle seed is the median
+    assert [n for _, n in study.nearest_the_median([30.0, 31.0, 32.0], ["a", "b", "c"])] == ["b", "c", "a"]
+    assert [n for _, n in study.nearest_the_median([30.0, 31.0, 33.0, 40.0], ["a", "b", "c", "d"])] == \
+        ["b", "a", "c", "d"]
+
+
 def test_bootstrap_interval_comes_from_the_sentences():
     refs = [f"the cat {i} sat on the mat number {i}" for i in range(40)]
     same = study.bootstrap_ratio([refs], [refs], refs, samples=200)
