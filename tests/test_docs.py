@@ -1,6 +1,7 @@
-"""The generated reference stays in step with the code."""
+"""The docs stay in step with the code (the generated reference) and with the study's ledger (the README's table)."""
 
 import glob
+import json
 import os
 import re
 import subprocess
@@ -44,3 +45,53 @@ def test_readme_example_translates_as_it_says():
     r = subprocess.run([sys.executable, "-m", "one_layer_lottery.cli", "translate", path, source], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, check=False)
     assert r.returncode == 0 and r.stdout.strip() == shown, r.stdout + r.stderr[-2000:]
+
+
+# the README's evidence table: each row's label and the ledger runs (without their "-sSEED") it reports
+STUDY_ROWS = {
+    "dense Transformer, tuned": ["dense-lr2e-3-d0.3"],
+    "one-layer, masks only": ["mask-lr8e-3-d0-c0"],
+    "one-layer on the dense model's embeddings, frozen": ["pretrained_frozen"],
+    "the same, those embeddings masked": ["pretrained_masked"],
+    "masks only, coats": ["coats"],
+    "masks only at twice the width": ["masks_only_wide-lr2e-3"],
+    "standard supermask": ["standard"],
+    "dense at twice the width": ["dense_wide"],
+    "dense at half / a quarter / an eighth": ["dense_half-d0.1", "dense_quarter-d0.1", "dense_eighth-d0.1"],
+}
+
+
+def test_readme_study_table_is_the_ledgers():
+    """The README's converged-study table, copied by hand from the report, holds the ledger's figures: each row's
+    seeds scored, its mean test BLEU and its ratio to dense's mean (a run landed without the README following, or
+    a figure mistyped, fails here)."""
+    ledger = os.path.join(ROOT, "benchmarks", "study_runs", "multi30k")
+    scored = {}
+    for name in os.listdir(ledger):
+        result = os.path.join(ledger, name, "result.json")
+        if os.path.exists(result):
+            with open(result, encoding="utf-8") as f:
+                scored[name] = json.load(f).get("test_bleu")
+
+    def means(stem):
+        bleus = [b for n, b in scored.items() if re.fullmatch(re.escape(stem) + r"-s\d+", n) and b is not None]
+        return len(bleus), sum(bleus) / len(bleus)
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        rows = [line for line in f if line.startswith("| ")]
+    dense = means(STUDY_ROWS["dense Transformer, tuned"][0])[1]
+    seen = set()
+    for line in rows:
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        label = next((k for k in STUDY_ROWS if cells[0].startswith(k)), None)
+        if label is None:
+            continue
+        seen.add(label)
+        seeds = int(cells[1].split()[0])
+        bleus = [float(b) for b in cells[2].split(" / ")]
+        ratios = [1.0] if cells[3] == "1" else [float(r.split()[0]) for r in cells[3].split(" / ")]
+        for stem, bleu, ratio in zip(STUDY_ROWS[label], bleus, ratios, strict=True):
+            n, mean = means(stem)
+            assert (n, f"{mean:.2f}") == (seeds, f"{bleu:.2f}"), (label, stem, n, mean)
+            assert abs(mean / dense - ratio) <= 0.0015, (label, stem, mean / dense, ratio)
+    assert seen == set(STUDY_ROWS)
