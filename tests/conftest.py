@@ -76,6 +76,17 @@ def run_cli(*args, check=True, cwd=ROOT, timeout=600):
     return r
 
 
+def run_card(card: str, *replace: tuple[str, str]):
+    """A published folder's card (its README.md text): its bash block run as a user would, from the repository's
+    root with this environment's commands first on PATH, each (old, new) replaced in it first."""
+    commands = card.split("```bash\n")[1].split("```")[0]
+    for old, new in replace:
+        commands = commands.replace(old, new)
+    env = dict(os.environ, PATH=BIN + os.pathsep + os.environ["PATH"])
+    return subprocess.run(["bash", "-o", "pipefail", "-c", commands], capture_output=True, text=True, cwd=ROOT,
+                          env=env, timeout=600, check=False)
+
+
 def _main_in_process(main, argv):
     """A command's main(argv) run in this process: (exit status, stdout, stderr), ending as its command line would
     (argparse exits 2, a ConfigError prints one line and returns 1)."""

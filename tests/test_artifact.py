@@ -10,7 +10,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import MASKED, ROOT, SM, TRAIN, build_model, hypotheses, make_dictionary, olt, run_cli
+from conftest import MASKED, ROOT, SM, TRAIN, build_model, hypotheses, make_dictionary, olt, run_card, run_cli
 
 from one_layer_lottery import artifact
 from one_layer_lottery.errors import ConfigError
@@ -364,13 +364,20 @@ def test_published_models_translate_raw_german_and_their_card_matches_the_ledger
     gives it the test BLEU its run recorded in the study's ledger."""
     out = olt("translate", path, "Ein Hund läuft durch den Park.").stdout.strip()
     assert re.fullmatch(r"A dog \w+ through the park\.", out), out
-    with open(os.path.join(PUBLISHED, "README.md"), encoding="utf-8") as f:
-        row = next(line for line in f if line.startswith(f"| `{os.path.basename(path)}` |"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
-    run = cells[3].split()[0]  # the run's name, before any note
-    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", run, "result.json"), encoding="utf-8") as f:
-        assert float(cells[2]) == json.load(f)["test_bleu"]
+    cells, ledger_bleu = _card_row(os.path.basename(path))
+    assert float(cells[2]) == ledger_bleu
     assert int(cells[5].replace(",", "")) == os.path.getsize(path)
+
+
+def _card_row(name: str) -> tuple[list[str], float]:
+    """The published folder's card row of one file (its cells) and the test BLEU its run recorded in the study's
+    ledger (the run's name leads the run cell, before any note)."""
+    with open(os.path.join(PUBLISHED, "README.md"), encoding="utf-8") as f:
+        row = next(line for line in f if line.startswith(f"| `{name}` |"))
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", cells[3].split()[0], "result.json"),
+              encoding="utf-8") as f:
+        return cells, json.load(f)["test_bleu"]
 
 
 @pytest.mark.e2e
@@ -386,19 +393,11 @@ def test_the_published_dense_model_joins_from_its_parts_and_translates_with_the_
     copy = tmp_path / "models"
     shutil.copytree(PUBLISHED, copy, ignore=shutil.ignore_patterns("dense_fp16.pt", "*.olt"))
     with open(os.path.join(PUBLISHED, "README.md"), encoding="utf-8") as f:
-        card = f.read()
-    commands = card.split("```bash\n")[1].split("```")[0].replace("models/multi30k-de-en", str(copy))
-    assert f"dense_fp16.pt.{{0..{len(parts) - 1}}} >" in commands
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", commands], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=600, check=False)
+        r = run_card(f.read(), ("models/multi30k-de-en", str(copy)))
+    assert f"dense_fp16.pt.{{0..{len(parts) - 1}}} >" in r.args[-1]
     assert r.returncode == 0, r.stderr[-2000:]
     assert re.search(r"^D-0\t\S+\tA dog [\w ]+ through the park\.$", r.stdout, re.MULTILINE), r.stdout[-2000:]
-    row = next(line for line in card.splitlines() if line.startswith("| `dense_fp16.pt` |"))
-    cells = [c.strip() for c in row.split("|")[1:-1]]
+    cells, ledger_bleu = _card_row("dense_fp16.pt")
     assert int(cells[5].replace(",", "")) == (copy / "dense_fp16.pt").stat().st_size
-    with open(os.path.join(ROOT, "benchmarks", "study_runs", "multi30k", cells[3].split()[0], "result.json"),
-              encoding="utf-8") as f:
-        ledger = json.load(f)["test_bleu"]
     stood_in = re.search(r"the ledger's test BLEU ([\d.]+)", cells[3])
-    assert float(stood_in.group(1) if stood_in else cells[2]) == ledger
+    assert float(stood_in.group(1) if stood_in else cells[2]) == ledger_bleu

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, make_dictionary
+from conftest import ROOT, make_dictionary, run_card
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import common
@@ -869,10 +869,7 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert (tmp_path / "models" / "dense_fp16.pt").stat().st_size < dense_run["fp16_bytes"] + 100_000  # + cfg
     card = (tmp_path / "models" / "README.md").read_text()
     assert "| `masks_only.olt` |" in card and "| mask-" in card and "--parts" in card  # its run and its command
-    dense = card.split("```bash\n")[1].split("```")[0]  # the card's command for the dense model, run as written
-    env = dict(os.environ, PATH=os.path.dirname(common.command("fairseq-interactive")) + os.pathsep + os.environ["PATH"])
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", dense], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=600, check=False)
+    r = run_card(card)  # the card's command for the dense model, run as written
     assert r.returncode == 0 and re.search(r"^H-0\t", r.stdout, re.MULTILINE), r.stderr[-2000:]
     out = subprocess.run([common.command("one-layer-lottery"), "translate", str(tmp_path / "models" / "masks_only.olt"),
                           "eine kleine Katze"], capture_output=True, text=True, check=False)
@@ -929,10 +926,7 @@ def test_the_dense_model_is_published_in_parts_and_from_its_run_trained_again(ti
     assert "artifact expanded" in again["sources"]["one_layer"] and (copy / "runs" / mask / "expanded.pt").exists()
     assert "Read from stand-ins: dense " in (copy / "report.md").read_text()
     (out / "dense_fp16.pt").unlink()
-    commands = card.split("```bash\n")[1].split("```")[0]
-    env = dict(os.environ, PATH=os.path.dirname(common.command("fairseq-interactive")) + os.pathsep + os.environ["PATH"])
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", commands], capture_output=True, text=True, cwd=ROOT, env=env,
-                       timeout=600, check=False)
+    r = run_card(card)
     assert r.returncode == 0 and re.search(r"^H-0\t", r.stdout, re.MULTILINE), r.stderr[-2000:]
     assert (out / "dense_fp16.pt").read_bytes() == whole
 
