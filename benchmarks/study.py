@@ -36,7 +36,8 @@ reused. With --ledger DIR (the project keeps benchmarks/study_runs/multi30k, com
 finished run's small files are also copied to DIR, and a work directory that lacks them gets them back: the study
 survives the loss of the machine that trained it, its finished rows intact; a run that reads a restored run's
 checkpoint (a pre-trained-embedding row, a ticket) waits for RUN.regen, that run trained again on its seed to the
-update chosen on validation, its validations compared with the ledger's. Runs train --jobs at a time on
+update chosen on validation, stopping and resuming where the original's launches did (fairseq draws a later epoch's
+batches anew on a resume), its validations compared with the ledger's. Runs train --jobs at a time on
 --threads threads each. Every converged dense model is also scored in int8
 (torch's dynamic quantization, evaluated as quantized), and in int8 with its embedding tables rounded to int8 too
 (one fp16 scale a row), for the byte frontier; every supermask model is exported
@@ -191,6 +192,7 @@ class Run:
     ticket: tuple = ()  # a lottery ticket's (final dense checkpoint, directory of the weights to rewind to, k)
     scored: bool = True  # scored on test once converged (not a candidate that was not chosen)
     pending: bool = False  # a candidate whose choice on validation is not made yet: not final, kept off the ledger
+    stops: tuple = ()  # a run trained again: the updates its original's later launches resumed from (replay_stop)
 
     @property
     def dir(self) -> str:
@@ -319,6 +321,21 @@ def saved(run: Run) -> bool:
     with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
         saves = set(map(int, SAVED.findall(f.read())))
     return trained(run) in saves
+
+
+LAUNCH = re.compile(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d fairseq-train ")
+
+
+def resume_points(run: Run) -> list[int]:
+    """The updates the run's later launches resumed from: the last save before each launch's line in its log."""
+    points, last = set(), 0
+    with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
+        for line in f:
+            if LAUNCH.match(line):
+                points.add(last)
+            elif m := SAVED.search(line):
+                last = int(m.group(1))
+    return sorted(points - {0})
 
 
 def complete(run: Run) -> bool:
@@ -532,7 +549,7 @@ def train_command(a, run: Run, bin_dir: str) -> list[str]:
     cmd = [command("fairseq-train"), bin_dir, *run.args, *shape(a, run.width),
            "--task", "translation", "--adam-betas", "(0.9,0.98)", "--lr-scheduler", "inverse_sqrt",
            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-           "--max-tokens", a.max_tokens, "--max-update", run.max_update,
+           "--max-tokens", a.max_tokens, "--max-update", replay_stop(run),
            "--eval-bleu", "--eval-bleu-args", json.dumps(GENERATION), "--eval-bleu-remove-bpe", "sentencepiece",
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
            "--patience", max(remaining, 1), "--save-interval-updates", a.eval_every,
@@ -998,14 +1015,71 @@ def lost(run: Run) -> bool:
 
 def regen_run(a, run: Run, priority: tuple | None = None) -> Run:
     """A restored run trained again on its seed to the update its checkpoint was chosen at (a budget run: to its
-    budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). On the machine and code
-    that trained the run it retraces it bit for bit (fairseq seeds every update from --seed and the update number;
-    tests/test_determinism.py); elsewhere it need not (a masks-only run retrained on a new machine on 2026-12-04
-    validated 29.23 at 1,500 updates where the first had 30.05), so the report compares its validations with the
-    ledger's."""
+    budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). fairseq seeds every
+    update from --seed and the update number, but a launch that resumes in a later epoch draws that epoch's batches
+    anew (it builds them with the epoch it starts in: the same sentence lengths, other sentences), so the run
+    trained again stops where its original's launches resumed (`stops`) and resumes there too. On the machine and
+    code that trained the run it then retraces it bit for bit (tests/test_study.py); elsewhere it need not (a
+    masks-only run retrained on a new machine on 2026-12-04 validated 29.23 at 1,500 updates where the first had
+    30.05), so the report compares its validations with the ledger's."""
     vals = validations(run)
     upto = run.max_update if run.max_update < a.cap else best(vals)[0]
-    return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, priority or run.priority, run.seed, run.width)
+    stops = tuple(u for u in resume_points(run) if u < upto) if os.path.exists(os.path.join(run.dir, "train.log")) \
+        else ()
+    return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, priority or run.priority, run.seed, run.width,
+               stops=stops)
+
+
+REPLAY = "checkpoint_replay.pt"  # a run trained again: its checkpoint at the last of its original's stops it reached
+
+
+def replay_stop(run: Run) -> int:
+    """The update this launch of the run trains to: its budget, or for a run trained again the next update its
+    original resumed from."""
+    return min([u for u in run.stops if u > trained(run)] + [run.max_update])
+
+
+def replay_rewind(run: Run) -> int | None:
+    """Before a launch of a run trained again: at one of its stops, keeps that checkpoint (REPLAY); interrupted
+    anywhere else (its session ended), goes back to the last stop it reached (its log after that save set aside in
+    train.log.rewound), else to the start, since resuming there would draw other batches than its original did.
+    The update gone back to, or None."""
+    here = trained(run) if os.path.exists(os.path.join(run.dir, "train.log")) else 0
+    if not run.stops or here == 0 or here >= run.max_update:
+        return None
+    last, replay = os.path.join(run.dir, "checkpoint_last.pt"), os.path.join(run.dir, REPLAY)
+    if here in run.stops:
+        shutil.copyfile(last, replay + ".tmp")
+        os.replace(replay + ".tmp", replay)
+        return None
+    back = max([u for u in run.stops if u < here], default=0)
+    if back and not (os.path.exists(replay) and trained_at(replay) == back):
+        back = 0  # its checkpoint there is gone (a fresh machine)
+    log = os.path.join(run.dir, "train.log")
+    with open(log, encoding="utf-8") as f:
+        lines = f.readlines()
+    cut = 0
+    if back:
+        cut = next(i for i, x in enumerate(lines) if (m := SAVED.search(x)) and int(m.group(1)) == back) + 1
+    with open(log + ".rewound", "a", encoding="utf-8") as f:
+        f.writelines(lines[cut:])
+    write_text(log, "".join(lines[:cut]) + f"# went back from update {here} to {back}: its original resumed at "
+               f"{', '.join(map(str, run.stops))} only (the rest of this log: train.log.rewound)\n")
+    if back:
+        shutil.copyfile(replay, last + ".tmp")
+        os.replace(last + ".tmp", last)
+    elif os.path.exists(last):
+        os.unlink(last)
+    return back
+
+
+def trained_at(path: str) -> int:
+    import torch
+
+    import one_layer_lottery.io  # noqa: F401 - its import allows fairseq's classes in safe loading
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["optimizer_history"][-1]["num_updates"]
 
 
 def checkpoint_of(a, run: Run, runs: list, priority: tuple | None = None, reader_done: bool = False
@@ -1778,8 +1852,13 @@ def loop(a) -> int:
             print(f"[study] {name}: recorded in the ledger {a.ledger}", flush=True)
         carry(a, active)  # quietly, every save
         for r in ready(runs, active)[:max(a.jobs - len(active), 0)]:
+            if (back := replay_rewind(r)) is not None:
+                print(f"[study] {r.name}: went back to update {back}, where its original resumed (resumed "
+                      f"elsewhere, it would draw other batches)", flush=True)
+            stop = f" (stopping at {replay_stop(r)}, where its original resumed)" if replay_stop(r) < r.max_update \
+                else ""
             print(f"[study] {r.name}: training from update {trained(r)} to "
-                  f"{r.max_update if r.max_update < a.cap else 'convergence'}", flush=True)
+                  f"{r.max_update if r.max_update < a.cap else 'convergence'}{stop}", flush=True)
             active[r.name] = launch(a, r, os.path.join(prepared, "bin"))
         if not active:
             break

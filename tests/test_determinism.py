@@ -69,7 +69,8 @@ def test_moving_keeps_generated_values(dtype):
 
 @pytest.mark.e2e
 def test_exact_resume(tiny_corpus, tmp_path):
-    """6 updates in one go == 3 updates, stop, resume from checkpoint_last.pt, 3 more; bit for bit."""
+    """6 updates in one go == 3 updates, stop, resume from checkpoint_last.pt, 3 more; bit for bit. (Within the
+    first epoch: a resume in a later epoch draws other batches, test_study.py.)"""
     common = [*SM, *MASKED, "--seed", "4", "--dropout", "0.1", "--save-interval-updates", "3"]
     run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "6", "--save-dir", tmp_path / "straight")
     run_cli("fairseq-train", tiny_corpus.bin, *common, "--max-update", "3", "--save-dir", tmp_path / "resumed")

@@ -1,5 +1,6 @@
 """benchmarks/study.py, the converged study: its bookkeeping from logs (unit) and the runner on a tiny budget (e2e)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -574,6 +575,25 @@ def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
     slow.wait()
 
 
+def test_a_run_trained_again_stops_where_its_original_resumed(tmp_path, monkeypatch):
+    """A run's later launches resumed from its last save before each launch line; a run trained again stops at
+    those updates below its own budget and trains to its budget after the last."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    run = _run_with_log(tmp_path, "dense-x-s1", [])
+    launch = "# 2026-12-04 15:50:04 fairseq-train data --arch transformer\n"
+    saved = "2026-12-04 16:18:40 | INFO | fairseq.checkpoint_utils | Saved checkpoint x.pt (epoch {} @ {} updates)\n"
+    log = [launch, _valid_line(4, 1.0), saved.format(1, 4), _valid_line(8, 2.0), saved.format(2, 8), launch,
+           launch, _valid_line(12, 3.0), saved.format(3, 12), _valid_line(16, 2.5), saved.format(3, 16), launch,
+           _valid_line(20, 2.0)]
+    pathlib.Path(run.dir, "train.log").write_text("".join(log))
+    assert study.resume_points(run) == [8, 16]  # two launches at 8 (the first died at once): one point
+    a = study.parse_args(["raw", *TINY, "--work", str(tmp_path), "--cap", "40"])
+    run.max_update = 40
+    regen = study.regen_run(a, run)
+    assert regen.max_update == 12 and regen.stops == (8,)  # chosen at 12: 16 lies beyond it
+    assert study.replay_stop(regen) == 8 and study.replay_rewind(regen) is None  # nothing trained yet
+
+
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
@@ -974,6 +994,46 @@ def test_checkpoint_chosen_on_validation_not_the_last(tiny_study, tmp_path, monk
     bin_dir = str(work / "data" / "bin")
     assert hyps == common.generate(os.path.join(run.dir, "checkpoint_best.pt"), bin_dir)
     assert hyps != common.generate(os.path.join(run.dir, "checkpoint_last.pt"), bin_dir)
+
+
+def _model(run) -> dict:
+    return torch.load(os.path.join(run.dir, "checkpoint_last.pt"), map_location="cpu", weights_only=True)["model"]
+
+
+@pytest.mark.e2e
+def test_a_run_trained_again_retraces_its_original_resumed_in_a_later_epoch(tiny_corpus, tmp_path, monkeypatch):
+    """fairseq builds a launch's batches with the epoch it starts in, so a run resumed in a later epoch trains on
+    other batches than one that ran through. A run trained again (RUN.regen) stops and resumes where its original
+    did, goes back to such a point when it is interrupted anywhere else, and ends bit for bit where it did."""
+    work = tmp_path / "w"
+    work.mkdir()
+    os.symlink(tiny_corpus.root / "prep", work / "data")
+    monkeypatch.setattr(study, "WORK", str(work))
+    a = study.parse_args([str(tiny_corpus.root / "raw"), *TINY, "--work", str(work), "--max-tokens", "4000",
+                          "--cap", "40"])  # 11 updates an epoch
+
+    def train(run, upto):
+        job = study.launch(a, dataclasses.replace(run, max_update=upto), str(work / "data" / "bin"))
+        assert job.proc.wait() == 0, (pathlib.Path(run.dir) / "train.log").read_text()[-3000:]
+        assert study.trained(run) == upto
+
+    args = study.setting_args("dense", "lr1e-3-d0.1") + ["--seed", 1]
+    original, straight = (study.Run(name, args, 24, 10 ** 9, ()) for name in ("dense-x-s1", "straight"))
+    train(original, 16)  # its session ended at 16, in the second epoch
+    train(original, 24)
+    train(straight, 24)
+    same = [torch.equal(v, _model(original)[k]) for k, v in _model(straight).items()]
+    assert not all(same), "fairseq resumed on the same batches: the stops are needed no more"
+    regen = study.regen_run(a, original)
+    assert (regen.max_update, regen.stops) == (24, (16,))
+    train(regen, study.replay_stop(regen))  # to 16, where the original resumed
+    assert study.replay_rewind(regen) is None and os.path.exists(os.path.join(regen.dir, study.REPLAY))
+    train(regen, 20)  # its own session ends at 20
+    assert study.replay_rewind(regen) == 16 and study.trained(regen) == 16
+    assert "went back from update 20 to 16" in (pathlib.Path(regen.dir) / "train.log").read_text()
+    train(regen, study.replay_stop(regen))
+    assert all(torch.equal(v, _model(original)[k]) for k, v in _model(regen).items())
+    assert study.regen_agreement(regen)[0] == "6 of 6 validations as in the ledger"
 
 
 @pytest.mark.e2e
