@@ -1018,8 +1018,9 @@ def regen_run(a, run: Run, priority: tuple | None = None) -> Run:
     budget), no patience, for the runs that read that checkpoint (its checkpoint_last.pt). fairseq seeds every
     update from --seed and the update number, but a launch that resumes in a later epoch draws that epoch's batches
     anew (it builds them with the epoch it starts in: the same sentence lengths, other sentences), so the run
-    trained again stops where its original's launches resumed (`stops`) and resumes there too. On the machine and
-    code that trained the run it then retraces it bit for bit (tests/test_study.py); elsewhere it need not (a
+    trained again stops where its original's launches resumed (`stops`) and resumes there too, for as long as it
+    validates as the original did. On the machine and code that trained the run it then retraces it bit for bit
+    (tests/test_study.py); elsewhere it need not (a
     masks-only run retrained on a new machine on 2026-12-04 validated 29.23 at 1,500 updates where the first had
     30.05), so the report compares its validations with the ledger's."""
     vals = validations(run)
@@ -1034,9 +1035,17 @@ REPLAY = "checkpoint_replay.pt"  # a run trained again: its checkpoint at the la
 
 
 def replay_stop(run: Run) -> int:
-    """The update this launch of the run trains to: its budget, or for a run trained again the next update its
-    original resumed from."""
-    return min([u for u in run.stops if u > trained(run)] + [run.max_update])
+    """The update this launch of the run trains to: its budget, or for a run trained again that still retraces its
+    original the next update the original resumed from."""
+    return min([u for u in run.stops if u > trained(run)] + [run.max_update]) if retracing(run) else run.max_update
+
+
+def retracing(run: Run) -> bool:
+    """Whether a run trained again has validated as its original at every update both reached (another CPU rounds
+    differently from the first update on: then it is a new draw, and stops or going back would buy nothing)."""
+    if not run.stops or not os.path.exists(os.path.join(run.dir, "train.log")):
+        return bool(run.stops)
+    return not regen_agreement(run)[1]
 
 
 def replay_rewind(run: Run) -> int | None:
@@ -1045,7 +1054,7 @@ def replay_rewind(run: Run) -> int | None:
     train.log.rewound), else to the start, since resuming there would draw other batches than its original did.
     The update gone back to, or None."""
     here = trained(run) if os.path.exists(os.path.join(run.dir, "train.log")) else 0
-    if not run.stops or here == 0 or here >= run.max_update:
+    if not retracing(run) or here == 0 or here >= run.max_update:
         return None
     last, replay = os.path.join(run.dir, "checkpoint_last.pt"), os.path.join(run.dir, REPLAY)
     if here in run.stops:

@@ -592,6 +592,12 @@ def test_a_run_trained_again_stops_where_its_original_resumed(tmp_path, monkeypa
     regen = study.regen_run(a, run)
     assert regen.max_update == 12 and regen.stops == (8,)  # chosen at 12: 16 lies beyond it
     assert study.replay_stop(regen) == 8 and study.replay_rewind(regen) is None  # nothing trained yet
+    os.makedirs(regen.dir)
+    pathlib.Path(regen.dir, "train.log").write_text("".join(log[:3]))  # validated as the original at 4
+    assert study.retracing(regen) and study.replay_stop(regen) == 8
+    pathlib.Path(regen.dir, "train.log").write_text("".join([launch, _valid_line(4, 1.5), saved.format(1, 4)]))
+    # another CPU: a new draw from the first validation on, which it trains through to its budget where it is
+    assert not study.retracing(regen) and study.replay_stop(regen) == 12 and study.replay_rewind(regen) is None
 
 
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
