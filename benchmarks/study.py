@@ -1168,6 +1168,8 @@ def status(a, runs: list[Run], active: dict) -> str:
             guess = (r.max_update if r.max_update < a.cap
                      else max(trained(r) + a.patience * a.eval_every, typical))
             left += max(guess - trained(r), 0) * rate_guess(r, runs, rates)
+        if r.stops and vals:
+            state += " (retracing the ledger's run)" if retracing(r) else " (a new draw: validated otherwise)"
         lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
                      f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}"
                      f"{'' if r.scored else ' (test only if chosen on validation)'}")

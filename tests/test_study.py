@@ -598,6 +598,7 @@ def test_a_run_trained_again_stops_where_its_original_resumed(tmp_path, monkeypa
     pathlib.Path(regen.dir, "train.log").write_text("".join([launch, _valid_line(4, 1.5), saved.format(1, 4)]))
     # another CPU: a new draw from the first validation on, which it trains through to its budget where it is
     assert not study.retracing(regen) and study.replay_stop(regen) == 12 and study.replay_rewind(regen) is None
+    assert "(a new draw: validated otherwise)" in study.status(a, [regen], {})
 
 
 def test_tuning_plot_once_a_setting_has_validated(tmp_path, monkeypatch):
