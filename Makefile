@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?=
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast study clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +29,24 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(PY) -m pytest -q -p no:cacheprovider -n 2 -m "not e2e" tests
+
+# The converged study (issue 23) in the background, every session: its runner and trainers run from a worktree
+# pinned at this commit (edits here do not reach them), resume from their checkpoints or the ledger, and adopt what
+# an earlier runner left training. Log: work/study.log; progress: the same command with --status.
+STUDY_DATA ?= ../shared/data/multi30k
+STUDY_TREE ?= ../study-tree
+STUDY_ARGS := --parts tune,core,width,followup,prune --grid lr2e-3-d0.3,lr8e-3-d0-c0 \
+	--ledger $(abspath benchmarks/study_runs/multi30k) --jobs 2 --threads 1
+study: $(STAMP)
+	@if pgrep -f "[b]enchmarks/study.py .*--work $(abspath work/study) " >/dev/null; then \
+		echo "study: a runner is running already (work/study.log)"; exit 1; fi
+	test -d $(STUDY_TREE) || git worktree add --detach $(STUDY_TREE) HEAD
+	git -C $(STUDY_TREE) checkout -q -f --detach $$(git rev-parse HEAD)
+	mkdir -p work
+	cd $(STUDY_TREE) && PYTHONPATH=$(abspath $(STUDY_TREE)) setsid nohup nice -n 5 $(abspath $(PY)) \
+		benchmarks/study.py $(abspath $(STUDY_DATA)) --work $(abspath work/study) $(STUDY_ARGS) \
+		>> $(abspath work/study.log) 2>&1 &
+	@echo "study: runner started at $$(git rev-parse --short HEAD); log work/study.log"
 
 clean:
 	rm -rf work
