@@ -329,7 +329,10 @@ LAUNCH = re.compile(r"^# \d{4}-\d\d-\d\d \d\d:\d\d:\d\d fairseq-train ")
 def resume_points(run: Run) -> list[int]:
     """The updates the run's later launches resumed from: the last save before each launch's line in its log."""
     points, last = set(), 0
-    with open(os.path.join(run.dir, "train.log"), encoding="utf-8") as f:
+    log = os.path.join(run.dir, "train.log")
+    if not os.path.exists(log):
+        return []
+    with open(log, encoding="utf-8") as f:
         for line in f:
             if LAUNCH.match(line):
                 points.add(last)
@@ -1024,13 +1027,13 @@ def regen_run(a, run: Run, priority: tuple | None = None) -> Run:
     500 updates, the ledger 22.48), so the report compares its validations with the ledger's."""
     vals = validations(run)
     upto = run.max_update if run.max_update < a.cap else best(vals)[0]
-    stops = tuple(u for u in resume_points(run) if u < upto) if os.path.exists(os.path.join(run.dir, "train.log")) \
-        else ()
     return Run(f"{run.name}.regen", run.args, upto, 10 ** 9, priority or run.priority, run.seed, run.width,
-               stops=stops)
+               stops=tuple(u for u in resume_points(run) if u < upto))
 
 
-REPLAY = "checkpoint_replay.pt"  # a run trained again: its checkpoint at the last of its original's stops it reached
+def replay_path(run: Run, update: int) -> str:
+    """A run trained again: its checkpoint at `update`, the last of its original's stops it reached."""
+    return os.path.join(run.dir, f"checkpoint_replay_{update}.pt")
 
 
 def replay_stop(run: Run) -> int:
@@ -1042,26 +1045,27 @@ def replay_stop(run: Run) -> int:
 def retracing(run: Run) -> bool:
     """Whether a run trained again has validated as its original at every update both reached (another CPU rounds
     differently from the first update on: then it is a new draw, and stops or going back would buy nothing)."""
-    if not run.stops or not os.path.exists(os.path.join(run.dir, "train.log")):
-        return bool(run.stops)
-    return not regen_agreement(run)[1]
+    return bool(run.stops) and not regen_agreement(run)[1]
 
 
 def replay_rewind(run: Run) -> int | None:
-    """Before a launch of a run trained again: at one of its stops, keeps that checkpoint (REPLAY); interrupted
-    anywhere else (its session ended), goes back to the last stop it reached (its log after that save set aside in
-    train.log.rewound), else to the start, since resuming there would draw other batches than its original did.
-    The update gone back to, or None."""
-    here = trained(run) if os.path.exists(os.path.join(run.dir, "train.log")) else 0
+    """Before a launch of a run trained again: at one of its stops, keeps that checkpoint (replay_path, the one
+    before it removed); interrupted anywhere else (its session ended), goes back to the last stop it reached (its log
+    after that save set aside in train.log.rewound), else to the start, since resuming there would draw other
+    batches than its original did. The update gone back to, or None."""
+    here = trained(run)
     if not retracing(run) or here == 0 or here >= run.max_update:
         return None
-    last, replay = os.path.join(run.dir, "checkpoint_last.pt"), os.path.join(run.dir, REPLAY)
+    last = os.path.join(run.dir, "checkpoint_last.pt")
     if here in run.stops:
-        shutil.copyfile(last, replay + ".tmp")
-        os.replace(replay + ".tmp", replay)
+        shutil.copyfile(last, replay_path(run, here) + ".tmp")
+        os.replace(replay_path(run, here) + ".tmp", replay_path(run, here))
+        for u in run.stops:
+            if u != here and os.path.exists(replay_path(run, u)):
+                os.unlink(replay_path(run, u))
         return None
     back = max([u for u in run.stops if u < here], default=0)
-    if back and not (os.path.exists(replay) and trained_at(replay) == back):
+    if back and not os.path.exists(replay_path(run, back)):
         back = 0  # its checkpoint there is gone (a fresh machine)
     log = os.path.join(run.dir, "train.log")
     with open(log, encoding="utf-8") as f:
@@ -1074,20 +1078,11 @@ def replay_rewind(run: Run) -> int | None:
     write_text(log, "".join(lines[:cut]) + f"# went back from update {here} to {back}: its original resumed at "
                f"{', '.join(map(str, run.stops))} only (the rest of this log: train.log.rewound)\n")
     if back:
-        shutil.copyfile(replay, last + ".tmp")
+        shutil.copyfile(replay_path(run, back), last + ".tmp")
         os.replace(last + ".tmp", last)
     elif os.path.exists(last):
         os.unlink(last)
     return back
-
-
-def trained_at(path: str) -> int:
-    import torch
-
-    import one_layer_lottery.io  # noqa: F401 - its import allows fairseq's classes in safe loading
-
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state["optimizer_history"][-1]["num_updates"]
 
 
 def checkpoint_of(a, run: Run, runs: list, priority: tuple | None = None, reader_done: bool = False
@@ -1865,8 +1860,8 @@ def loop(a) -> int:
             if (back := replay_rewind(r)) is not None:
                 print(f"[study] {r.name}: went back to update {back}, where its original resumed (resumed "
                       f"elsewhere, it would draw other batches)", flush=True)
-            stop = f" (stopping at {replay_stop(r)}, where its original resumed)" if replay_stop(r) < r.max_update \
-                else ""
+            until = replay_stop(r)
+            stop = f" (stopping at {until}, where its original resumed)" if until < r.max_update else ""
             print(f"[study] {r.name}: training from update {trained(r)} to "
                   f"{r.max_update if r.max_update < a.cap else 'convergence'}{stop}", flush=True)
             active[r.name] = launch(a, r, os.path.join(prepared, "bin"))

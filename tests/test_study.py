@@ -1034,7 +1034,7 @@ def test_a_run_trained_again_retraces_its_original_resumed_in_a_later_epoch(tiny
     regen = study.regen_run(a, original)
     assert (regen.max_update, regen.stops) == (24, (16,))
     train(regen, study.replay_stop(regen))  # to 16, where the original resumed
-    assert study.replay_rewind(regen) is None and os.path.exists(os.path.join(regen.dir, study.REPLAY))
+    assert study.replay_rewind(regen) is None and os.path.exists(study.replay_path(regen, 16))
     train(regen, 20)  # its own session ends at 20
     assert study.replay_rewind(regen) == 16 and study.trained(regen) == 16
     assert "went back from update 20 to 16" in (pathlib.Path(regen.dir) / "train.log").read_text()
