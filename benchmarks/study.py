@@ -869,14 +869,15 @@ def record(a, run: Run, artifact: bool = False, kind: str = "") -> bool:
     validations, saves, the early stop; and the artifact if asked), once per state; run.json goes last, so a
     record cut short is written again. A finished run's record holds no checkpoint; `kind` "candidate" (converged
     before its choice) adds its best checkpoint's weights, "carried" (in flight) its best weights and its last
-    checkpoint, each in parts under PART_BYTES. True if it wrote."""
+    checkpoint, "read" (a complete run that later runs are built on) the file they read (read_later), each in parts
+    under PART_BYTES. True if it wrote."""
     dest = os.path.join(a.ledger, run.name)
     state = {"updates": trained(run), "scored": result(run.name) is not None, **({kind: True} if kind else {})}
     if os.path.exists(os.path.join(dest, "run.json")) and read_json(os.path.join(dest, "run.json")) == state:
         return False
     checkpoints = {}
     if kind:  # read first: an unreadable or torn checkpoint writes nothing (the next save tries again)
-        checkpoints = carried_checkpoints(run, with_last=kind == "carried")
+        checkpoints = ledger_checkpoints(a, run, kind)
         if checkpoints is None:
             return False
     os.makedirs(dest, exist_ok=True)
@@ -898,21 +899,37 @@ def record(a, run: Run, artifact: bool = False, kind: str = "") -> bool:
 
 PART_BYTES = 1_900_000  # a ledger file stays under 2 MiB, the repository's limit for a tracked file
 CARRY_BYTES = 8 * 2 ** 20  # a run in flight is carried when its last checkpoint takes at most this
-PART = re.compile(r"^checkpoint_(best|last)\.pt\.\d+$")
+PART = re.compile(r"^((?:checkpoint_(?:best|last)|weights_update\d+)\.pt)\.\d+$")
 
 
-def carried_checkpoints(run: Run, with_last: bool) -> dict | None:
-    """What a candidate or a carried run keeps in the ledger: checkpoint_best.pt as its weights alone (what
-    fairseq-generate reads) and, to resume it, checkpoint_last.pt as written; None unless both hold the update
-    of the run's last save (a save still being copied is not taken)."""
+def read_later(a, run: Run) -> dict[str, str]:
+    """The file that later runs read from a complete run built on by them, and the form the ledger keeps it in: a
+    rewind run's weight snapshot (tickets rewind to it) as written; a run trained again (RUN.regen: tickets, the
+    analysis and --publish read its last checkpoint) its weights alone. Each costs 1 to 3.5 CPU hours to train again
+    and is read for as long as the study runs, across machines. Other runs: nothing."""
+    if run.name.startswith("dense_rewind-"):
+        return {f"weights_update{a.rewind_update}.pt": "as written"}
+    if run.name.endswith(".regen"):
+        return {"checkpoint_last.pt": "weights"}
+    return {}
+
+
+def ledger_checkpoints(a, run: Run, kind: str) -> dict | None:
+    """What a record of `kind` keeps besides the run's small files: a candidate its checkpoint_best.pt as weights
+    alone (what fairseq-generate reads); a carried run that and, to resume it, checkpoint_last.pt as written; a run
+    read later what read_later names. None unless each file loads, and a checkpoint_last.pt holds the update of the
+    run's last save (a save still being copied is not taken)."""
     import io as bytes_io
 
     import torch
 
     from one_layer_lottery.io import weights_checkpoint  # its import allows fairseq's classes in safe loading
 
+    files = {"candidate": {"checkpoint_best.pt": "weights"},
+             "carried": {"checkpoint_best.pt": "weights", "checkpoint_last.pt": "as written"},
+             "read": read_later(a, run)}[kind]
     out = {}
-    for name in ("checkpoint_best.pt", "checkpoint_last.pt")[:2 if with_last else 1]:
+    for name, form in files.items():
         path = os.path.join(run.dir, name)
         try:
             with open(path, "rb") as f:
@@ -920,14 +937,13 @@ def carried_checkpoints(run: Run, with_last: bool) -> dict | None:
             state = torch.load(bytes_io.BytesIO(blob), map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - missing, torn or being written: not this time
             return None
-        if name == "checkpoint_last.pt":
-            if state["optimizer_history"][-1]["num_updates"] != trained(run):
-                return None
-            out[name] = blob
-        else:
+        if name == "checkpoint_last.pt" and state["optimizer_history"][-1]["num_updates"] != trained(run):
+            return None
+        if form == "weights":
             buf = bytes_io.BytesIO()
             torch.save(weights_checkpoint(state["cfg"], state["model"], state["optimizer_history"][-1]), buf)
-            out[name] = buf.getvalue()
+            blob = buf.getvalue()
+        out[name] = blob
     return out
 
 
@@ -941,8 +957,8 @@ def join_parts(folder: str) -> list[str]:
     """Joins a restored run's checkpoint parts back into its checkpoints (the parts removed); the names joined."""
     names = sorted({PART.match(f).group(1) for f in os.listdir(folder) if PART.match(f)})
     for name in names:
-        target = os.path.join(folder, f"checkpoint_{name}.pt")
-        parts = sorted((f for f in os.listdir(folder) if f.startswith(f"checkpoint_{name}.pt.")),
+        target = os.path.join(folder, name)
+        parts = sorted((f for f in os.listdir(folder) if PART.match(f) and PART.match(f).group(1) == name),
                        key=lambda f: int(f.rsplit(".", 1)[1]))
         with open(target + ".tmp", "wb") as out:
             for f in parts:
@@ -970,8 +986,9 @@ def carry(a, active: dict) -> list[str]:
 
 def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
-    masks-only or coated seed) and every candidate converged before its choice (with its weights, which score it
-    if it is chosen on a fresh machine, unless it is out of the running already); the names written."""
+    masks-only or coated seed), every complete run that later runs are built on (with the file they read,
+    read_later) and every candidate converged before its choice (with its weights, which score it if it is chosen
+    on a fresh machine, unless it is out of the running already); the names written."""
     if not a.ledger:
         return []
     artifact = ("coats-", f"mask-{winners['mask']}-s")
@@ -979,7 +996,9 @@ def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     for r in runs:
         if r.name in active:
             continue
-        if final(a, r, winners):
+        if read_later(a, r) and complete(r) and not lost(r):
+            wrote = record(a, r, kind="read")
+        elif final(a, r, winners):
             wrote = record(a, r, r.name.startswith(artifact))
         else:
             # a STAGED candidate at its budget carries no weights: chosen, it trains on from its last checkpoint
@@ -1011,9 +1030,9 @@ def restore(a) -> list[str]:
 
 def lost(run: Run) -> bool:
     """Restored from the ledger without its checkpoints (what other runs, the analysis and --publish read; a
-    candidate's or a carried run's are restored)."""
+    candidate's, a carried run's and a read run's are restored)."""
     return (os.path.exists(os.path.join(run.dir, "restored.json"))
-            and not os.path.exists(os.path.join(run.dir, "checkpoint_best.pt")))
+            and not any(PART.match(f"{f}.0") for f in os.listdir(run.dir)))
 
 
 def regen_run(a, run: Run, priority: tuple | None = None) -> Run:

@@ -558,6 +558,67 @@ def test_candidates_and_small_runs_in_flight_outlive_their_machine_through_the_l
         assert not any(study.PART.match(f) for f in os.listdir(ledger / name))
 
 
+def test_the_runs_that_tickets_are_built_on_outlive_their_machine_through_the_ledger(tmp_path, monkeypatch):
+    """A run trained again (RUN.regen) and a rewind run, once complete, are recorded with the file later runs read
+    (the last checkpoint's weights alone; the weight snapshot as written), in parts; a fresh machine restores them
+    and builds its tickets from them without training either again."""
+    monkeypatch.setattr(study, "PART_BYTES", 1000)
+    ledger, args, first, a = _first_machine(tmp_path, monkeypatch, "prune", "lr1e-3-d0.1,lr4e-3-d0-c0")
+    args += ["--kept", "0.5:1"]
+    a = study.parse_args([*args, "--work", str(first)])
+    study.restore(a)
+    dense, rewind = "dense-lr1e-3-d0.1-s1", "dense_rewind-s1"
+    tuning = {"mask-lr4e-3-d0-c0-s1": [(4, 1.0), (8, 2.0)], dense: [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)]}
+
+    def winners_on(root):  # the tuning runs, converged (the ledger holds them once they do)
+        for name, points in tuning.items():
+            _run_with_log(root, name, points)
+
+    winners_on(first)
+    for name in (dense, rewind):  # as an earlier machine recorded them: without their checkpoints
+        run = _run_with_log(first, name, tuning.get(name, [(500, 1.0)]))
+        assert study.record(a, run)
+    second = _machine(tmp_path / "B")
+    monkeypatch.setattr(study, "WORK", str(second))
+    b = study.parse_args([*args, "--work", str(second)])
+    assert study.restore(b) == [dense, rewind]
+    winners_on(second)
+    runs = {r.name: r for r in study.plan(b)[0]}
+    regen, rewind_regen = runs[f"{dense}.regen"], runs[f"{rewind}.regen"]
+    assert (regen.max_update, rewind_regen.max_update) == (8, 500)
+    _run_with_log(second, regen.name, [(4, 1.0), (8, 2.0)])
+    _run_with_log(second, rewind_regen.name, [(500, 1.0)])
+    _checkpoint(os.path.join(regen.dir, "checkpoint_last.pt"), 8, 3.0)
+    torch.save({"model": {"w": torch.full((300,), 4.0)}, "num_updates": 500},
+               os.path.join(rewind_regen.dir, "weights_update500.pt"))
+    winners = {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"}
+    assert set(study.keep(b, list(runs.values()), winners, {})) >= {regen.name, rewind_regen.name}
+    assert study.keep(b, list(runs.values()), winners, {}) == []  # once
+    for name, file in ((regen.name, "checkpoint_last.pt"), (rewind_regen.name, "weights_update500.pt")):
+        parts = [f for f in os.listdir(ledger / name) if study.PART.match(f)]
+        assert f"{file}.1" in parts and all(os.path.getsize(ledger / name / f) <= 1000 for f in parts)
+    assert not any(study.PART.match(f) for f in os.listdir(ledger / dense))  # a lost run: still nothing to keep
+
+    third = _machine(tmp_path / "C")  # a fresh machine again
+    monkeypatch.setattr(study, "WORK", str(third))
+    c = study.parse_args([*args, "--work", str(third)])
+    assert {regen.name, rewind_regen.name} <= set(study.restore(c))
+    winners_on(third)
+    runs = {r.name: r for r in study.plan(c)[0]}
+    again, rewind_again = runs[regen.name], runs[rewind_regen.name]
+    assert study.complete(again) and study.complete(rewind_again)
+    assert not study.lost(again) and not study.lost(rewind_again) and study.lost(runs[dense])
+    last = torch.load(os.path.join(again.dir, "checkpoint_last.pt"), weights_only=True)
+    assert torch.equal(last["model"]["w"], torch.full((300,), 3.0)) and last["last_optimizer_state"] is None
+    assert (pathlib.Path(rewind_again.dir, "weights_update500.pt").read_bytes()
+            == pathlib.Path(rewind_regen.dir, "weights_update500.pt").read_bytes())
+    ticket = runs["ticket_k0.5-s1"]
+    assert ticket.ticket == (os.path.join(again.dir, "checkpoint_last.pt"), rewind_again.dir, 0.5)
+    ready = [r.name for r in study.ready(list(runs.values()), {})]
+    assert "ticket_k0.5-s1" in ready and again.name not in ready and rewind_again.name not in ready
+    assert "restored: no checkpoint" not in study.status(c, [again, rewind_again], {})
+
+
 def test_the_runner_wakes_when_a_job_exits(tmp_path, monkeypatch):
     monkeypatch.setattr(study, "WORK", str(tmp_path))
     run = study.Run("r", [], 0, 3, ())
