@@ -155,15 +155,19 @@ class MagnitudePruner(nn.Module):
 
     def save_weights(self, num_updates: int) -> None:
         """SAVE_DIR/weights_update{N}.pt: the model's state dict after N updates (written once, atomically, by the
-        first rank only)."""
+        first rank only; a tensor tied to another, an output projection to its embedding table, stored once)."""
         model = self._model()
         if self.save_dir is None or model is None or _rank() != 0:
             return
         path = os.path.join(self.save_dir, f"weights_update{num_updates}.pt")
         if os.path.exists(path):
             return
-        sd = {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.cpu()
-              for k, v in model.state_dict().items()}
+        sd, copies = {}, {}
+        for k, v in model.state_dict().items():
+            same = (v.data_ptr(), v.shape, v.stride(), v.dtype)
+            if same not in copies:
+                copies[same] = v.detach().float().cpu().clone() if v.is_floating_point() else v.cpu()
+            sd[k] = copies[same]
         with atomic_path(path) as tmp:
             torch.save({"model": sd, "num_updates": int(num_updates)}, tmp)
 

@@ -136,12 +136,15 @@ def test_ticket_rewinds_exactly_under_the_final_mask():
     assert torch.equal(kept.sign(), rewind["a.weight"][keep].sign())
 
 
+TIED = ["--share-decoder-input-output-embed"]  # the study's dense models tie their output projection
+
+
 @pytest.fixture(scope="module")
 def pruned_run(tiny_corpus, tmp_path_factory):
     save = tmp_path_factory.mktemp("pruned")
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "6", "--seed", "2",
             "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",
-            "--save-weights-at-updates", "0,3,6", "--save-dir", save)
+            "--save-weights-at-updates", "0,3,6", *TIED, "--save-dir", save)
     return save
 
 
@@ -161,9 +164,11 @@ def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_cor
     assert not any(bool(w0["model"][n].eq(0).all()) for n in names)
     w6 = torch.load(pruned_run / "weights_update6.pt", weights_only=True)  # the run's last update: saved too
     assert w6["num_updates"] == 6 and all(torch.equal(w6["model"][n], sd[n].float()) for n in names)
+    table, out = (w0["model"][f"decoder.{n}.weight"] for n in ("embed_tokens", "output_projection"))
+    assert table.data_ptr() == out.data_ptr()  # the tied output projection: stored once, as in the checkpoint
     # resume: 2 more updates; what was pruned stays zero and the count stays exact
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "8", "--seed", "2",
-            "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4",
+            "--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "4", *TIED,
             "--save-dir", pruned_run)
     sd2 = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
     for n in names:
@@ -183,13 +188,14 @@ def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tm
     r = olt("ticket", pruned_run, tmp_path / "ticket.pt", "--remaining-ratio", "0.2", "--rewind-update", "0", "--json")
     info = json.loads(r.stdout)
     final = torch.load(pruned_run / "checkpoint_last.pt", weights_only=True)["model"]
+    tensors = {t.data_ptr(): t for k, t in final.items() if is_prunable(k, t)}  # the tied table counted once
     assert info["rewind_update"] == 0 and info["kept"] == info["total"] - sum(
-        n_pruned(t.numel(), 0.2) for k, t in final.items() if is_prunable(k, t))
+        n_pruned(t.numel(), 0.2) for t in tensors.values())
     ticket = torch.load(tmp_path / "ticket.pt", weights_only=True)["model"]
     save = tmp_path / "retrain"
     run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "3", "--seed", "2",
             "--restore-file", tmp_path / "ticket.pt", "--reset-optimizer", "--reset-lr-scheduler",
-            "--reset-dataloader", "--reset-meters", "--remaining-ratio", "0.2", "--save-dir", save)
+            "--reset-dataloader", "--reset-meters", "--remaining-ratio", "0.2", *TIED, "--save-dir", save)
     out = torch.load(save / "checkpoint_last.pt", weights_only=True)["model"]
     names = [k for k, v in out.items() if is_prunable(k, v)]
     for n in names:
