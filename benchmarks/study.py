@@ -1032,7 +1032,7 @@ def lost(run: Run) -> bool:
     """Restored from the ledger without its checkpoints (what other runs, the analysis and --publish read; a
     candidate's, a carried run's and a read run's are restored)."""
     return (os.path.exists(os.path.join(run.dir, "restored.json"))
-            and not any(PART.match(f"{f}.0") for f in os.listdir(run.dir)))
+            and not any(PART.match(f"{f}.0") for f in os.listdir(run.dir)))  # a file the ledger keeps in parts
 
 
 def regen_run(a, run: Run, priority: tuple | None = None) -> Run:
