@@ -1591,9 +1591,10 @@ def plots(a, rows: dict) -> list[str]:
     plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for row, r in rows.items():
+    for i, (row, r) in enumerate(rows.items()):
         vals = validations(Run(r["runs"][0], [], 0, 0, ()))
-        ax.plot([u for u, _ in vals], [b for _, b in vals], label=row, lw=1.2)
+        # past the colour cycle's ten, a dashed line: no two rows drawn alike
+        ax.plot([u for u, _ in vals], [b for _, b in vals], label=row, lw=1.2, ls="-" if i < 10 else "--")
     ax.set_xlabel("updates")
     ax.set_ylabel("validation BLEU")
     ax.grid(alpha=0.3)
