@@ -955,11 +955,13 @@ def write_parts(blob: bytes, prefix: str) -> None:
 
 def join_parts(folder: str) -> list[str]:
     """Joins a restored run's checkpoint parts back into its checkpoints (the parts removed); the names joined."""
-    names = sorted({PART.match(f).group(1) for f in os.listdir(folder) if PART.match(f)})
-    for name in names:
+    groups: dict[str, list[str]] = {}
+    for f in os.listdir(folder):
+        if m := PART.match(f):
+            groups.setdefault(m.group(1), []).append(f)
+    for name, parts in sorted(groups.items()):
         target = os.path.join(folder, name)
-        parts = sorted((f for f in os.listdir(folder) if PART.match(f) and PART.match(f).group(1) == name),
-                       key=lambda f: int(f.rsplit(".", 1)[1]))
+        parts.sort(key=lambda f: int(f.rsplit(".", 1)[1]))
         with open(target + ".tmp", "wb") as out:
             for f in parts:
                 with open(os.path.join(folder, f), "rb") as h:
@@ -967,7 +969,7 @@ def join_parts(folder: str) -> list[str]:
         os.replace(target + ".tmp", target)
         for f in parts:
             os.unlink(os.path.join(folder, f))
-    return names
+    return sorted(groups)
 
 
 def carry(a, active: dict) -> list[str]:
