@@ -78,6 +78,7 @@ from one_layer_lottery.io import write_text
 
 VALID = re.compile(r"valid on 'valid' subset \|.*\| bleu ([\d.]+) \|.*\| num_updates (\d+)")
 SAVED = re.compile(r"Saved checkpoint .*\(epoch \d+ @ (\d+) updates")
+INNER = re.compile(r"\| train_inner \|.*\bnum_updates=(\d+)")  # every --log-interval updates
 EARLY_STOP = "early stop since valid performance hasn't improved"
 
 # family: (fairseq-train arguments every setting shares, the tuning grid: setting name -> its arguments)
@@ -312,6 +313,21 @@ def trained(run: Run) -> int:
         with open(log, encoding="utf-8") as f:
             last = max([last, *map(int, SAVED.findall(f.read()))])
     return last
+
+
+def current_update(run: Run) -> int:
+    """The update the run's latest launch has logged (its train_inner lines, every --log-interval updates), where
+    that is past trained(run): a run in flight's progress between its saves (what a session's end would lose)."""
+    latest = None
+    log = os.path.join(run.dir, "train.log")
+    if os.path.exists(log):
+        with open(log, encoding="utf-8") as f:
+            for line in f:
+                if LAUNCH.match(line):
+                    latest = None  # a relaunch resumes from its last save, not from where the last one logged
+                elif m := INNER.search(line):
+                    latest = int(m.group(1))
+    return max(trained(run), latest or 0)
 
 
 def saved(run: Run) -> bool:
@@ -1183,7 +1199,10 @@ def status(a, runs: list[Run], active: dict) -> str:
         if state in ("running", "waiting"):
             guess = (r.max_update if r.max_update < a.cap
                      else max(trained(r) + a.patience * a.eval_every, typical))
-            left += max(guess - trained(r), 0) * rate_guess(r, runs, rates)
+            now = current_update(r)
+            left += max(guess - now, 0) * rate_guess(r, runs, rates)
+            if state == "running" and now > trained(r):
+                state += f" (at update {now:,}; saved at {trained(r):,})"
         if r.stops and vals:
             state += " (retracing the ledger's run)" if retracing(r) else " (a new draw: validated otherwise)"
         lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "

@@ -175,6 +175,29 @@ def test_the_eta_expects_a_fresh_run_to_train_as_long_as_the_converged_ones(tmp_
     assert study.typical_length([fresh, short, long, going, capped], 100) == 16  # the median of 12 and 20
 
 
+def _inner_line(update: int) -> str:
+    return (f"2026-12-02 10:00:00 | INFO | train_inner | epoch 002:     69 / 131 loss=8.004, nll_loss=7.273, "
+            f"ppl=154.68, wps=1929.8, ups=0.57, wpb=3379.6, bsz=224.3, num_updates={update}, lr=0.001, gnorm=0.955\n")
+
+
+def test_status_shows_a_run_in_flight_at_its_logged_update_and_counts_its_eta_from_there(tmp_path, monkeypatch):
+    """Between saves (every 500 updates; a magnitude-pruning run's first at its ramp's end) a run in flight's
+    progress is its latest launch's train_inner lines; a relaunch resumes from its last save."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path)])
+    run = _run_with_log(tmp_path, "r", [(1000, 1.0)])
+    run.max_update = 10000  # a fixed budget under the cap: the ETA counts to it, at 1.8 s an update (none measured)
+    with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.writelines([_saved_line(1000, 1.0), _inner_line(3900), _inner_line(4000)])
+    text = study.status(a, [run], {"r": None})
+    assert "running (at update 4,000; saved at 1,000)" in text
+    assert "about 3.0 h of single-thread training left" in text  # (10,000 - 4,000) x 1.8 s
+    with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write("# 2026-12-02 11:00:00 fairseq-train bin --arch transformer\n")  # a relaunch, from 1,000
+    text = study.status(a, [run], {"r": None})
+    assert "(at update" not in text and "about 4.5 h of single-thread training left" in text
+
+
 def test_a_run_under_way_resumes_before_fresh_runs(tmp_path, monkeypatch):
     """A restarted runner (the trainers stop with the session) resumes a half-trained run before starting a fresh
     one that ranks earlier; among fresh runs, part and seed order; a run waits for those it needs."""
