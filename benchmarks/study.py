@@ -315,19 +315,19 @@ def trained(run: Run) -> int:
     return last
 
 
-def current_update(run: Run) -> int:
-    """The update the run's latest launch has logged (its train_inner lines, every --log-interval updates), where
-    that is past trained(run): a run in flight's progress between its saves (what a session's end would lose)."""
-    latest = None
+def logged_update(run: Run) -> int:
+    """The last update the run's latest launch has logged (its train_inner lines, every --log-interval updates), 0
+    before any: past trained(run), a run in flight's progress between its saves (what a session's end would lose)."""
+    latest = 0
     log = os.path.join(run.dir, "train.log")
     if os.path.exists(log):
         with open(log, encoding="utf-8") as f:
             for line in f:
                 if LAUNCH.match(line):
-                    latest = None  # a relaunch resumes from its last save, not from where the last one logged
+                    latest = 0  # a relaunch resumes from its last save, not from where the last one logged
                 elif m := INNER.search(line):
                     latest = int(m.group(1))
-    return max(trained(run), latest or 0)
+    return latest
 
 
 def saved(run: Run) -> bool:
@@ -1191,21 +1191,21 @@ def status(a, runs: list[Run], active: dict) -> str:
     typical = typical_length(runs, a.cap)  # reads every run's log: once, not once a run
     lines, left = [], 0.0
     for r in sorted(runs, key=lambda r: (r.priority, r.name)):
-        vals = validations(r)
+        vals, done = validations(r), trained(r)
         b = best(vals)
         state = ("running" if r.name in active else "scored" if result(r.name) and r.max_update == a.cap
                  else "done" if complete(r) else "waiting") + (" (restored: no checkpoint here)" if lost(r) else "")
         target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
         if state in ("running", "waiting"):
             guess = (r.max_update if r.max_update < a.cap
-                     else max(trained(r) + a.patience * a.eval_every, typical))
-            now = current_update(r)
+                     else max(done + a.patience * a.eval_every, typical))
+            now = max(done, logged_update(r))
             left += max(guess - now, 0) * rate_guess(r, runs, rates)
-            if state == "running" and now > trained(r):
-                state += f" (at update {now:,}; saved at {trained(r):,})"
+            if state == "running" and now > done:
+                state += f" (at update {now:,}; saved at {done:,})"
         if r.stops and vals:
             state += " (retracing the ledger's run)" if retracing(r) else " (a new draw: validated otherwise)"
-        lines.append(f"  {r.name:<34} {trained(r):>6} / {target:<16} best valid BLEU "
+        lines.append(f"  {r.name:<34} {done:>6} / {target:<16} best valid BLEU "
                      f"{(f'{b[1]:.2f} @ {b[0]}' if b else '-'):<15} {state}"
                      f"{'' if r.scored else ' (test only if chosen on validation)'}")
     lines.append(f"  {len(runs)} runs planned so far; about {left / 3600:,.1f} h of single-thread training left, "
