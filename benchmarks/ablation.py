@@ -48,7 +48,7 @@ SETTINGS = {  # name: fairseq-train flags on top of the defaults
     "ratio_0.7": "--remaining-ratio 0.7",
     # from the strong-lottery-ticket literature beyond the paper
     "anneal_k_200": "--ratio-anneal-updates 200",  # gradual: k from 1 to 0.5 over the first 200 updates
-    "multicoat_0.25": "--multicoat-ratios 0.25",  # Okoshi et al. 2022: 2 mask bits per weight
+    "multicoat_0.25": "--multicoat-ratios 0.25",  # Okoshi et al. 2022: 1.5 mask bits per weight as stored
     "multicoat_0.3_0.15": "--multicoat-ratios 0.3,0.15",  # 3 mask bits per weight
     "nm_2_4": "--mask-structure 2:4",  # two of every four consecutive input weights (sparse tensor cores)
 }

@@ -105,7 +105,7 @@ ROWS = {
     "pretrained_masked": ("one-layer supermask on the same seed's dense embeddings, masked (authors' default)",
                           "mask", 1, ["--pretrained-embeddings", "{dense}", "--pretrained-embeddings-mode", "masked"],
                           (1, 2), "core"),
-    "coats": ("one-layer masks-only, multicoated mask (inner coat 0.25: 2 mask bits a weight)", "mask", 1,
+    "coats": ("one-layer masks-only, multicoated mask (inner coat 0.25: 1.5 mask bits a weight)", "mask", 1,
               ["--multicoat-ratios", "0.25"], (1, 2), "width"),
     "masks_only_wide": ("one-layer masks-only at twice the width", "mask", 2, [], (1, 2), "width"),
     "standard": ("standard supermask (a random layer per depth), masks-only", "mask", 1,

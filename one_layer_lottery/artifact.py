@@ -26,10 +26,11 @@ from .supermask import FrozenEmbedding, SupermaskModule
 
 FORMAT = "one_layer_lottery.artifact"
 FORMAT_VERSION = 4  # 4: the dictionaries in the xz stream of the vocabulary, no longer JSON metadata
-# 3: multicoated or N:M-packed masks (written only by such models; others still wrote 2). 2: per-role inits (the
-# config names its init preset). Format 1 (before per-role inits) was written only by this repository's early
-# commits; it is refused in one line.
-READS = (2, 3, 4)
+NESTED_COATS = 5  # 5: a multicoated mask's inner coats stored only where the coat around them keeps (written only
+# by such models; others still write 4). 3: multicoated or N:M-packed masks (written only by such models; others
+# still wrote 2). 2: per-role inits (the config names its init preset). Format 1 (before per-role inits) was written
+# only by this repository's early commits; it is refused in one line.
+READS = (2, 3, 4, 5)
 _META_KEY = "one_layer_lottery"
 _WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -91,7 +92,10 @@ def _pack_masks(model) -> tuple[dict, dict, dict]:
             packed, entries = m.rule.pack(name, m.scores, m.mask())
             tensors.update(packed)
             for key, value in entries.items():
-                packing.setdefault(key, {}).update(value)
+                if isinstance(value, dict):  # {module: value} entries, e.g. coats
+                    packing.setdefault(key, {}).update(value)
+                else:  # a flag for the whole artifact (nested_coats)
+                    packing[key] = value
     return tensors, shapes, packing
 
 
@@ -110,7 +114,7 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     if weights_dtype not in _WEIGHT_DTYPES:
         raise ConfigError(f"weights dtype {weights_dtype!r} is unknown; allowed: {', '.join(_WEIGHT_DTYPES)}")
     tensors, shapes, packing = _pack_masks(model)
-    mask_bits = sum(masks.packed_bits(packing, name, math.prod(shape)) for name, shape in shapes.items())
+    mask_bits = sum(masks.packed_bits(packing, name, math.prod(shape), tensors) for name, shape in shapes.items())
     floor = sum(t.numel() for t in tensors.values())
     stored, aliases, seen = {}, {}, {}
     for key, t in model.state_dict().items():
@@ -134,7 +138,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
     # times their text (escaped twice over), and the two sides share most of their pieces
     blob = lzma.compress(b"".join(parts), preset=9)
     tensors["vocabulary"] = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
-    meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "masks": shapes, "stored": stored,
+    meta = {"format": FORMAT, "format_version": NESTED_COATS if packing.get("nested_coats") else FORMAT_VERSION,
+            "masks": shapes, "stored": stored,
             "aliases": aliases, "weights_dtype": weights_dtype, "cfg": cfg, "langs": list(langs),
             "vocabulary": {"dicts": [len(p) for p in dicts], "sentencepiece": [len(p) for p in pieces or []]},
             **packing}
@@ -145,7 +150,8 @@ def export_model(model, cfg: dict, src_dict, tgt_dict, out: str, langs=("src", "
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta, default=str)})
     size = os.path.getsize(out)
     # model_bytes: the model without what a dense model needs as well (its sentencepiece models, dictionaries)
-    return {"bytes": size, "floor": floor, "mask_bits": mask_bits, "model_bytes": size - len(blob)}
+    return {"bytes": size, "floor": floor, "mask_bits": mask_bits, "model_bytes": size - len(blob),
+            "format_version": meta["format_version"]}
 
 
 def export(checkpoint: str, out: str, data: str | None = None, embeddings_dtype: str = "float16",
@@ -229,7 +235,11 @@ def read(path: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if meta.get("weights_dtype", "float32") not in _WEIGHT_DTYPES:
         raise ConfigError(f"artifact {path!r} is corrupt: weights dtype {meta.get('weights_dtype')!r}")
     for name, shape in meta["masks"].items():
-        for key, size in masks.packed_sizes(meta, name, math.prod(shape)).items():
+        try:
+            sizes = masks.packed_sizes(meta, name, math.prod(shape), tensors)
+        except KeyError as e:  # a nested coat's size is counted from the plane before it
+            sizes = {e.args[0]: -1}
+        for key, size in sizes.items():
             t = tensors.get(key)
             if t is None or t.numel() != size:
                 raise ConfigError(f"artifact {path!r} is corrupt: mask {key} is missing or has the wrong size")

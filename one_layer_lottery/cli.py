@@ -145,7 +145,7 @@ def _upgrade(a) -> None:
 
     before = os.path.getsize(a.artifact) if os.path.isfile(a.artifact) else None
     r = artifact.upgrade(a.artifact, a.out)
-    print(f"wrote {a.out}: format {artifact.FORMAT_VERSION}, {r['bytes']:,} bytes (was {before:,}); "
+    print(f"wrote {a.out}: format {r['format_version']}, {r['bytes']:,} bytes (was {before:,}); "
           f"the model without its vocabulary: {r['model_bytes']:,} bytes")
 
 

@@ -8,7 +8,8 @@ it promises, ties going to the lowest index.
     TopK(k)                  the k fraction of largest |score| over the whole tensor (the paper's rule)
     NM(n, m)                 n of every m consecutive weights along the input dimension (2:4 sparse tensor cores)
     RowTopK(k)               the k fraction of largest |score| in every output row
-    Multicoat(k, coats)      nested top-k coats of the same scores (Okoshi et al. 2022), 1 + len(coats) bits
+    Multicoat(k, coats)      nested top-k coats of the same scores (Okoshi et al. 2022); each inner coat stored
+                             only where the coat around it keeps (1 + k + the coats but the last, bits a weight)
 A new rule is one class here (select, and what differs from TopK) and one entry in STRUCTURES.
 """
 
@@ -324,19 +325,42 @@ class Multicoat(TopK):
     def planes(self, scores: Tensor, mask: Tensor) -> list[Tensor]:
         return [mask, *(topk_mask(scores, c) for c in self.coats)]
 
+    @property
+    def bits_per_weight(self) -> float:
+        """A bit a weight for the mask, then each inner coat a bit where the coat around it keeps."""
+        return 1.0 + self.remaining_ratio + sum(self.coats[:-1])
+
     def levels(self, scores: Tensor, mask: Tensor) -> Tensor:
         level = mask.float()
         for inner in self.planes(scores, mask)[1:]:
             level += inner
         return level * coat_gain(self.remaining_ratio, self.coats)
 
+    def pack(self, name: str, scores: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict]:
+        """The mask a bit a weight; each inner coat a bit for every entry the coat around it keeps (they nest, so
+        elsewhere it is 0): 1.5 bits a weight, not 2, for one inner coat at half of k = 0.5. `nested_coats` says
+        so; a plane's length is what the plane before it keeps."""
+        planes = [p.flatten() for p in self.planes(scores, mask)]
+        tensors = {f"mask:{name}": pack_bits(planes[0])}
+        for i in range(1, len(planes)):
+            tensors[f"coat{i}:{name}"] = pack_bits(planes[i][planes[i - 1]])
+        return tensors, {"coats": {name: len(planes) - 1}, "nested_coats": True}
+
 
 def unpack_levels(meta: dict, tensors: dict, name: str, numel: int) -> np.ndarray:
     """How many stored coats keep each entry (0/1 for a plain mask), flat float32: scores that select exactly the
-    packed masks (top-k of |levels| at every coat's ratio is that coat)."""
-    levels = outer_mask(meta, tensors, name, numel).astype(np.float32)
+    packed masks (top-k of |levels| at every coat's ratio is that coat). Nested coats (format 5) are spread back
+    over the entries of the coat around them."""
+    outer = outer_mask(meta, tensors, name, numel)
+    levels = outer.astype(np.float32)
     for i in range(1, 1 + int(meta.get("coats", {}).get(name, 0))):
-        levels += unpack_bits(tensors[f"coat{i}:{name}"], numel)
+        if not meta.get("nested_coats"):  # formats 3 and 4: every coat a full plane
+            levels += unpack_bits(tensors[f"coat{i}:{name}"], numel)
+            continue
+        inner = np.zeros(numel, dtype=bool)
+        inner[outer] = unpack_bits(tensors[f"coat{i}:{name}"], int(outer.sum()))
+        levels += inner
+        outer = inner
     return levels
 
 
@@ -348,19 +372,32 @@ def outer_mask(meta: dict, tensors: dict, name: str, numel: int) -> np.ndarray:
     return unpack_bits(tensors[f"mask:{name}"], numel)
 
 
-def packed_sizes(meta: dict, name: str, numel: int) -> dict[str, int]:
-    """{artifact tensor: bytes} a module's packed mask must have."""
+def packed_sizes(meta: dict, name: str, numel: int, tensors: dict) -> dict[str, int]:
+    """{artifact tensor: bytes} a module's packed mask must have, in order; KeyError names a plane that is missing
+    where a later one's size depends on it (nested coats)."""
     if name in meta.get("nm", {}):
         n, m = meta["nm"][name]
         return {f"nm:{name}": math.ceil(numel // m / _nm_codec(n, m)[2])}
-    coats = int(meta.get("coats", {}).get(name, 0))
-    return {key: math.ceil(numel / 8) for key in [f"mask:{name}"] + [f"coat{i}:{name}" for i in range(1, 1 + coats)]}
+    return {key: math.ceil(bits / 8) for key, bits in _plane_bits(meta, name, numel, tensors).items()}
 
 
-def packed_bits(meta: dict, name: str, numel: int) -> int:
-    """The bits a module's mask takes in an artifact (what export counts): a bit a weight for each plane (the mask,
-    then one a coat), or the bytes of its N:M pattern indices."""
-    return sum(8 * size if key.startswith("nm:") else numel for key, size in packed_sizes(meta, name, numel).items())
+def _plane_bits(meta: dict, name: str, numel: int, tensors: dict) -> dict[str, int]:
+    """{artifact tensor: bits} of a module's bit planes: the mask a bit a weight, then each inner coat a bit a
+    weight (formats 3 and 4) or, nested (format 5), a bit for each entry the plane before it keeps."""
+    out, key = {f"mask:{name}": numel}, f"mask:{name}"
+    for i in range(1, 1 + int(meta.get("coats", {}).get(name, 0))):
+        bits = int(unpack_bits(tensors[key], out[key]).sum()) if meta.get("nested_coats") else numel
+        key = f"coat{i}:{name}"
+        out[key] = bits
+    return out
+
+
+def packed_bits(meta: dict, name: str, numel: int, tensors: dict) -> int:
+    """The bits a module's mask takes in an artifact (what export counts): its bit planes' bits (the mask, then
+    the coats), or the bytes of its N:M pattern indices."""
+    if name in meta.get("nm", {}):
+        return 8 * sum(packed_sizes(meta, name, numel, tensors).values())
+    return sum(_plane_bits(meta, name, numel, tensors).values())
 
 
 # ---- from options ------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ def masks_of(path: str):
         meta, tensors = artifact.read(path)
         masks = {n: artifact.mask_of(meta, tensors, n).reshape(s) for n, s in meta["masks"].items()}
         stored = sum(tensors[f"tensor:{k}"].numel() * tensors[f"tensor:{k}"].element_size() for k in meta["stored"])
-        meta["packed_bits"] = {n: packed_bits(meta, n, m.size) for n, m in masks.items()}
+        meta["packed_bits"] = {n: packed_bits(meta, n, m.size, tensors) for n, m in masks.items()}
         return masks, meta["cfg"]["model"], stored, os.path.getsize(path), meta
     state = read_checkpoint(path)
     cfg = artifact.supermask_cfg(state.get("cfg"), f"checkpoint {path!r}")
@@ -39,8 +39,8 @@ def masks_of(path: str):
             scores[k[: -len(".scores")]] = v
     rule = mask_rule(argparse.Namespace(**cfg))
     masks = {k: rule.select(v.float()).numpy() for k, v in scores.items()}
-    bits = {k: packed_bits(rule.pack(k, v.float(), torch.from_numpy(masks[k]))[1], k, masks[k].size)
-            for k, v in scores.items()}
+    bits = {k: packed_bits(packed[1], k, masks[k].size, packed[0])
+            for k, v in scores.items() for packed in [rule.pack(k, v.float(), torch.from_numpy(masks[k]))]}
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once

@@ -300,8 +300,12 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
     art, back = tmp_path / "m.olt", tmp_path / "back.pt"
     rep = artifact.export(str(ckpt), str(art))
     meta, tensors = artifact.read(str(art))
-    assert meta["format_version"] == 4 and set(meta["coats"].values()) == {2}
-    assert rep["mask_bits"] == 3 * sum(math.prod(s) for s in meta["masks"].values())
+    assert meta["format_version"] == 5 and set(meta["coats"].values()) == {2}
+    # each inner coat stored only inside the coat around it: a bit a weight, then one per entry kept at 0.5 and 0.25
+    numel = {name: math.prod(s) for name, s in meta["masks"].items()}
+    assert meta["nested_coats"] and rep["mask_bits"] == sum(3 * n - int(0.5 * n) - int(0.75 * n) for n in numel.values())
+    assert {k: t.numel() for k, t in tensors.items() if k.startswith("coat1:")} == \
+        {f"coat1:{name}": math.ceil((n - int(0.5 * n)) / 8) for name, n in numel.items()}
     for path in (art, ckpt):  # inspect counts the bits the artifact stores: every coat's plane, from either file
         assert json.loads(olt("inspect", path, "--json").stdout)["totals"]["mask_bits"] == rep["mask_bits"], path
     sd = torch.load(ckpt, weights_only=True)["model"]
@@ -314,10 +318,29 @@ def test_multicoated_annealed_round_trip(tiny_corpus, tmp_path):
                 assert torch.equal(plane, topk_mask(sd[f"{name}.scores"], k)), name
     artifact.expand(str(art), str(back))
     assert hypotheses(tiny_corpus.bin, ckpt) == hypotheses(tiny_corpus.bin, back)
-    # a coat missing from the file is corruption, in one line
     from safetensors.torch import save_file
 
+    from one_layer_lottery.masks import pack_bits, unpack_levels
+
+    # format 4 (every coat a full plane, as the study's ledger held until 2026-12-06) reads to the same model, and
+    # `upgrade` rewrites it as export writes it now, byte for byte
+    old, new, full = tmp_path / "old.olt", tmp_path / "new.olt", dict(tensors)
+    for name, n in numel.items():
+        levels = torch.from_numpy(unpack_levels(meta, tensors, name, n))
+        for i in (1, 2):
+            full[f"coat{i}:{name}"] = pack_bits(levels > i)
+    save_file(full, str(old), metadata={"one_layer_lottery": json.dumps(
+        {**{k: v for k, v in meta.items() if k not in ("nested_coats", "dicts")}, "format_version": 4})})
+    assert old.stat().st_size > art.stat().st_size
+    assert torch.equal(*(torch.cat([v.flatten() for k, v in artifact.load_model(str(p))[0].state_dict().items()
+                                    if k.endswith(".scores")]) for p in (art, old)))
+    assert "format 5" in olt("upgrade", old, new).stdout and new.read_bytes() == art.read_bytes()
+    # a nested coat cut short, or one missing from the file, is corruption, in one line
     bad = tmp_path / "bad.olt"
+    short = {k: v[:-1] if k.startswith("coat1:") else v for k, v in tensors.items()}
+    save_file(short, str(bad), metadata={"one_layer_lottery": json.dumps(meta)})
+    with pytest.raises(ConfigError, match="coat1:.* has the wrong size"):
+        artifact.read(str(bad))
     tensors.pop(next(k for k in tensors if k.startswith("coat2:")))
     save_file(tensors, str(bad), metadata={"one_layer_lottery": json.dumps(meta)})
     with pytest.raises(ConfigError, match="coat2:.* is missing"):

@@ -54,7 +54,7 @@ def test_rules_anneal_and_refuse_what_they_cannot_do():
     assert make_rule(0.4, "row") == RowTopK(0.4)
     with pytest.raises(ValueError, match="inner coats need the unstructured rule"):
         make_rule(0.5, "row", (0.25,))
-    assert [r.bits_per_weight for r in (TopK(0.5), NM(n=2, m=4), Multicoat(0.5, (0.25,)))] == [1, 2 / 3, 2]
+    assert [r.bits_per_weight for r in (TopK(0.5), NM(n=2, m=4), Multicoat(0.5, (0.25,)))] == [1, 2 / 3, 1.5]
 
 
 def test_row_rule_trains_in_a_model_and_the_option_is_validated():
@@ -69,3 +69,17 @@ def test_row_rule_trains_in_a_model_and_the_option_is_validated():
         assert m.mask().sum(1).tolist() == [cols - n_pruned(cols, 0.25)] * m.scores.shape[0]
     with pytest.raises(ConfigError, match="--multicoat-ratios needs --mask-structure unstructured"):
         build_model("one_layer_supermask_transformer_tiny", "--mask-structure", "row", "--multicoat-ratios", "0.2")
+
+
+def test_inner_coats_are_stored_only_inside_the_coat_around_them():
+    """A coat's plane holds a bit for each entry the plane before it keeps (they nest): 1 + 0.5 + 0.25 bits a weight
+    for coats 0.25 and 0.1 at k = 0.5, what bits_per_weight promises; formats 3 and 4 stored full planes."""
+    from one_layer_lottery.masks import packed_bits, packed_sizes
+
+    rule, s = Multicoat(0.5, (0.25, 0.1)), torch.randn(40, 10, generator=torch.Generator().manual_seed(5))
+    tensors, meta = rule.pack("m", s, rule.select(s))
+    assert meta == {"coats": {"m": 2}, "nested_coats": True}
+    assert packed_sizes(meta, "m", 400, tensors) == {"mask:m": 50, "coat1:m": 25, "coat2:m": 13}
+    assert {k: t.numel() for k, t in tensors.items()} == packed_sizes(meta, "m", 400, tensors)
+    assert packed_bits(meta, "m", 400, tensors) == 700 == rule.bits_per_weight * 400
+    assert packed_sizes({"coats": {"m": 2}}, "m", 400, tensors) == {"mask:m": 50, "coat1:m": 50, "coat2:m": 50}

@@ -54,7 +54,8 @@ class SupermaskOptions(FairseqDataclass):
     multicoat_ratios: Optional[str] = dataclasses.field(  # noqa: UP045
         default=None, metadata={"help": "multicoated supermask (Okoshi et al. 2022): comma-separated remaining "
                                         "ratios of inner coats, decreasing, below --remaining-ratio; a weight "
-                                        "counts once per coat that keeps it (1 + coats mask bits per weight)"})
+                                        "counts once per coat that keeps it (stored in 1 + k + the coats but the last bits a "
+                                        "weight: each inner coat only where the coat around it keeps)"})
     mask_structure: str = dataclasses.field(
         default="unstructured", metadata={"help": "the mask rule (masks.py): " + "; ".join(
             f"{name}: {rule.__doc__.splitlines()[0].rstrip('.')}" for name, rule in STRUCTURES.items()) +
