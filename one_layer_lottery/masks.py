@@ -232,7 +232,7 @@ class TopK:
         return mask
 
     def planes(self, scores: Tensor, mask: Tensor) -> list[Tensor]:
-        """The boolean planes the artifact stores (1 bit a weight each): the mask, then any inner coats."""
+        """The boolean planes of the mask, full size: the mask, then any inner coats (`pack` stores them)."""
         return [mask]
 
     def pack(self, name: str, scores: Tensor, mask: Tensor) -> tuple[dict[str, Tensor], dict]:
