@@ -4,7 +4,10 @@ No training: masks come from the initial random scores (the size does not depend
 Dictionary sizes are the standard ones: IWSLT14 de-en 8848 de / 6632 en; WMT14 en-de one joined
 dictionary of 40,000 (with --share-all-embeddings).
 
-    python benchmarks/artifact_size.py [--json] [--archs iwslt_de_en,iwslt_de_en_wide,...]
+    python benchmarks/artifact_size.py [--json] [--archs iwslt_de_en,iwslt_de_en_wide,...] [--coats 0.25]
+
+--coats adds, per architecture, the random-embedding model with a multicoated mask of those inner coats (artifact
+format 5 stores each inner coat only where the coat around it keeps).
 """
 
 import argparse
@@ -32,7 +35,7 @@ def dictionary(n):
     return d
 
 
-def measure(shape: str, pretrained: bool, out_dir: str) -> dict:
+def measure(shape: str, pretrained: bool, out_dir: str, coats: str | None = None) -> dict:
     from fairseq import options
 
     from one_layer_lottery import artifact
@@ -49,6 +52,7 @@ def measure(shape: str, pretrained: bool, out_dir: str) -> dict:
     args = options.parse_args_and_arch(options.get_training_parser(), flags)
     if pretrained:  # tables of the right shape; their values do not change the size
         args.pretrained_embeddings, args.pretrained_embeddings_in_checkpoint = "(benchmark)", True
+    args.multicoat_ratios = coats
     torch.manual_seed(0)
     model = SupermaskTransformerModel.build_model(args, argparse.Namespace(source_dictionary=src,
                                                                           target_dictionary=tgt)).eval()
@@ -58,7 +62,8 @@ def measure(shape: str, pretrained: bool, out_dir: str) -> dict:
     r = artifact.export_model(model, json.loads(json.dumps(cfg, default=str)), src, tgt, path)
     dense_bytes = 4 * dense_param_count(cfg["model"], len(src), len(tgt))
     os.unlink(path)
-    return {"arch": arch, "embeddings": "pre-trained (fp16)" if pretrained else "random (masked)",
+    return {"arch": arch, "embeddings": "pre-trained (fp16)" if pretrained else "random (masked)", "coats": coats,
+            "format_version": r["format_version"],
             "artifact_bytes": r["bytes"], "floor_bytes": r["floor"], "ratio_to_floor": r["bytes"] / r["floor"],
             "dense_fp32_bytes": dense_bytes, "ratio_to_dense": r["bytes"] / dense_bytes,
             "mask_bits": r["mask_bits"], "paper_memory_mb": PAPER_MEMORY_MB.get(shape) if pretrained else None}
@@ -68,14 +73,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default="iwslt_de_en,iwslt_de_en_wide,iwslt_de_en_deep,wmt_en_de")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--coats", default=None, help="inner coats of an added multicoated row per architecture, e.g. 0.25")
     a = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in a.archs.split(","):
-            for pretrained in (False, True):
-                rows.append(measure(shape, pretrained, tmp))
+            for pretrained, coats in [(False, None), (True, None)] + ([(False, a.coats)] if a.coats else []):
+                rows.append(measure(shape, pretrained, tmp, coats))
                 r = rows[-1]
-                print(f"{r['arch']:<48} {r['embeddings']:<20} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
+                label = r["embeddings"] + (f", coats {coats}" if coats else "")
+                print(f"{r['arch']:<48} {label:<20} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
                       f"floor {r['floor_bytes'] / 1e6:8.2f} MB  x{r['ratio_to_floor']:.4f}  "
                       f"dense fp32 {r['dense_fp32_bytes'] / 1e6:8.1f} MB  x{r['ratio_to_dense']:.4f}  "
                       f"paper {r['paper_memory_mb'] or '-'} MB", flush=True)

@@ -37,6 +37,20 @@ def test_sparse_comparison_table_plot_bytes_and_analysis(tiny_corpus, tmp_path):
 
 
 @pytest.mark.e2e
+def test_artifact_size_adds_a_coated_row_stored_in_one_and_a_half_bits_a_weight():
+    """`artifact_size.py --coats 0.25` as a user runs it: the coated row (format 5) stores 1.5 mask bits a weight, its
+    inner coat only inside the mask, and its file stays within 0.5 % of its floor."""
+    r = _run("artifact_size.py", "--archs", "iwslt_de_en", "--coats", "0.25", "--json", timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    rows = json.loads(r.stdout.strip().splitlines()[-1])["rows"]
+    plain, coated = (next(x for x in rows if x["coats"] == c and x["embeddings"].startswith("random")) for c in
+                     (None, "0.25"))
+    assert (plain["format_version"], coated["format_version"]) == (4, 5)
+    assert coated["mask_bits"] * 2 == plain["mask_bits"] * 3
+    assert coated["ratio_to_floor"] < 1.005 and coated["artifact_bytes"] < 1.51 * plain["artifact_bytes"]
+
+
+@pytest.mark.e2e
 def test_speed_sweep_writes_paired_ratios(tmp_path):
     r = _run("speed.py", "--sweep", "--shapes", "tiny", "--tokens", "64,128", "--rounds", "2", "--sentences", "2",
              "--length", "3", "--out", tmp_path, "--json")
