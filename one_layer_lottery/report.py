@@ -39,8 +39,10 @@ def masks_of(path: str):
             scores[k[: -len(".scores")]] = v
     rule = mask_rule(argparse.Namespace(**cfg))
     masks = {k: rule.select(v.float()).numpy() for k, v in scores.items()}
-    bits = {k: packed_bits(packed[1], k, masks[k].size, packed[0])
-            for k, v in scores.items() for packed in [rule.pack(k, v.float(), torch.from_numpy(masks[k]))]}
+    bits = {}
+    for k, v in scores.items():  # what the artifact would store: nested coats are sized from their packed planes
+        packed, entries = rule.pack(k, v.float(), torch.from_numpy(masks[k]))
+        bits[k] = packed_bits(entries, k, masks[k].size, packed)
     tables = {v.data_ptr(): v for k, v in state["model"].items()
               if k.endswith(("embed_tokens.weight", "embed_tokens.stored_weight")) and v.dim() == 2}
     stored = sum(v.numel() * 2 for v in tables.values())  # fp16 in an artifact, a shared table once
