@@ -254,8 +254,26 @@ def test_inspect_checkpoint_and_artifact_agree(trained, good_artifact, tmp_path)
     # one-layer tiny: 2 depths; each depth's mask of a module type is itself (1.0) and differs from the other
     enc = b["overlap"]["encoder.fc1"]
     assert enc[0][0] == 1.0 and 0.2 < enc[0][1] < 0.6
+    e = b["mask_entropy"]  # every tiny mask is a bit a weight; rows of 32-64 weights vary a little around 0.5
+    assert e == a["mask_entropy"] and e["weights"] == t["mask_bits"] and 0.8 < e["row_bits"] / e["weights"] < 1
     text = olt("inspect", good_artifact).stdout
-    assert "Table-1 row" in text and "encoder.layers.1.fc1" in text
+    assert "Table-1 row" in text and "encoder.layers.1.fc1" in text and "mask entropy" in text
+
+
+def test_row_entropy_bounds_what_coding_the_masks_could_save():
+    from one_layer_lottery.report import row_entropy_bits
+
+    rows = torch.zeros(8, 100, dtype=torch.bool)
+    rows[:4] = True  # whole rows kept or dropped: nothing left to code once the rows' fractions are known
+    assert row_entropy_bits({"a": rows.numpy()}) == 0
+    tenth = torch.zeros(8, 100, dtype=torch.bool)
+    tenth[:, ::10] = True
+    half = torch.zeros(6, 4, 3, dtype=torch.bool)  # a convolution-shaped mask: rows of 12
+    half.view(6, -1)[:, :6] = True
+    flat = torch.tensor([True, False, True, False])  # a vector is one row
+    h = -(0.1 * math.log2(0.1) + 0.9 * math.log2(0.9))
+    got = row_entropy_bits({"t": tenth.numpy(), "h": half.numpy(), "f": flat.numpy()})
+    assert got == pytest.approx(800 * h + 72 + 4)
 
 
 def test_shared_embedding_table_stored_once(tmp_path):
@@ -378,6 +396,8 @@ def test_nm_mask_trained_packed_and_round_trip(tiny_corpus, tmp_path):
         r = olt("inspect", path, "--json")
         rep = json.loads(r.stdout.strip().splitlines()[-1])
         assert {round(m["remaining_ratio"], 6) for m in rep["modules"]} == {0.5}
+        # the pattern indices store under a bit a weight: the entropy line counts only masks stored a bit a weight
+        assert rep["mask_entropy"] is None or rep["mask_entropy"]["weights"] < weights
 
 
 @pytest.mark.e2e
