@@ -76,13 +76,14 @@ def main() -> None:
     p.add_argument("--coats", default=None, help="inner coats of an added multicoated row per architecture, e.g. 0.25")
     a = p.parse_args()
     rows = []
+    width = len(f"random (masked), coats {a.coats}") if a.coats else len("pre-trained (fp16)")
     with tempfile.TemporaryDirectory() as tmp:
         for shape in a.archs.split(","):
             for pretrained, coats in [(False, None), (True, None)] + ([(False, a.coats)] if a.coats else []):
                 rows.append(measure(shape, pretrained, tmp, coats))
                 r = rows[-1]
                 label = r["embeddings"] + (f", coats {coats}" if coats else "")
-                print(f"{r['arch']:<48} {label:<20} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
+                print(f"{r['arch']:<48} {label:<{width}} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
                       f"floor {r['floor_bytes'] / 1e6:8.2f} MB  x{r['ratio_to_floor']:.4f}  "
                       f"dense fp32 {r['dense_fp32_bytes'] / 1e6:8.1f} MB  x{r['ratio_to_dense']:.4f}  "
                       f"paper {r['paper_memory_mb'] or '-'} MB", flush=True)

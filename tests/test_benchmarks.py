@@ -39,7 +39,7 @@ def test_sparse_comparison_table_plot_bytes_and_analysis(tiny_corpus, tmp_path):
 @pytest.mark.e2e
 def test_artifact_size_adds_a_coated_row_stored_in_one_and_a_half_bits_a_weight():
     """`artifact_size.py --coats 0.25` as a user runs it: the coated row (format 5) stores 1.5 mask bits a weight, its
-    inner coat only inside the mask, and its file stays within 0.5 % of its floor."""
+    inner coat only inside the mask, and its file stays within 0.5 % of its floor; its text table lines up."""
     r = _run("artifact_size.py", "--archs", "iwslt_de_en", "--coats", "0.25", "--json", timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     rows = json.loads(r.stdout.strip().splitlines()[-1])["rows"]
@@ -48,6 +48,8 @@ def test_artifact_size_adds_a_coated_row_stored_in_one_and_a_half_bits_a_weight(
     assert (plain["format_version"], coated["format_version"]) == (4, 5)
     assert coated["mask_bits"] * 2 == plain["mask_bits"] * 3
     assert coated["ratio_to_floor"] < 1.005 and coated["artifact_bytes"] < 1.51 * plain["artifact_bytes"]
+    table = [line for line in r.stdout.splitlines() if " artifact " in line]
+    assert len(table) == 3 and len({line.index(" artifact ") for line in table}) == 1, table  # the columns line up
 
 
 @pytest.mark.e2e
