@@ -1441,8 +1441,9 @@ def pruning_table(a, rows: dict, lines: list[str]) -> None:
 def analysis(a, rows: dict) -> dict | None:
     """`one-layer-lottery analyze` of seed 1's converged models at k = ONE_LAYER_K against seed 1's dense model
     (kept fraction, CKA of states and attention agreement, layer by layer, on validation): WORK/analysis.json and
-    analysis.png; each model read where `stand_in` finds it (the JSON's "sources" say what stood in); None until
-    all four are here. Computed again only when what it reads changes."""
+    analysis.png; each model read where `stand_in` finds it (the JSON's "sources" say what stood in). Computed again
+    only when what it reads changes, and recorded in the ledger (LEDGER/analysis/), which a machine without all four
+    models reads instead (marked "recorded"); None until then."""
     k = f"{ONE_LAYER_K:g}"
     picked = {"dense": "dense", f"magnitude_k{k}": "magnitude", f"ticket_k{k}": "ticket", "masks_only": "one_layer"}
     by_name = {r.name: r for r in plan(a)[0]}
@@ -1450,14 +1451,15 @@ def analysis(a, rows: dict) -> dict | None:
     for row, label in picked.items():
         first = [n for n in rows.get(row, {}).get("runs", []) if n.endswith("-s1")]
         found = stand_in(a, by_name[first[0]]) if first and first[0] in by_name else None
-        if found is None:
-            return None  # not trained yet, or restored from the ledger without a stand-in (the report says so)
+        if found is None:  # not trained yet, or restored from the ledger without a stand-in (the report says so)
+            return recorded_analysis(a)
         paths[label], how = found
         sources[label] = f"{first[0]}: {how}"
     inputs = {label: [p, os.path.getsize(p), os.path.getmtime(p)] for label, p in paths.items()}
     done = os.path.join(a.work, "analysis.json")
     if os.path.exists(done) and read_json(done).get("inputs") == inputs:
-        return read_json(done)
+        stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(done)))
+        return record_analysis(a, {"computed": stamp, **read_json(done)})  # (analyses before 2026-12-07 lack it)
     dense = paths.pop("dense")
     cmd = [command("one-layer-lottery"), "analyze", dense, *paths.values(), "--data",
            os.path.join(a.work, "data", "bin"), "--labels", ",".join(paths), "--json", "--png",
@@ -1465,9 +1467,31 @@ def analysis(a, rows: dict) -> dict | None:
     r = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(a.threads), check=False)
     if r.returncode != 0:
         raise ConfigError(f"analyze failed: {r.stderr.strip()[-400:]}")
-    out = {**json.loads(r.stdout), "sources": sources, "inputs": inputs}
+    out = {**json.loads(r.stdout), "sources": sources, "inputs": inputs,
+           "computed": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_json(done, out)
+    return record_analysis(a, out)
+
+
+def record_analysis(a, out: dict) -> dict:
+    """Copies the analysis (JSON and PNG) into the ledger unless it holds this one already; returns it."""
+    kept = os.path.join(a.ledger, "analysis") if a.ledger else ""
+    if a.ledger and not (os.path.exists(os.path.join(kept, "analysis.json"))
+                         and read_json(os.path.join(kept, "analysis.json")) == out):
+        os.makedirs(kept, exist_ok=True)
+        shutil.copyfile(os.path.join(a.work, "analysis.png"), os.path.join(kept, "analysis.png"))
+        write_json(os.path.join(kept, "analysis.json"), out)  # last: a record cut short is written again
     return out
+
+
+def recorded_analysis(a) -> dict | None:
+    """The analysis the ledger holds (its figures as computed on the machine that had the models; the PNG copied
+    to WORK/analysis.png), or None."""
+    kept = os.path.join(a.ledger, "analysis") if a.ledger else ""
+    if not os.path.exists(os.path.join(kept, "analysis.json")):
+        return None
+    shutil.copyfile(os.path.join(kept, "analysis.png"), os.path.join(a.work, "analysis.png"))
+    return {**read_json(os.path.join(kept, "analysis.json")), "recorded": True}
 
 
 def analysis_lines(result: dict, lines: list[str]) -> None:
@@ -1479,6 +1503,9 @@ def analysis_lines(result: dict, lines: list[str]) -> None:
     read = [f"{label} {how}" for label, how in result.get("sources", {}).items() if "best checkpoint" not in how]
     if read:
         lines.append(f"\nRead from stand-ins: {'; '.join(read)}.")
+    if result.get("recorded"):
+        lines.append(f"\nAs recorded in the ledger (computed {result['computed']} on a machine "
+                     f"that had the four models; this one has not).")
 
 
 # a dense model's stored forms: (label suffix, bytes key, test BLEU key (fp16: the row's mean), hypotheses file)

@@ -961,7 +961,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert "### Trained-weight pruning at convergence" in rep.stdout and "| 0.5 | " in rep.stdout  # part prune
     assert "against dense (validation, `one-layer-lottery analyze`)" in rep.stdout
     assert set(json.loads((work / "analysis.json").read_text())["models"]) == {"magnitude", "ticket", "one_layer"}
-    fresh = tmp_path / "fresh"  # a new machine with the ledger only: the same tables, no analysis (no checkpoints)
+    analysis = [x for x in table_of(rep.stdout, "### Seed 1's models").splitlines() if x.startswith("|")]
+    assert len(analysis) == 5 and (pathlib.Path(args[args.index("--ledger") + 1]) / "analysis" / "analysis.png").exists()
+    fresh = tmp_path / "fresh"  # a new machine with the ledger only: the same tables, the analysis as recorded
     fresh.mkdir()
     os.symlink(work / "data", fresh / "data")
     again = subprocess.run(args + ["--work", str(fresh), "--report"], capture_output=True, text=True, cwd=ROOT,
@@ -969,7 +971,9 @@ def test_runner_converges_scores_reports_and_publishes(tiny_study, tmp_path):
     assert again.returncode == 0 and "restored from the ledger" in again.stdout, again.stderr[-2000:]
 
     assert table_of(again.stdout, "### Results") == table_of(rep.stdout, "### Results") and "| 0.5 | " in again.stdout
-    assert "`one-layer-lottery analyze`" not in again.stdout and "Restored from the ledger without" in again.stdout
+    assert "Restored from the ledger without" in again.stdout and "As recorded in the ledger (computed" in again.stdout
+    assert [x for x in table_of(again.stdout, "### Seed 1's models").splitlines() if x.startswith("|")] == analysis
+    assert (fresh / "analysis.png").exists()
     pub = subprocess.run(args + ["--publish", str(tmp_path / "models")], capture_output=True, text=True, cwd=ROOT,
                          timeout=600, check=False)
     assert pub.returncode == 0 and (tmp_path / "models" / "masks_only.olt").exists()
