@@ -35,6 +35,13 @@ def dictionary(n):
     return d
 
 
+EMBEDDINGS = {False: "random (masked)", True: "pre-trained (fp16)"}  # a row's embeddings, as the table names them
+
+
+def label(pretrained: bool, coats: str | None) -> str:
+    return EMBEDDINGS[pretrained] + (f", coats {coats}" if coats else "")
+
+
 def measure(shape: str, pretrained: bool, out_dir: str, coats: str | None = None) -> dict:
     from fairseq import options
 
@@ -62,7 +69,7 @@ def measure(shape: str, pretrained: bool, out_dir: str, coats: str | None = None
     r = artifact.export_model(model, json.loads(json.dumps(cfg, default=str)), src, tgt, path)
     dense_bytes = 4 * dense_param_count(cfg["model"], len(src), len(tgt))
     os.unlink(path)
-    return {"arch": arch, "embeddings": "pre-trained (fp16)" if pretrained else "random (masked)", "coats": coats,
+    return {"arch": arch, "embeddings": EMBEDDINGS[pretrained], "coats": coats,
             "format_version": r["format_version"],
             "artifact_bytes": r["bytes"], "floor_bytes": r["floor"], "ratio_to_floor": r["bytes"] / r["floor"],
             "dense_fp32_bytes": dense_bytes, "ratio_to_dense": r["bytes"] / dense_bytes,
@@ -76,14 +83,14 @@ def main() -> None:
     p.add_argument("--coats", default=None, help="inner coats of an added multicoated row per architecture, e.g. 0.25")
     a = p.parse_args()
     rows = []
-    width = len(f"random (masked), coats {a.coats}") if a.coats else len("pre-trained (fp16)")
+    kinds = [(False, None), (True, None)] + ([(False, a.coats)] if a.coats else [])
+    width = max(len(label(*kind)) for kind in kinds)
     with tempfile.TemporaryDirectory() as tmp:
         for shape in a.archs.split(","):
-            for pretrained, coats in [(False, None), (True, None)] + ([(False, a.coats)] if a.coats else []):
+            for pretrained, coats in kinds:
                 rows.append(measure(shape, pretrained, tmp, coats))
                 r = rows[-1]
-                label = r["embeddings"] + (f", coats {coats}" if coats else "")
-                print(f"{r['arch']:<48} {label:<{width}} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
+                print(f"{r['arch']:<48} {label(pretrained, coats):<{width}} artifact {r['artifact_bytes'] / 1e6:8.2f} MB  "
                       f"floor {r['floor_bytes'] / 1e6:8.2f} MB  x{r['ratio_to_floor']:.4f}  "
                       f"dense fp32 {r['dense_fp32_bytes'] / 1e6:8.1f} MB  x{r['ratio_to_dense']:.4f}  "
                       f"paper {r['paper_memory_mb'] or '-'} MB", flush=True)

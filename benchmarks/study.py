@@ -1452,14 +1452,15 @@ def analysis(a, rows: dict) -> dict | None:
         first = [n for n in rows.get(row, {}).get("runs", []) if n.endswith("-s1")]
         found = stand_in(a, by_name[first[0]]) if first and first[0] in by_name else None
         if found is None:  # not trained yet, or restored from the ledger without a stand-in (the report says so)
-            return recorded_analysis(a)
+            return analysis_from_ledger(a)
         paths[label], how = found
         sources[label] = f"{first[0]}: {how}"
     inputs = {label: [p, os.path.getsize(p), os.path.getmtime(p)] for label, p in paths.items()}
     done = os.path.join(a.work, "analysis.json")
-    if os.path.exists(done) and read_json(done).get("inputs") == inputs:
+    cached = read_json(done) if os.path.exists(done) else {}
+    if cached.get("inputs") == inputs:
         stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(os.path.getmtime(done)))
-        return record_analysis(a, {"computed": stamp, **read_json(done)})  # (analyses before 2026-12-07 lack it)
+        return record_analysis(a, {"computed": stamp, **cached})  # (analyses before 2026-12-07 lack "computed")
     dense = paths.pop("dense")
     cmd = [command("one-layer-lottery"), "analyze", dense, *paths.values(), "--data",
            os.path.join(a.work, "data", "bin"), "--labels", ",".join(paths), "--json", "--png",
@@ -1473,25 +1474,29 @@ def analysis(a, rows: dict) -> dict | None:
     return record_analysis(a, out)
 
 
+def recorded_analysis(a) -> dict | None:
+    """The analysis the ledger holds (its figures as computed on the machine that had the models), or None."""
+    kept = os.path.join(a.ledger, "analysis", "analysis.json") if a.ledger else None
+    return read_json(kept) if kept and os.path.exists(kept) else None
+
+
 def record_analysis(a, out: dict) -> dict:
     """Copies the analysis (JSON and PNG) into the ledger unless it holds this one already; returns it."""
-    kept = os.path.join(a.ledger, "analysis") if a.ledger else ""
-    if a.ledger and not (os.path.exists(os.path.join(kept, "analysis.json"))
-                         and read_json(os.path.join(kept, "analysis.json")) == out):
+    if a.ledger and recorded_analysis(a) != out:
+        kept = os.path.join(a.ledger, "analysis")
         os.makedirs(kept, exist_ok=True)
         shutil.copyfile(os.path.join(a.work, "analysis.png"), os.path.join(kept, "analysis.png"))
         write_json(os.path.join(kept, "analysis.json"), out)  # last: a record cut short is written again
     return out
 
 
-def recorded_analysis(a) -> dict | None:
-    """The analysis the ledger holds (its figures as computed on the machine that had the models; the PNG copied
-    to WORK/analysis.png), or None."""
-    kept = os.path.join(a.ledger, "analysis") if a.ledger else ""
-    if not os.path.exists(os.path.join(kept, "analysis.json")):
+def analysis_from_ledger(a) -> dict | None:
+    """On a machine without the four models: the ledger's analysis, its PNG copied to WORK/analysis.png."""
+    out = recorded_analysis(a)
+    if out is None:
         return None
-    shutil.copyfile(os.path.join(kept, "analysis.png"), os.path.join(a.work, "analysis.png"))
-    return {**read_json(os.path.join(kept, "analysis.json")), "recorded": True}
+    shutil.copyfile(os.path.join(a.ledger, "analysis", "analysis.png"), os.path.join(a.work, "analysis.png"))
+    return {**out, "recorded": True}
 
 
 def analysis_lines(result: dict, lines: list[str]) -> None:
