@@ -41,7 +41,7 @@ def _bleu(a) -> None:
     refs = data.read_lines(a.reference)
     if a.compound_split:  # as the paper's tokenized WMT BLEU (fairseq's compound_split_bleu.sh)
         hyps, refs = data.compound_split(hyps), data.compound_split(refs)
-    score, signature = data.bleu(hyps, refs)
+    score, signature = data.bleu(hyps, refs, tokenized=a.tokenized)
     if a.json:
         print(json.dumps({"bleu": round(score, 2), "signature": signature, "sentences": len(hyps)}))
     else:
@@ -248,6 +248,8 @@ def _add_data_commands(sub) -> None:
     s.add_argument("generate_output")
     s.add_argument("reference")
     s.add_argument("--compound-split", action="store_true", help="split hyphenated compounds (WMT en-de)")
+    s.add_argument("--tokenized", action="store_true",
+                   help="the text is tokenized on purpose (the embedded corpus): no warning that it looks tokenized")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=_bleu)
 

@@ -171,13 +171,15 @@ def read_hypotheses(generate_output: str) -> list[str]:
     return [hyps[i] for i in sorted(hyps)]
 
 
-def bleu(hypotheses: list[str], references: list[str]) -> tuple[float, str]:
-    """Detokenized sacreBLEU and its signature."""
+def bleu(hypotheses: list[str], references: list[str], tokenized: bool = False) -> tuple[float, str]:
+    """Detokenized sacreBLEU and its signature. `tokenized`: the text is tokenized on purpose (the embedded corpus
+    writes " ." as a word), so sacreBLEU's warning that it looks tokenized is off (its `force`; the score is the
+    same)."""
     import sacrebleu
 
     if len(hypotheses) != len(references):
         raise ConfigError(f"{len(hypotheses)} hypotheses for {len(references)} references")
-    metric = sacrebleu.metrics.BLEU()
+    metric = sacrebleu.metrics.BLEU(force=tokenized)
     score = metric.corpus_score(hypotheses, [references])
     return score.score, str(metric.get_signature())
 

@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 
@@ -67,3 +68,21 @@ def test_preprocess_runs_in_process_quietly_and_fails_in_one_line(tmp_path, caps
         run_preprocess(["--only-source", "--trainpref", str(tmp_path / "missing"), "--destdir",
                         str(tmp_path / "bin2"), "--workers", "1"])
     assert "\n" not in str(e.value)
+
+
+def test_bleu_of_text_tokenized_on_purpose(tmp_path, caplog):
+    """`bleu --tokenized` (the demo's embedded corpus writes " ." as a word): the same score, without sacreBLEU's
+    warning that the text looks tokenized, which it gives from 100 such lines."""
+    refs = [f"the dog {i} runs ." for i in range(120)]
+    (tmp_path / "ref.txt").write_text("".join(r + "\n" for r in refs), encoding="utf-8")
+    gen = "".join(f"D-{i}\t-0.5\t{r if i % 3 else 'a cat sleeps .'}\n" for i, r in enumerate(refs))
+    (tmp_path / "gen.txt").write_text(gen, encoding="utf-8")
+    scores = {}
+    for flags in ((), ("--tokenized",)):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sacrebleu"):
+            scores[flags] = json.loads(olt("bleu", tmp_path / "gen.txt", tmp_path / "ref.txt", "--json", *flags)
+                                       .stdout)["bleu"]
+        warned = any("tokenized" in rec.getMessage() for rec in caplog.records if rec.name == "sacrebleu")
+        assert warned == (not flags), caplog.text
+    assert scores[()] == scores[("--tokenized",)] and 0 < scores[()] < 100

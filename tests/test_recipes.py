@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -109,6 +110,28 @@ def test_demo_script_end_to_end_on_a_raw_directory(tiny_corpus, tmp_path):
     bad = subprocess.run(["bash", "scripts/demo.sh", str(tmp_path / "nope")], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=False)
     assert bad.returncode == 1 and "does not exist" in bad.stderr
+
+
+def test_demo_script_end_to_end_on_the_embedded_corpus(tmp_path):
+    """The first README command as a user runs it, with no data directory: the embedded synthetic corpus (20,000
+    pairs; shrunk model and budget). Its text writes " ." as a word on purpose, so its BLEU step passes --tokenized
+    (test_data checks that this silences sacreBLEU's warning that the text looks tokenized, which a trained model's
+    500 test hypotheses set off; a 2-update model's do not): seen here in the commands the script runs."""
+    env = script_env(WORK=str(tmp_path / "demo"), UPDATES="2", DIM="16", FFN="16", LAYERS="1", HEADS="2",
+                     VOCAB="300")
+    spy, log = tmp_path / "spy", tmp_path / "commands.txt"
+    spy.mkdir()
+    real = shutil.which("one-layer-lottery", path=env["PATH"])
+    (spy / "one-layer-lottery").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (spy / "one-layer-lottery").chmod(0o755)
+    env["PATH"] = f"{spy}{os.pathsep}{env['PATH']}"
+    r = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+                       check=False)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "embedded default corpus: SYNTHETIC" in r.stdout and "BLEU ratio supermask/dense:" in r.stdout
+    assert len((tmp_path / "demo" / "data" / "raw" / "test.tgt").read_text(encoding="utf-8").splitlines()) == 500
+    bleu = [line.split() for line in log.read_text().splitlines() if line.startswith("bleu ")]
+    assert len(bleu) == 2 and all("--tokenized" in args for args in bleu), log.read_text()
 
 
 def test_lottery_ticket_recipe_end_to_end(tiny_corpus, tmp_path):
