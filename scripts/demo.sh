@@ -14,7 +14,7 @@ WORK=${WORK:-work/demo}
 UPDATES=${UPDATES:-800}
 DIM=${DIM:-128}; FFN=${FFN:-256}; LAYERS=${LAYERS:-3}; HEADS=${HEADS:-4}
 RATIO=${RATIO:-0.5}
-COATS=${COATS:-0.25}  # multicoated mask: inner coat ratio(s), 2 mask bits a weight (1.5 stored); COATS= for a plain 1-bit mask
+COATS=${COATS:-0.25}  # inner coat ratio(s): 2 mask bits a weight (1.5 stored); COATS= for a plain 1-bit mask
 start=$(date +%s)
 mkdir -p "$WORK"
 
