@@ -3,6 +3,7 @@
 import csv
 import os
 import re
+import shlex
 import shutil
 import subprocess
 
@@ -122,7 +123,8 @@ def test_demo_script_end_to_end_on_the_embedded_corpus(tmp_path):
     spy, log = tmp_path / "spy", tmp_path / "commands.txt"
     spy.mkdir()
     real = shutil.which("one-layer-lottery", path=env["PATH"])
-    (spy / "one-layer-lottery").write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\nexec {real} "$@"\n')
+    (spy / "one-layer-lottery").write_text(
+        f'#!/usr/bin/env bash\necho "$*" >> {shlex.quote(str(log))}\nexec {shlex.quote(real)} "$@"\n')
     (spy / "one-layer-lottery").chmod(0o755)
     env["PATH"] = f"{spy}{os.pathsep}{env['PATH']}"
     r = subprocess.run(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
