@@ -95,3 +95,40 @@ def test_readme_study_table_is_the_ledgers():
             assert (n, f"{mean:.2f}") == (seeds, f"{bleu:.2f}"), (label, stem, n, mean)
             assert abs(mean / dense - ratio) <= 0.0015, (label, stem, mean / dense, ratio)
     assert seen == set(STUDY_ROWS)
+
+
+def test_study_tables_copies_the_reports_tables_into_the_study_section(tmp_path):
+    """docs/study_tables.py: a study table takes the report's table of the same header (in the doc's indentation);
+    a header the report holds twice or not at all, tables outside the section and the prose stay; --check says
+    whether anything differs; a missing report is refused in one line and nothing is written."""
+    doc = tmp_path / "results.md"
+    report = tmp_path / "report.md"
+    doc_lines = [
+        "# Results", "", "| model | bleu |", "|---|---|", "| old outside | 1 |", "",
+        "## The converged study", "", "prose before", "", "| model | bleu |", "|---|---|", "| old | 1 |", "",
+        "* a bullet", "", "  | variant | valid |", "  |---|---|", "  | old | 2 |", "",
+        "| setting | best |", "|---|---|", "| old | 3 |", "", "| own | table |", "|---|---|", "| kept | 4 |", "",
+        "## Learning speed", "", "| model | bleu |", "|---|---|", "| old after | 5 |", ""]
+    report_lines = [
+        "| setting | best |", "|---|---|", "| dense | 9 |", "", "| setting | best |", "|---|---|", "| mask | 8 |", "",
+        "| model | bleu |", "|---|---|", "| dense | 41.95 |", "| masks_only | 33.37 |", "",
+        "| variant | valid |", "|---|---|", "| new | 35.33 |", ""]
+    doc.write_text("\n".join(doc_lines), encoding="utf-8")
+    report.write_text("\n".join(report_lines), encoding="utf-8")
+    script = os.path.join(ROOT, "docs", "study_tables.py")
+
+    def run(*args):
+        return subprocess.run([sys.executable, script, *args], capture_output=True, text=True, check=False)
+
+    r = run(str(report), "--doc", str(doc), "--check")
+    assert r.returncode == 1 and "2 such tables" in r.stdout and "0 such tables" in r.stdout, r.stdout + r.stderr
+    assert "| old | 1 |" in doc.read_text(encoding="utf-8")  # --check writes nothing
+    assert run(str(report), "--doc", str(doc)).returncode == 0
+    text = doc.read_text(encoding="utf-8")
+    assert "prose before\n\n| model | bleu |\n|---|---|\n| dense | 41.95 |\n| masks_only | 33.37 |\n\n* a bullet" in text
+    assert "  | variant | valid |\n  |---|---|\n  | new | 35.33 |\n" in text
+    for kept in ("| old outside | 1 |", "| old | 3 |", "| kept | 4 |", "| old after | 5 |"):
+        assert kept in text, kept
+    assert run(str(report), "--doc", str(doc), "--check").returncode == 0
+    r = run(str(tmp_path / "absent.md"), "--doc", str(doc))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "absent.md does not exist" in r.stderr
