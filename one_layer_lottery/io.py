@@ -78,9 +78,10 @@ def save_figure(fig, png: str, dpi: int = 100) -> None:
 
 
 def save(obj, path: str) -> None:
-    """torch.save, atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """torch.save, atomically, the same bytes for the same object whatever the path: torch names the archive's
+    records after the file it writes, which here is a temporary name, so it writes through a file object."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def weights_checkpoint(cfg, model: dict, history: dict | None = None) -> dict:

@@ -9,7 +9,7 @@ import torch
 from conftest import olt
 
 from one_layer_lottery.errors import ConfigError
-from one_layer_lottery.io import atomic_path, read_checkpoint, stored_bytes, write_text
+from one_layer_lottery.io import atomic_path, read_checkpoint, save, stored_bytes, write_text
 
 
 def test_stored_bytes_counts_positions_values_and_fp16_tensors_under_one_rule():
@@ -82,3 +82,14 @@ def test_plots_stay_quiet_under_fairseqs_debug_root_logger(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "DEBUG" not in r.stderr and (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_save_writes_the_same_bytes_for_the_same_object_whatever_the_path(tmp_path):
+    """A published model saved again with the same weights is the same file (no diff in the repository): torch names
+    an archive's records after the file, and save writes through a temporary name."""
+    obj = {"model": {"w": torch.arange(6, dtype=torch.float16).reshape(2, 3)}, "cfg": None}
+    save(obj, str(tmp_path / "a.pt"))
+    save(obj, str(tmp_path / "b" / "other_name.pt"))
+    first, second = (tmp_path / "a.pt").read_bytes(), (tmp_path / "b" / "other_name.pt").read_bytes()
+    assert first == second
+    assert torch.equal(torch.load(tmp_path / "a.pt")["model"]["w"], obj["model"]["w"])
