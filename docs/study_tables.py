@@ -84,10 +84,9 @@ def main(argv=None) -> int:
     if a.check:
         return int(new != old)
     if new != old:
-        tmp = a.doc + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(new)
-        os.replace(tmp, a.doc)
+        from one_layer_lottery.io import write_text  # atomic: a failed write leaves the page as it was
+
+        write_text(a.doc, new)
     return 0
 
 
