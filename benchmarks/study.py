@@ -3,7 +3,8 @@
     python benchmarks/study.py RAW_DIR [--parts tune,core,width,followup,prune] [--work work/study] [--jobs 2] [--threads 1]
     python benchmarks/study.py RAW_DIR --status        # where every run stands, with an ETA; launches nothing
     python benchmarks/study.py RAW_DIR --report        # the tables and plots from what has finished (partial rows
-                                                       # marked): WORK/report.md, report.json, curves.png, bytes.png
+                                                       # marked; each row against dense, and PAIRS against each
+                                                       # other): WORK/report.md, report.json, curves.png, bytes.png
     python benchmarks/study.py RAW_DIR --publish models/multi30k-de-en   # the converged models a user would try
 
 The protocol (one for every run): fairseq-train validates every --eval-every updates with fairseq's own BLEU
@@ -1357,6 +1358,49 @@ def results_table(rows: dict, lines: list[str]) -> None:
                      f" | {'≈' if r['cpu_hours_estimated'] > 0 else ''}{r['cpu_hours']:.1f}{reuse} |")
 
 
+# pairs of rows the docs compare beside dense: (row, against, what the pair tells apart)
+PAIRS = (("standard", "masks_only", "a random layer per depth against one layer reused at every depth"),
+         ("masks_only_wide", "dense_wide", "masks only against a trained model, both at twice the width"))
+
+
+def seed_of(run_name: str) -> int:
+    """A run's seed from its name (`...-s2`, `...-s2.regen`)."""
+    return int(re.search(r"-s(\d+)(?:\.|$)", run_name).group(1))
+
+
+def comparisons(rows: dict, refs: list[str], lines: list[str]) -> list[dict]:
+    """PAIRS' ratios of mean test BLEU, each row's seeds against the other's, and seed by seed over the seeds both
+    rows have, each with its paired bootstrap interval over the test sentences (bootstrap_ratio)."""
+    out = []
+    for row, other, what in PAIRS:
+        if row not in rows or other not in rows or not rows[other]["mean"]:
+            continue
+        r, o = rows[row], rows[other]
+        seeds_o = {seed_of(n): (n, b) for n, b in zip(o["runs"], o["test_bleu"])}
+        by_seed = {}
+        for name, bleu in zip(r["runs"], r["test_bleu"]):
+            if seed_of(name) in seeds_o and seeds_o[seed_of(name)][1]:
+                twin, twin_bleu = seeds_o[seed_of(name)]
+                by_seed[seed_of(name)] = {"ratio": round(bleu / twin_bleu, 3), "interval": [round(x, 3) for x in
+                                          bootstrap_ratio([read_hyps(name)], [read_hyps(twin)], refs)]}
+        out.append({"model": row, "against": other, "what": what, "seeds": [len(r["runs"]), len(o["runs"])],
+                    "ratio": round(r["mean"] / o["mean"], 3),
+                    "interval": [round(x, 3) for x in bootstrap_ratio([read_hyps(n) for n in r["runs"]],
+                                                                      [read_hyps(n) for n in o["runs"]], refs)],
+                    "by_seed": by_seed})
+    if out:
+        lines += ["\n### Paired comparisons beside dense (test BLEU; 95 % paired bootstrap over the test sentences)\n",
+                  "| model | against | what the pair tells apart | seeds | ratio of the means | seed by seed |",
+                  "|---|---|---|---|---|---|"]
+        for c in out:
+            each = "; ".join(f"s{s}: {v['ratio']:.3f} [{v['interval'][0]:.3f}, {v['interval'][1]:.3f}]"
+                             for s, v in sorted(c["by_seed"].items())) or "-"
+            lines.append(f"| {rows[c['model']]['label']} | {rows[c['against']]['label']} | {c['what']} | "
+                         f"{c['seeds'][0]} against {c['seeds'][1]} | {c['ratio']:.3f} [{c['interval'][0]:.3f}, "
+                         f"{c['interval'][1]:.3f}] | {each} |")
+    return out
+
+
 def followup_table(a, winners: dict, lines: list[str]) -> dict:
     """Part followup: each variant's seed-1 run beside the tuned setting's, on validation only (the choice)."""
     candidates = followup_candidates(a, winners)
@@ -1720,6 +1764,7 @@ def report(a) -> str:
     refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
     ratios_(rows, refs)
     results_table(rows, lines)
+    compared_pairs = comparisons(rows, refs, lines)
     retuned = retune_table(a, winners, lines)
     followup = followup_table(a, winners, lines)
     pruning_table(a, rows, lines)
@@ -1748,7 +1793,7 @@ def report(a) -> str:
     write_text(os.path.join(a.work, "report.md"), text)
     write_json(os.path.join(a.work, "report.json"), {"winners": winners, "rows": rows, "bytes": points,
                                                          "frontier": verdicts, "followup": followup,
-                                                         "retuned": retuned})
+                                                         "retuned": retuned, "comparisons": compared_pairs})
     return text
 
 

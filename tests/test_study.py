@@ -7,11 +7,13 @@ import pathlib
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
 
 import pytest
+import sacrebleu
 import torch
 from conftest import ROOT, make_dictionary, run_card
 
@@ -782,6 +784,37 @@ def test_bootstrap_interval_comes_from_the_sentences():
     worse2[1] = "a dog"
     assert study.bootstrap_ratio([worse2], [refs], refs, samples=200) != study.bootstrap_ratio([worse], [refs], refs,
                                                                                               samples=200)
+
+
+def test_paired_comparisons_pair_each_rows_seeds_and_the_seeds_both_rows_have(monkeypatch):
+    refs = [f"the cat {i} sat on the mat number {i}" for i in range(40)]
+    worse = [r if i % 2 else "a dog" for i, r in enumerate(refs)]
+    hyps = {"standard-s1": worse, "standard-s2": refs, "mask-x-s1": refs, "mask-x-s2": refs, "mask-x-s3": worse,
+            "dense_wide-s1": refs}
+    monkeypatch.setattr(study, "read_hyps", lambda name: hyps[name])
+    bleu = {n: sacrebleu.corpus_bleu(h, [refs]).score for n, h in hyps.items()}
+
+    def row(*names):
+        return {"label": names[0].split("-")[0], "runs": list(names), "test_bleu": [bleu[n] for n in names],
+                "mean": statistics.mean(bleu[n] for n in names)}
+
+    rows = {"dense": row("dense_wide-s1"), "masks_only": row("mask-x-s1", "mask-x-s2", "mask-x-s3"),
+            "standard": row("standard-s1", "standard-s2"), "masks_only_wide": row("mask-x-s2")}
+    lines = []
+    out = study.comparisons(rows, refs, lines)
+    assert [(c["model"], c["against"]) for c in out] == [("standard", "masks_only")]  # no dense_wide row: no pair
+    c = out[0]
+    assert c["seeds"] == [2, 3] and c["ratio"] == round(rows["standard"]["mean"] / rows["masks_only"]["mean"], 3)
+    assert c["interval"][0] < c["ratio"] < c["interval"][1]
+    assert set(c["by_seed"]) == {1, 2}  # seed 3 has no standard twin
+    assert c["by_seed"][2] == {"ratio": 1.0, "interval": [1.0, 1.0]}  # the same outputs: no spread
+    assert c["by_seed"][1]["interval"][1] < 1  # seed 1 is worse on every resample
+    assert "| standard | mask | " in lines[-1] and "2 against 3" in lines[-1] and "s1: " in lines[-1]
+    rows["dense_wide"] = row("dense_wide-s1")
+    rows["masks_only_wide"]["runs"] = ["mask-x-s2"]  # seed 2 only: no seed both rows have
+    out = study.comparisons(rows, refs, [])
+    assert out[1]["model"] == "masks_only_wide" and out[1]["by_seed"] == {} and out[1]["seeds"] == [1, 1]
+    assert study.seed_of("dense-lr2e-3-d0.3-s2.regen") == 2 and study.seed_of("masks_only_wide-lr2e-3-s12") == 12
 
 
 def test_sentence_statistics_are_sacrebleus_extracted_once_per_content():
