@@ -49,6 +49,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -1588,8 +1589,6 @@ def frontier(points: list[tuple[str, float, float]]) -> list[dict]:
     bytes, linear in log bytes between the two dense models that bracket them. Outside the dense models' bytes the
     nearest one decides only where it can: a model that scores above a dense model storing more bytes is above the
     frontier, one below a dense model storing fewer is below it; anything else is not decided yet."""
-    import math
-
     out = []
     by_form = {form: sorted((p for p in points if p[0].endswith(f" {form}")), key=lambda p: p[1])
                for form, *_ in DENSE_FORMS}
@@ -1677,10 +1676,16 @@ def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], row
     return verdicts
 
 
+def labels_above(points: list[tuple[str, float, float]], near: float = 1.15) -> dict[str, bool]:
+    """Whether each point's label goes above it: unless a point within a factor `near` of its bytes scores higher
+    (the highest of a cluster at about the same bytes is labelled above, the rest below, so their labels do not
+    print over each other)."""
+    return {label: all(y2 <= y for other, x2, y2 in points if other != label and abs(math.log(x2 / x)) < math.log(near))
+            for label, x, y in points}
+
+
 def plots(a, rows: dict) -> list[str]:
     """curves.png (validation BLEU against updates, seed 1 of every row) and bytes.png (test BLEU against bytes)."""
-    import math
-
     from common import save_plot
 
     from one_layer_lottery.io import pyplot
@@ -1706,12 +1711,10 @@ def plots(a, rows: dict) -> list[str]:
         if pts:
             ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
     others = [p for p in points if not p[0].endswith(DENSE_SUFFIXES)]
+    above = labels_above(others)
     for label, x, y in others:
         ax.scatter([x], [y], s=40, zorder=3)
-        # above the point unless its nearest neighbour in bytes scores higher: neighbours' labels do not cross
-        near = min((p for p in others if p[0] != label), key=lambda p: abs(math.log(p[1] / x)), default=None)
-        up = near is None or y >= near[2]
-        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if up else -11), textcoords="offset points")
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if above[label] else -11), textcoords="offset points")
     ax.set_xscale("log")
     ticks = [t for t in (1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7) if points and min(p[1] for p in points) / 1.5 < t
              < max(p[1] for p in points) * 1.5]

@@ -817,6 +817,15 @@ def test_paired_comparisons_pair_each_rows_seeds_and_the_seeds_both_rows_have(mo
     assert study.seed_of("dense-lr2e-3-d0.3-s2.regen") == 2 and study.seed_of("masks_only_wide-lr2e-3-s12") == 12
 
 
+def test_bytes_plot_labels_at_about_the_same_bytes_go_above_only_for_the_highest():
+    # the study's points: the standard supermask, masks-only and masks-only at k = 0.1 store within 8 bytes of each
+    # other; the nearest neighbour of masks-only alone is k = 0.1, so a nearest-neighbour rule put both top labels up
+    points = [("standard", 328_168, 33.61), ("masks_only", 328_176, 33.37), ("masks_only_k0.1", 328_176, 17.48),
+              ("coats", 492_592, 35.60), ("masks_only_wide", 888_832, 37.20), ("magnitude_k0.1", 840_240, 34.72)]
+    assert study.labels_above(points) == {"standard": True, "masks_only": False, "masks_only_k0.1": False,
+                                          "coats": True, "masks_only_wide": True, "magnitude_k0.1": False}
+
+
 def test_sentence_statistics_are_sacrebleus_extracted_once_per_content():
     from sacrebleu.metrics import BLEU
 
