@@ -1334,14 +1334,19 @@ def row_results(a, winners: dict) -> dict:
     return rows
 
 
+def paired_ratio(ratio: float, runs: list[str], against: list[str], refs: list[str]) -> dict:
+    """{"ratio", "interval"}: a ratio of test BLEU and its paired bootstrap interval, runs' outputs against against's
+    (bootstrap_ratio), both rounded as the report prints them."""
+    return {"ratio": round(ratio, 3), "interval": [round(x, 3) for x in bootstrap_ratio(
+        [read_hyps(n) for n in runs], [read_hyps(n) for n in against], refs)]}
+
+
 def ratios_(rows: dict, refs: list[str]) -> None:
     """Each row's mean test BLEU over dense's, with its paired bootstrap interval over the test sentences."""
     dense = rows.get("dense")
     for row, r in rows.items():
         if dense and dense["mean"] > 0 and row != "dense":
-            r["ratio"] = round(r["mean"] / dense["mean"], 3)
-            r["interval"] = [round(x, 3) for x in bootstrap_ratio(
-                [read_hyps(n) for n in r["runs"]], [read_hyps(n) for n in dense["runs"]], refs)]
+            r.update(paired_ratio(r["mean"] / dense["mean"], r["runs"], dense["runs"], refs))
 
 
 def results_table(rows: dict, lines: list[str]) -> None:
@@ -1377,18 +1382,11 @@ def comparisons(rows: dict, refs: list[str], lines: list[str]) -> list[dict]:
         if row not in rows or other not in rows or not rows[other]["mean"]:
             continue
         r, o = rows[row], rows[other]
-        seeds_o = {seed_of(n): (n, b) for n, b in zip(o["runs"], o["test_bleu"])}
-        by_seed = {}
-        for name, bleu in zip(r["runs"], r["test_bleu"]):
-            if seed_of(name) in seeds_o and seeds_o[seed_of(name)][1]:
-                twin, twin_bleu = seeds_o[seed_of(name)]
-                by_seed[seed_of(name)] = {"ratio": round(bleu / twin_bleu, 3), "interval": [round(x, 3) for x in
-                                          bootstrap_ratio([read_hyps(name)], [read_hyps(twin)], refs)]}
+        twins = {seed_of(n): (n, b) for n, b in zip(o["runs"], o["test_bleu"]) if b}
+        by_seed = {seed: paired_ratio(bleu / twins[seed][1], [name], [twins[seed][0]], refs)
+                   for name, bleu in zip(r["runs"], r["test_bleu"]) if (seed := seed_of(name)) in twins}
         out.append({"model": row, "against": other, "what": what, "seeds": [len(r["runs"]), len(o["runs"])],
-                    "ratio": round(r["mean"] / o["mean"], 3),
-                    "interval": [round(x, 3) for x in bootstrap_ratio([read_hyps(n) for n in r["runs"]],
-                                                                      [read_hyps(n) for n in o["runs"]], refs)],
-                    "by_seed": by_seed})
+                    **paired_ratio(r["mean"] / o["mean"], r["runs"], o["runs"], refs), "by_seed": by_seed})
     if out:
         lines += ["\n### Paired comparisons beside dense (test BLEU; 95 % paired bootstrap over the test sentences)\n",
                   "| model | against | what the pair tells apart | seeds | ratio of the means | seed by seed |",
