@@ -306,8 +306,8 @@ def stopped(vals: list[tuple[int, float]], patience: int) -> bool:
 
 
 def trained(run: Run) -> int:
-    """The update the run would resume from: its last validation or save (a magnitude-pruning run saves before it
-    starts validating, at the end of its ramp)."""
+    """The update the run would resume from: its last validation or save (a magnitude-pruning run also saves at each
+    epoch's end, see epoch_saves, and validates only from the end of its ramp)."""
     vals = validations(run)
     last = vals[-1][0] if vals else 0
     log = os.path.join(run.dir, "train.log")
@@ -575,7 +575,7 @@ def train_command(a, run: Run, bin_dir: str) -> list[str]:
            "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
            "--patience", max(remaining, 1), "--save-interval-updates", a.eval_every,
            "--validate-interval-updates", a.eval_every,  # else a save at an epoch's end would go unvalidated
-           "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--save-interval", "1000000",
+           "--keep-interval-updates", "1", "--no-epoch-checkpoints", "--save-interval", epoch_saves(run),
            "--validate-interval", "1000000", "--log-format", "simple", "--log-interval", "100",
            "--num-workers", "0", "--user-dir", os.path.join(ROOT, "one_layer_lottery"), "--save-dir", run.dir]
     if "--seed" not in run.args:
@@ -584,6 +584,14 @@ def train_command(a, run: Run, bin_dir: str) -> list[str]:
         cmd += ["--restore-file", ticket_path(run), "--reset-optimizer", "--reset-lr-scheduler", "--reset-dataloader",
                 "--reset-meters"]
     return [str(c) for c in cmd]
+
+
+def epoch_saves(run: Run) -> int:
+    """fairseq's --save-interval (epochs) for the run: 1 for a run that validates only after its pruning ramp (fairseq
+    saves nothing at --save-interval-updates before --validate-after-updates, so a session ending in the ramp lost all
+    of it: 2,700 updates of magnitude pruning seed 2 on 2026-12-07), else never (its saves come with validations).
+    An epoch's end saves checkpoint_last.pt only: unvalidated, it never becomes checkpoint_best.pt."""
+    return 1 if "--validate-after-updates" in run.args else 1000000
 
 
 def ticket_path(run: Run) -> str:

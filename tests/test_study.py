@@ -734,6 +734,10 @@ def test_prune_part_plans_pruning_tickets_and_their_rewind_runs(tmp_path, monkey
     assert ("--lr 1e-3 --dropout 0.1 --arch pruned_transformer --remaining-ratio 0.5 --prune-start-update 500 "
             "--prune-end-update 3000 --validate-after-updates 3000 --seed 2") in flags  # ... pruned, chosen after the ramp
     assert (mag.max_update, mag.patience, mag.needs) == (a.cap, 2, ())
+    # a run that validates only after its ramp saves at each epoch's end (fairseq saves nothing before it validates)
+    saves = {r: (cmd := study.train_command(a, runs[r], "bin"))[cmd.index("--save-interval") + 1]
+             for r in ("magnitude_k0.5-s2", f"{dense}-s2", "ticket_k0.1-s1")}
+    assert saves == {"magnitude_k0.5-s2": "1", f"{dense}-s2": "1000000", "ticket_k0.1-s1": "1000000"}
     rewind = runs["dense_rewind-s2"]
     assert rewind.max_update == 500 and "--save-weights-at-updates 500 --seed 2" in " ".join(map(str, rewind.args))
     ticket = runs["ticket_k0.1-s1"]
@@ -1171,6 +1175,23 @@ def test_a_run_trained_again_retraces_its_original_resumed_in_a_later_epoch(tiny
     train(regen, study.replay_stop(regen))
     assert all(torch.equal(v, _model(original)[k]) for k, v in _model(regen).items())
     assert study.regen_agreement(regen)[0] == "6 of 6 validations as in the ledger"
+
+
+@pytest.mark.e2e
+def test_a_run_that_validates_after_its_ramp_saves_at_each_epochs_end(tiny_corpus, tmp_path, monkeypatch):
+    """fairseq saves nothing at --save-interval-updates before --validate-after-updates: a magnitude-pruning run
+    saves at each epoch's end instead, so a session ending in a ramp longer than an epoch loses an epoch at most."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", *TINY, "--work", str(tmp_path), "--parts", "prune", "--prune-ramp", "4:100"])
+    extra = study.prune_rows(a)["magnitude_k0.5"][3]
+    run = study.Run("magnitude_k0.5-s1", study.setting_args("dense", "lr1e-3-d0.1") + extra, 60, 2, ())
+    os.makedirs(run.dir)
+    r = subprocess.run(study.train_command(a, run, tiny_corpus.bin), capture_output=True, text=True, cwd=ROOT,
+                       timeout=600, check=False)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    saves = re.findall(r"Saved checkpoint .*\(epoch (\d+) @ (\d+) updates, score (\S+)\)", r.stdout + r.stderr)
+    assert saves[0][0] == "1" and int(saves[0][1]) < 60 and saves[0][2] == "None"  # epoch 1's end, in the ramp
+    assert int(saves[-1][1]) == 60 and not os.path.exists(os.path.join(run.dir, "checkpoint_best.pt"))  # unvalidated
 
 
 @pytest.mark.e2e
