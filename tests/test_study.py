@@ -250,7 +250,7 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
         return {r.name: r for r in study.plan(a)[0] if r.name.startswith("followup")}
 
     runs = planned()
-    assert set(runs) == {"followup_anneal_k-s1", "followup_warmup1000-s1"}
+    assert set(runs) == {"followup_anneal_k-s1", "followup_warmup1000-s1", "followup_lr1.6e-2-s1"}
     assert not any(r.scored for r in runs.values())  # no test score before the choice
     anneal = runs["followup_anneal_k-s1"].args
     assert anneal[anneal.index("--lr") + 1] == "4e-3" and anneal[-4:] == ["--ratio-anneal-updates", "1000",
@@ -264,11 +264,15 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert not study.out_of_the_running(a, runs["followup_anneal_k-s1"], winners)  # 2.5 leads the tuned 2.0
     assert not study.final(a, runs["followup_anneal_k-s1"], {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"})
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2), (12, 2.0), (16, 2.0)])
+    assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) is None  # one variant still to converge
+    fast = runs["followup_lr1.6e-2-s1"].args
+    assert [x for i, x in enumerate(fast) if i and fast[i - 1] == "--lr"] == ["4e-3", "1.6e-2"]  # the last counts
+    _run_with_log(tmp_path, "followup_lr1.6e-2-s1", [(4, 0.5), (8, 0.4), (12, 0.3)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "followup_anneal_k"
     runs = planned()
     assert {n: r.scored for n, r in runs.items()} == {
         "followup_anneal_k-s1": True, "followup_anneal_k-s2": True, "followup_anneal_k-s3": True,
-        "followup_warmup1000-s1": False}
+        "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
     assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["followup_anneal_k-s1"]
     lines = []
     table = study.followup_table(a, {"mask": "lr4e-3-d0-c0"}, lines)
@@ -279,7 +283,7 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 1.9), (12, 1.5), (16, 1.5)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
     assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
-                                                             "followup_warmup1000-s1": False}
+                                                             "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
     # before the choice, a converged variant that the tuned setting beats (or ties) is out of the running: the
     # ledger keeps its log, not its weights (a supermask's take some 19 MB); one still in the running keeps them
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # training: it may yet win
@@ -294,7 +298,8 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
             f.write(_saved_line(16, 2.0))
         _checkpoint(os.path.join(run.dir, "checkpoint_last.pt"), 16, 2.0)
         if name.startswith("followup_anneal"):  # the warmup variant still trains past its first validations
-            assert study.keep(a, list(planned().values()), winners, {"followup_warmup1000-s1": None}) == [name]
+            kept = study.keep(a, list(planned().values()), winners, {"followup_warmup1000-s1": None})
+            assert sorted(kept) == [name, "followup_lr1.6e-2-s1"]  # out of the running, converged: no weights
             assert not any(study.PART.match(f) for f in os.listdir(tmp_path / "ledger" / name))
     assert study.followup_choice(a, winners) == "followup_warmup1000"
 
