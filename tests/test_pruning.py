@@ -180,6 +180,28 @@ def test_fairseq_train_prunes_saves_rewind_points_resumes_and_generates(tiny_cor
 
 
 @pytest.mark.e2e
+def test_a_run_resumed_inside_its_ramp_keeps_what_it_pruned_and_ends_exact(tiny_corpus, tmp_path):
+    """The study's magnitude-pruning runs save at epochs' ends inside their ramp: a launch that resumes there
+    rebuilds the masks from the weights (what was pruned is zero, so it ranks below every kept weight)."""
+    from one_layer_lottery.masks import cubic_schedule, n_pruned
+    from one_layer_lottery.pruning import is_prunable
+
+    ramp = ["--remaining-ratio", "0.25", "--prune-start-update", "1", "--prune-end-update", "6", "--seed", "2"]
+    run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "3", *ramp, *TIED, "--save-dir",
+            tmp_path)
+    mid = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["model"]
+    names = [k for k, v in mid.items() if is_prunable(k, v)]
+    k3 = cubic_schedule(0.25, 1, 6, 3)
+    assert 0.25 < k3 < 1 and all(int(mid[n].eq(0).sum()) == n_pruned(mid[n].numel(), k3) for n in names)
+    run_cli("fairseq-train", tiny_corpus.bin, *DENSE, *TRAIN, "--max-update", "8", *ramp, *TIED, "--save-dir",
+            tmp_path)
+    end = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)["model"]
+    for n in names:
+        assert bool(end[n][mid[n].eq(0)].eq(0).all()), n  # pruned before the resume: pruned still
+        assert int(end[n].eq(0).sum()) == n_pruned(end[n].numel(), 0.25), n
+
+
+@pytest.mark.e2e
 def test_lottery_ticket_retrains_with_its_mask_fixed(tiny_corpus, pruned_run, tmp_path):
     from one_layer_lottery.masks import n_pruned
     from one_layer_lottery.pruning import is_prunable
