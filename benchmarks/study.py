@@ -143,7 +143,7 @@ FOLLOWUPS = {
                           ["--ratio-anneal-updates", "1000"]),
     "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)",
                             ["--warmup-updates", "1000"]),
-    # added 2026-12-07 19:10 UTC: the tuned lr, 8e-3, is the top of its grid (2e-3, 4e-3, 8e-3 rose 27.22, 29.22,
+    # added 2026-12-07 19:05 UTC: the tuned lr, 8e-3, is the top of its grid (2e-3, 4e-3, 8e-3 rose 27.22, 29.22,
     # 30.05 by 1,500) and masks-only underfits; fairseq takes the last --lr
     "followup_lr1.6e-2": ("one-layer masks-only, lr 1.6e-2 (twice its tuning grid's top)", ["--lr", "1.6e-2"]),
 }
