@@ -282,8 +282,8 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     _run_with_log(tmp_path, "followup_anneal_k-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 1.9), (12, 1.5), (16, 1.5)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
-    assert {n: r.scored for n, r in planned().items()} == {"followup_anneal_k-s1": False,
-                                                             "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
+    assert {n: r.scored for n, r in planned().items()} == {
+        "followup_anneal_k-s1": False, "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
     # before the choice, a converged variant that the tuned setting beats (or ties) is out of the running: the
     # ledger keeps its log, not its weights (a supermask's take some 19 MB); one still in the running keeps them
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # training: it may yet win
