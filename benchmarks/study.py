@@ -23,9 +23,11 @@ Parts:
          per depth); 2 seeds. Below the benchmark width dense's dropout is chosen again (0.3, 0.1, 0; seed 1 of
          each to convergence, the best on validation alone scored on test and trained on seed 2)
   followup  where masks-only misses its target, what the ablation points to, on top of the tuned setting: k annealed
-         from 1 (gradual sparsity) and a later-decaying score learning rate (a longer warmup under inverse_sqrt);
-         seed 1 of each to convergence, then the best of them and the tuned setting on validation BLEU; if a
-         variant wins, it alone is scored on test and trains seeds 2 and 3 (unselected variants never see test)
+         from 1 (gradual sparsity), a later-decaying score learning rate (a longer warmup under inverse_sqrt) and
+         twice the grid's top learning rate; and for the same effort, dense at twice its grid's top learning rate;
+         seed 1 of each to convergence, then per family the best of them and the tuned setting on validation BLEU;
+         if a variant wins, it alone is scored on test and trains seeds 2 and 3 (unselected variants never see
+         test); a chosen dense variant is a second baseline the supermask rows are compared with
   prune  trained-weight pruning at every --kept fraction, with the tuned dense recipe and the same early stopping:
          magnitude pruning per tensor (a cubic ramp over --prune-ramp, after dense's warmup; validation, and so the
          checkpoint chosen, starts where the ramp ends) and the stabilized lottery ticket (the converged dense
@@ -137,16 +139,24 @@ RETUNED["masks_only_wide"] = {"lr4e-3": ["--lr", "4e-3"], "lr2e-3": ["--lr", "2e
 # only the best on validation up to it trains on to convergence (a wide run costs about 5 CPU hours; the narrow
 # dense rows' candidates train to convergence)
 STAGED = ("masks_only_wide",)
-# part followup: variants of the tuned masks-only setting (row: label, extra arguments), chosen on validation
+# part followup: variants of a family's tuned setting (row: label, family, extra arguments), each family's chosen
+# on validation against its tuned setting
 FOLLOWUPS = {
-    "followup_anneal_k": ("one-layer masks-only, k annealed from 1 over the first 1,000 updates (cubic)",
+    "followup_anneal_k": ("one-layer masks-only, k annealed from 1 over the first 1,000 updates (cubic)", "mask",
                           ["--ratio-anneal-updates", "1000"]),
-    "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)",
+    "followup_warmup1000": ("one-layer masks-only, warmup 1,000 (the score lr decays later: 2.2x at 5,000)", "mask",
                             ["--warmup-updates", "1000"]),
     # added 2026-12-07 19:05 UTC: the tuned lr, 8e-3, is the top of its grid (2e-3, 4e-3, 8e-3 rose 27.22, 29.22,
     # 30.05 by 1,500) and masks-only underfits; fairseq takes the last --lr
-    "followup_lr1.6e-2": ("one-layer masks-only, lr 1.6e-2 (twice its tuning grid's top)", ["--lr", "1.6e-2"]),
+    "followup_lr1.6e-2": ("one-layer masks-only, lr 1.6e-2 (twice its tuning grid's top)", "mask",
+                          ["--lr", "1.6e-2"]),
+    # added 2026-12-07 21:50 UTC, the same effort for the baseline: dense's tuned lr, 2e-3, is the top of its grid
+    # too (5e-4, 1e-3, 2e-3 rose 22.46, 29.28, 34.96 by 1,500 at dropout 0.3); chosen, it is the baseline the
+    # report's ratios are read against as well
+    "followup_dense_lr4e-3": ("dense Transformer, lr 4e-3 (twice its tuning grid's top)", "dense", ["--lr", "4e-3"]),
 }
+# each family's tuned setting as the follow-up choice names it (its core row)
+TUNED_ROW = {"mask": "masks_only", "dense": "dense"}
 # rows whose seed 1 starts before the part's other seed-1 runs: masks-only at twice the width takes about 1.8 s
 # an update (some 5 CPU hours to converge) and decides the last undecided target of the issue; started first, it
 # trains beside the narrow dense rows instead of after them (added 2026-12-05 18:15 UTC; this moves when a figure
@@ -179,8 +189,8 @@ def prune_rows(a) -> dict:
 
 
 def all_rows(a) -> dict:
-    return {**ROWS, **{row: (label, "mask", 1, extra, FOLLOWUP_SEEDS, "followup")
-                       for row, (label, extra) in FOLLOWUPS.items()}, **prune_rows(a)}
+    return {**ROWS, **{row: (label, family, 1, extra, FOLLOWUP_SEEDS, "followup")
+                       for row, (label, family, extra) in FOLLOWUPS.items()}, **prune_rows(a)}
 
 
 @dataclasses.dataclass
@@ -416,14 +426,14 @@ def plan(a) -> tuple[list[Run], dict]:
     for family in FAMILIES:
         fam_runs, winners[family] = tuning(a, family)
         runs += fam_runs
-    chosen = followup_choice(a, winners)
+    chosen = {family: followup_choice(a, winners, family) for family in FAMILIES}
     for part_no, part in enumerate(PARTS[1:], 1):
         if part not in a.parts:
             continue
         for row, (_, family, width, extra, seeds, row_part) in all_rows(a).items():
             if row_part != part or winners[family] is None:
                 continue
-            if part == "followup" and row != chosen:
+            if part == "followup" and row != chosen[family]:
                 seeds = seeds[:1]
             variant = ""
             if row in RETUNED:  # its seed-1 candidates, unscored but the chosen one; seed 2 waits for the choice
@@ -469,8 +479,8 @@ def plan(a) -> tuple[list[Run], dict]:
                 if row in EARLY_ROWS and seed == 1:
                     place = queue(part_no, 1, -2)
                 runs.append(Run(name, args + ["--seed", seed], a.cap, a.patience, place, seed, width,
-                                tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen,
-                                part == "followup" and chosen is None))
+                                tuple(dict.fromkeys(needs)), ticket, part != "followup" or row == chosen[family],
+                                part == "followup" and chosen[family] is None))
     unique = {}
     for r in runs:
         unique.setdefault(r.name, r)  # seed 1 of a tuned row is its family's tuning run
@@ -510,21 +520,22 @@ def retune_choice(a, row: str) -> str | None:
     return max(scores, key=lambda v: (scores[v], v == ""))
 
 
-def followup_choice(a, winners: dict) -> str | None:
-    """Part followup's choice on validation: the variant (or "masks_only", the tuned setting) whose converged seed-1
-    run has the best validation BLEU (the tuned setting on a tie); None until all of them have converged."""
-    candidates = followup_candidates(a, winners)
+def followup_choice(a, winners: dict, family: str = "mask") -> str | None:
+    """Part followup's choice on validation for a family: the variant (or TUNED_ROW's, the tuned setting) whose
+    converged seed-1 run has the best validation BLEU (the tuned setting on a tie); None until all of them have
+    converged."""
+    candidates = followup_candidates(a, winners, family)
     if not candidates or not all(complete(r) for r in candidates.values()):
         return None
     scores = {row: best(validations(r))[1] for row, r in candidates.items()}
-    return max(scores, key=lambda row: (scores[row], row == "masks_only"))
+    return max(scores, key=lambda row: (scores[row], row == TUNED_ROW[family]))
 
 
 def out_of_the_running(a, run: Run, winners: dict) -> bool:
     """Whether a candidate that converged before its choice can no longer be chosen: a competitor that has reached
     its budget validates better already, or as well and wins the tie (the family's or the tuned setting). Such a
     candidate's weights are not kept in the ledger (a supermask's take some 19 MB)."""
-    groups = [(followup_candidates(a, winners), None, "masks_only")]
+    groups = [(followup_candidates(a, winners, family), None, TUNED_ROW[family]) for family in FAMILIES]
     groups += [({v: Run(retuned_name(row, v, 1), [], retune_budget(a, row), a.patience, ())
                  for v in ("", *RETUNED[row])}, retune_budget(a, row), "") for row in RETUNED]
     for group, budget, favoured in groups:
@@ -537,12 +548,14 @@ def out_of_the_running(a, run: Run, winners: dict) -> bool:
     return False
 
 
-def followup_candidates(a, winners: dict) -> dict:
-    """Part followup's seed-1 runs by row, the tuned setting's ("masks_only") first; {} without the part."""
-    if "followup" not in a.parts or winners["mask"] is None:
+def followup_candidates(a, winners: dict, family: str = "mask") -> dict:
+    """Part followup's seed-1 runs for a family by row, the tuned setting's (TUNED_ROW) first; {} without the part
+    or without a variant of that family."""
+    rows = [row for row, (_, fam, _) in FOLLOWUPS.items() if fam == family]
+    if "followup" not in a.parts or winners.get(family) is None or not rows:
         return {}
-    return {"masks_only": tuned_run(a, "mask", winners["mask"], 1, 0),
-            **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in FOLLOWUPS}}
+    return {TUNED_ROW[family]: tuned_run(a, family, winners[family], 1, 0),
+            **{row: Run(f"{row}-s1", [], a.cap, a.patience, ()) for row in rows}}
 
 
 def queue(part_no: int, seed: int, sub: float = 0) -> tuple:
@@ -1385,11 +1398,11 @@ def seed_of(run_name: str) -> int:
     return int(re.search(r"-s(\d+)(?:\.|$)", run_name).group(1))
 
 
-def comparisons(rows: dict, refs: list[str], lines: list[str]) -> list[dict]:
-    """PAIRS' ratios of mean test BLEU, each row's seeds against the other's, and seed by seed over the seeds both
-    rows have, each with its paired bootstrap interval over the test sentences (bootstrap_ratio)."""
+def comparisons(rows: dict, refs: list[str], lines: list[str], pairs: tuple = PAIRS) -> list[dict]:
+    """The pairs' (PAIRS') ratios of mean test BLEU, each row's seeds against the other's, and seed by seed over the
+    seeds both rows have, each with its paired bootstrap interval over the test sentences (bootstrap_ratio)."""
     out = []
-    for row, other, what in PAIRS:
+    for row, other, what in pairs:
         if row not in rows or other not in rows or not rows[other]["mean"]:
             continue
         r, o = rows[row], rows[other]
@@ -1411,26 +1424,45 @@ def comparisons(rows: dict, refs: list[str], lines: list[str]) -> list[dict]:
     return out
 
 
-def followup_table(a, winners: dict, lines: list[str]) -> dict:
-    """Part followup: each variant's seed-1 run beside the tuned setting's, on validation only (the choice)."""
-    candidates = followup_candidates(a, winners)
+def followup_table(a, winners: dict, lines: list[str], family: str = "mask") -> dict:
+    """Part followup for a family: each variant's seed-1 run beside the tuned setting's, on validation only (the
+    choice); {} where the family has no variant."""
+    candidates = followup_candidates(a, winners, family)
     if not candidates:
         return {}
-    chosen, rate = followup_choice(a, winners), measured_rate(a, 1)
-    lines += ["\n### Follow-up: masks-only variants, seed 1, chosen on validation BLEU\n",
-              "| variant | flags on top of the tuned setting | best valid BLEU (update) | trained | CPU h |",
+    chosen, rate = followup_choice(a, winners, family), measured_rate(a, 1)
+    what, first = {"mask": ("masks-only variants", "variant"), "dense": ("dense variants", "dense variant")}[family]
+    lines += [f"\n### Follow-up: {what}, seed 1, chosen on validation BLEU\n",
+              f"| {first} | flags on top of the tuned setting | best valid BLEU (update) | trained | CPU h |",
               "|---|---|---|---|---|"]
     table = {}
     for row, run in candidates.items():
-        label, extra = FOLLOWUPS.get(row, ("the tuned setting", []))
+        label, _, extra = FOLLOWUPS.get(row, ("the tuned setting", family, []))
         table[row], cells = candidate(run, rate)
         mark = " **chosen**" if row == chosen else ""
         lines.append(f"| {label}{mark} | `{' '.join(extra) or '-'}` | {cells}")
     lines.append("\n" + ("Not chosen yet: every variant's seed 1 must converge first." if chosen is None else
                           "The tuned setting stays best on validation: no variant goes on to test." if
-                          chosen == "masks_only" else
-                          f"Chosen: `{chosen}`; only it is scored on test, and it trains seeds 2 and 3."))
+                          chosen == TUNED_ROW[family] else
+                          f"Chosen: `{chosen}`; only it is scored on test, and it trains seeds 2 and 3." + (
+                              " The paired comparisons read the supermask rows against it too." if family == "dense"
+                              else "")))
     return {"variants": table, "chosen": chosen}
+
+
+# rows read against dense's follow-up where one is chosen over the tuned grid's setting (the targets' rows)
+AGAINST_DENSE = ("masks_only", "pretrained_frozen", "pretrained_masked", "coats", "masks_only_wide")
+
+
+def followup_pairs(a, winners: dict) -> tuple:
+    """PAIRS' shape: where dense's follow-up is chosen on validation, the targets' rows (and masks-only's chosen
+    follow-up) against it; () until then, or where the tuned setting stays."""
+    chosen = {family: followup_choice(a, winners, family) for family in FAMILIES}
+    if chosen["dense"] in (None, "dense"):
+        return ()
+    extra = () if chosen["mask"] in (None, "masks_only") else (chosen["mask"],)
+    return tuple((row, chosen["dense"], "against dense's follow-up, chosen on validation over the tuned grid's")
+                 for row in AGAINST_DENSE + extra)
 
 
 def candidate(run: Run, rate: float | None, budget: int | None = None) -> tuple[dict, str]:
@@ -1776,9 +1808,9 @@ def report(a) -> str:
     refs = data.read_lines(os.path.join(a.work, "data", "raw", f"test.{a.tgt}"))
     ratios_(rows, refs)
     results_table(rows, lines)
-    compared_pairs = comparisons(rows, refs, lines)
+    compared_pairs = comparisons(rows, refs, lines, PAIRS + followup_pairs(a, winners))
     retuned = retune_table(a, winners, lines)
-    followup = followup_table(a, winners, lines)
+    followup = {family: table for family in FAMILIES if (table := followup_table(a, winners, lines, family))}
     pruning_table(a, rows, lines)
     compared = analysis(a, rows)
     if compared:

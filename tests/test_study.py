@@ -250,7 +250,8 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
         return {r.name: r for r in study.plan(a)[0] if r.name.startswith("followup")}
 
     runs = planned()
-    assert set(runs) == {"followup_anneal_k-s1", "followup_warmup1000-s1", "followup_lr1.6e-2-s1"}
+    assert set(runs) == {"followup_anneal_k-s1", "followup_warmup1000-s1", "followup_lr1.6e-2-s1",
+                         "followup_dense_lr4e-3-s1"}
     assert not any(r.scored for r in runs.values())  # no test score before the choice
     anneal = runs["followup_anneal_k-s1"].args
     assert anneal[anneal.index("--lr") + 1] == "4e-3" and anneal[-4:] == ["--ratio-anneal-updates", "1000",
@@ -272,7 +273,7 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     runs = planned()
     assert {n: r.scored for n, r in runs.items()} == {
         "followup_anneal_k-s1": True, "followup_anneal_k-s2": True, "followup_anneal_k-s3": True,
-        "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
+        "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False, "followup_dense_lr4e-3-s1": False}
     assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["followup_anneal_k-s1"]
     lines = []
     table = study.followup_table(a, {"mask": "lr4e-3-d0-c0"}, lines)
@@ -283,7 +284,8 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 1.9), (12, 1.5), (16, 1.5)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "masks_only"
     assert {n: r.scored for n, r in planned().items()} == {
-        "followup_anneal_k-s1": False, "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False}
+        "followup_anneal_k-s1": False, "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False,
+        "followup_dense_lr4e-3-s1": False}
     # before the choice, a converged variant that the tuned setting beats (or ties) is out of the running: the
     # ledger keeps its log, not its weights (a supermask's take some 19 MB); one still in the running keeps them
     _run_with_log(tmp_path, "followup_warmup1000-s1", [(4, 1.0), (8, 2.2)])  # training: it may yet win
@@ -302,6 +304,51 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
             assert sorted(kept) == [name, "followup_lr1.6e-2-s1"]  # out of the running, converged: no weights
             assert not any(study.PART.match(f) for f in os.listdir(tmp_path / "ledger" / name))
     assert study.followup_choice(a, winners) == "followup_warmup1000"
+
+
+def test_dense_has_its_own_follow_up_chosen_against_its_tuned_setting_and_read_as_a_second_baseline(tmp_path,
+                                                                                                      monkeypatch):
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--stages", "8:1", "--patience", "2", "--parts",
+                          "followup", "--grid", "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    winners = {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"}
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])  # converged: 2.0
+    _run_with_log(tmp_path, "mask-lr4e-3-d0-c0-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])
+
+    def dense_runs():
+        return {r.name: r for r in study.plan(a)[0] if r.name.startswith("followup_dense")}
+
+    run = dense_runs()["followup_dense_lr4e-3-s1"]
+    assert [x for i, x in enumerate(run.args) if i and run.args[i - 1] == "--lr"] == ["1e-3", "4e-3"]
+    assert "transformer" in run.args and not run.scored and run.pending
+    assert study.followup_choice(a, winners, "dense") is None and study.followup_pairs(a, winners) == ()
+    # the masks-only variants' choice does not wait for dense's, nor dense's for theirs
+    for name in ("followup_anneal_k-s1", "followup_warmup1000-s1", "followup_lr1.6e-2-s1"):
+        _run_with_log(tmp_path, name, [(4, 1.0), (8, 1.5), (12, 1.5), (16, 1.5)])
+    assert study.followup_choice(a, winners) == "masks_only"
+    _run_with_log(tmp_path, "followup_dense_lr4e-3-s1", [(4, 1.0), (8, 2.0), (12, 2.0), (16, 2.0)])  # a tie
+    assert study.followup_choice(a, winners, "dense") == "dense" and set(dense_runs()) == {run.name}
+    assert study.followup_pairs(a, winners) == () and not dense_runs()[run.name].scored
+    _run_with_log(tmp_path, "followup_dense_lr4e-3-s1", [(4, 1.0), (8, 2.5), (12, 2.0), (16, 2.0)])  # it wins
+    assert study.followup_choice(a, winners, "dense") == "followup_dense_lr4e-3"
+    runs = dense_runs()
+    assert {n: r.scored for n, r in runs.items()} == {f"followup_dense_lr4e-3-s{s}": True for s in (1, 2, 3)}
+    assert runs["followup_dense_lr4e-3-s2"].args[-2:] == ["--seed", 2]
+    pairs = study.followup_pairs(a, winners)
+    assert [(row, other) for row, other, _ in pairs] == [(row, "followup_dense_lr4e-3") for row in study.AGAINST_DENSE]
+    lines = []
+    table = study.followup_table(a, winners, lines, "dense")
+    assert table["chosen"] == "followup_dense_lr4e-3" and table["variants"]["dense"]["valid_bleu"] == 2.0
+    assert lines[1].startswith("| dense variant |")  # its own header: docs/study_tables.py copies each table once
+    assert any("**chosen**" in x and "2.50 (8)" in x for x in lines)
+    # the comparisons read a row's seeds against the chosen dense variant's, as PAIRS' rows
+    rows = {"masks_only": {"label": "m", "runs": ["m-s1"], "test_bleu": [10.0], "mean": 10.0},
+            "followup_dense_lr4e-3": {"label": "d", "runs": ["f-s1"], "test_bleu": [20.0], "mean": 20.0}}
+    for name, hyp in (("m-s1", "a b c"), ("f-s1", "a b c d")):
+        os.makedirs(tmp_path / "runs" / name, exist_ok=True)
+        (tmp_path / "runs" / name / "test.hyp").write_text(hyp + "\n", encoding="utf-8")
+    out = study.comparisons(rows, ["a b c d"], [], pairs)
+    assert [(c["model"], c["against"], c["ratio"]) for c in out] == [("masks_only", "followup_dense_lr4e-3", 0.5)]
 
 
 def test_the_smallest_dense_widths_choose_their_dropout_on_validation_before_any_test_score(tmp_path, monkeypatch):
