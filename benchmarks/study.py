@@ -150,7 +150,7 @@ FOLLOWUPS = {
     # 30.05 by 1,500) and masks-only underfits; fairseq takes the last --lr
     "followup_lr1.6e-2": ("one-layer masks-only, lr 1.6e-2 (twice its tuning grid's top)", "mask",
                           ["--lr", "1.6e-2"]),
-    # added 2026-12-07 21:50 UTC, the same effort for the baseline: dense's tuned lr, 2e-3, is the top of its grid
+    # added 2026-12-07 21:40 UTC, the same effort for the baseline: dense's tuned lr, 2e-3, is the top of its grid
     # too (5e-4, 1e-3, 2e-3 rose 22.46, 29.28, 34.96 by 1,500 at dropout 0.3); chosen, it is the baseline the
     # report's ratios are read against as well
     "followup_dense_lr4e-3": ("dense Transformer, lr 4e-3 (twice its tuning grid's top)", "dense", ["--lr", "4e-3"]),
