@@ -548,6 +548,14 @@ def out_of_the_running(a, run: Run, winners: dict) -> bool:
     return False
 
 
+def standing_row(a, winners: dict, row: str) -> str:
+    """The row that stands for a family's tuned row (TUNED_ROW's) where it is published: its follow-up, where one was
+    chosen on validation over it; else the row itself."""
+    family = next((f for f, tuned in TUNED_ROW.items() if tuned == row), None)
+    chosen = followup_choice(a, winners, family) if family else None
+    return chosen if chosen not in (None, row) else row
+
+
 def followup_candidates(a, winners: dict, family: str = "mask") -> dict:
     """Part followup's seed-1 runs for a family by row, the tuned setting's (TUNED_ROW) first; {} without the part
     or without a variant of that family."""
@@ -1030,12 +1038,12 @@ def carry(a, active: dict) -> list[str]:
 
 def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
-    masks-only or coated seed), every complete run that later runs are built on (with the file they read,
+    masks-only or coated seed, or a seed of masks-only's chosen follow-up), every complete run that later runs are built on (with the file they read,
     read_later) and every candidate converged before its choice (with its weights, which score it if it is chosen
     on a fresh machine, unless it is out of the running already); the names written."""
     if not a.ledger:
         return []
-    artifact = ("coats-", f"mask-{winners['mask']}-s")
+    artifact = ("coats-", f"mask-{winners['mask']}-s", f"{standing_row(a, winners, 'masks_only')}-s")
     out = []
     for r in runs:
         if r.name in active:
@@ -1921,6 +1929,7 @@ def publish(a, out: str) -> list[str]:
     os.makedirs(out, exist_ok=True)
     written, notes, parts = [], [], 0
     for row, name in (("masks_only", "masks_only.olt"), ("coats", "coats.olt"), ("dense", "dense_fp16.pt")):
+        row = standing_row(a, winners, row)  # a follow-up chosen on validation stands for its tuned row
         source = published_source(a, rows[row], name.endswith(".olt"), runs, prepared) if row in rows else None
         if source is None:
             if row in rows:

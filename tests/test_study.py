@@ -270,11 +270,20 @@ def test_followup_variants_are_chosen_on_validation_and_only_the_chosen_one_sees
     assert [x for i, x in enumerate(fast) if i and fast[i - 1] == "--lr"] == ["4e-3", "1.6e-2"]  # the last counts
     _run_with_log(tmp_path, "followup_lr1.6e-2-s1", [(4, 0.5), (8, 0.4), (12, 0.3)])
     assert study.followup_choice(a, {"mask": "lr4e-3-d0-c0"}) == "followup_anneal_k"
+    assert study.standing_row(a, winners, "masks_only") == "followup_anneal_k"  # --publish ships its artifact
     runs = planned()
     assert {n: r.scored for n, r in runs.items()} == {
         "followup_anneal_k-s1": True, "followup_anneal_k-s2": True, "followup_anneal_k-s3": True,
         "followup_warmup1000-s1": False, "followup_lr1.6e-2-s1": False, "followup_dense_lr4e-3-s1": False}
     assert [r.name for r in study.to_score(a, list(runs.values()), {})] == ["followup_anneal_k-s1"]
+    # the chosen variant's scored seeds go to the ledger with their artifacts, which --publish ships in its place
+    a.ledger = str(tmp_path / "ledger")
+    second = _run_with_log(tmp_path, "followup_anneal_k-s2", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.0)])
+    study.write_json(os.path.join(second.dir, "result.json"), {"run": second.name, "test_bleu": 2.0})
+    (pathlib.Path(second.dir) / "model.olt").write_bytes(b"artifact")
+    assert study.keep(a, [runs["followup_anneal_k-s2"]], winners, {}) == [second.name]
+    assert (tmp_path / "ledger" / second.name / "model.olt").read_bytes() == b"artifact"
+    a.ledger = None
     lines = []
     table = study.followup_table(a, {"mask": "lr4e-3-d0-c0"}, lines)
     assert table["chosen"] == "followup_anneal_k" and table["variants"]["masks_only"]["valid_bleu"] == 2.0
@@ -334,6 +343,9 @@ def test_dense_has_its_own_follow_up_chosen_against_its_tuned_setting_and_read_a
     runs = dense_runs()
     assert {n: r.scored for n, r in runs.items()} == {f"followup_dense_lr4e-3-s{s}": True for s in (1, 2, 3)}
     assert runs["followup_dense_lr4e-3-s2"].args[-2:] == ["--seed", 2]
+    assert study.standing_row(a, winners, "dense") == "followup_dense_lr4e-3"  # --publish ships it as the dense
+    assert study.standing_row(a, winners, "masks_only") == "masks_only"  # (no masks-only variant was chosen)
+    assert study.standing_row(a, winners, "coats") == "coats"
     pairs = study.followup_pairs(a, winners)
     assert [(row, other) for row, other, _ in pairs] == [(row, "followup_dense_lr4e-3") for row in study.AGAINST_DENSE]
     lines = []
