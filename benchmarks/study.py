@@ -1919,7 +1919,8 @@ def published_source(a, row: dict, artifact: bool, runs: list[Run], prepared: st
 
 def publish(a, out: str) -> list[str]:
     """The converged models a user would try: the median seed's masks-only and coated artifacts (each carrying its
-    sentencepiece models) and the tuned dense model in fp16 (also in parts under PART_BYTES, which the repository
+    sentencepiece models) and the tuned dense model in fp16 (a follow-up chosen on validation in its tuned row's
+    place: standing_row) (also in parts under PART_BYTES, which the repository
     can hold: the whole file is ignored), with a README of their test BLEU and commands."""
     from one_layer_lottery.io import read_checkpoint, save, weights_checkpoint
 
