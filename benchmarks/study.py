@@ -84,6 +84,8 @@ VALID = re.compile(r"valid on 'valid' subset \|.*\| bleu ([\d.]+) \|.*\| num_upd
 SAVED = re.compile(r"Saved checkpoint .*\(epoch \d+ @ (\d+) updates")
 INNER = re.compile(r"\| train_inner \|.*\bnum_updates=(\d+)")  # every --log-interval updates
 EARLY_STOP = "early stop since valid performance hasn't improved"
+# fairseq's fp32 trainer raises this on a non-finite gradient norm (it saves crash.pt and exits): the run has diverged
+DIVERGED = "FloatingPointError: gradients are Nan/Inf"
 
 # family: (fairseq-train arguments every setting shares, the tuning grid: setting name -> its arguments)
 FAMILIES = {
@@ -374,12 +376,30 @@ def resume_points(run: Run) -> list[int]:
 
 def complete(run: Run) -> bool:
     vals = validations(run)
-    return bool(vals) and (vals[-1][0] >= run.max_update or stopped(vals, run.patience))
+    return bool(vals) and (vals[-1][0] >= run.max_update or stopped(vals, run.patience)) or diverged(run)
 
 
 def converged(run: Run, a) -> bool:
     vals = validations(run)
-    return bool(vals) and (vals[-1][0] >= a.cap or stopped(vals, a.patience))
+    return bool(vals) and (vals[-1][0] >= a.cap or stopped(vals, a.patience)) or diverged(run)
+
+
+def diverged(run: Run) -> bool:
+    """Whether fairseq stopped the run on a non-finite gradient (DIVERGED in its log). Such a run ends there, as
+    patience would end it: its validations stand and its best checkpoint is its choice (a setting too hot to train
+    is a result, not a failure; launched again it would resume from its last save towards the same place)."""
+    log = os.path.join(run.dir, "train.log")
+    if not os.path.exists(log):
+        return False
+    with open(log, encoding="utf-8", errors="replace") as f:
+        return DIVERGED in f.read()
+
+
+def valid_score(run: Run, upto: int | None = None) -> float:
+    """A run's best validation BLEU up to an update, for a choice between runs: -1 (below any) where it has none (it
+    diverged before its first validation)."""
+    top = best(validations(run), upto)
+    return top[1] if top else -1.0
 
 
 # ---------------------------------------------------------------- the plan
@@ -413,7 +433,7 @@ def tuning(a, family: str) -> tuple[list[Run], str | None]:
             runs[s].max_update, runs[s].priority = budget, (0, i, order[s])
         if not all(complete(runs[s]) for s in alive):
             return list(runs.values()), None
-        ranked = sorted(alive, key=lambda s: -best(validations(runs[s]), budget)[1])
+        ranked = sorted(alive, key=lambda s: -valid_score(runs[s], budget))
         alive = ranked[:kept]
     winner = alive[0]
     runs[winner].max_update, runs[winner].priority = a.cap, (0, len(a.stages), 0)
@@ -516,7 +536,7 @@ def retune_choice(a, row: str) -> str | None:
     runs = {v: Run(retuned_name(row, v, 1), [], budget, a.patience, ()) for v in ("", *RETUNED[row])}
     if not all(complete(r) for r in runs.values()):
         return None
-    scores = {v: best(validations(r), budget)[1] for v, r in runs.items()}
+    scores = {v: valid_score(r, budget) for v, r in runs.items()}
     return max(scores, key=lambda v: (scores[v], v == ""))
 
 
@@ -527,7 +547,7 @@ def followup_choice(a, winners: dict, family: str = "mask") -> str | None:
     candidates = followup_candidates(a, winners, family)
     if not candidates or not all(complete(r) for r in candidates.values()):
         return None
-    scores = {row: best(validations(r))[1] for row, r in candidates.items()}
+    scores = {row: valid_score(r) for row, r in candidates.items()}
     return max(scores, key=lambda row: (scores[row], row == TUNED_ROW[family]))
 
 
@@ -542,7 +562,7 @@ def out_of_the_running(a, run: Run, winners: dict) -> bool:
         mine = next((k for k, r in group.items() if r.name == run.name), None)
         if mine is None:
             continue
-        scores = {k: (best(validations(r), budget)[1], k == favoured) for k, r in group.items()
+        scores = {k: (valid_score(r, budget), k == favoured) for k, r in group.items()
                   if k == mine or complete(r)}
         return any(score > scores[mine] for k, score in scores.items() if k != mine)
     return False
@@ -796,7 +816,8 @@ def score(a, run: Run, prepared: str) -> dict:
     hyps, refs, (bleu, signature) = scored_on_test(a, ckpt, prepared)
     write_text(os.path.join(run.dir, "test.hyp"), "".join(h + "\n" for h in hyps))
     out = {"run": run.name, "best_update": chosen[0], "valid_bleu": chosen[1], "test_bleu": round(bleu, 2),
-           "updates": vals[-1][0], "stopped_by": "patience" if stopped(vals, a.patience) else "cap",
+           "updates": vals[-1][0],
+           "stopped_by": "diverged" if diverged(run) else "patience" if stopped(vals, a.patience) else "cap",
            "signature": signature}
     measured, estimated = compute(run.dir, vals[-1][0], measured_rate(a, run.width))
     out.update(cpu_hours=round(measured + estimated, 2), cpu_hours_estimated=round(estimated, 2))
@@ -870,7 +891,8 @@ def result(run_name: str) -> dict | None:
 # ---------------------------------------------------------------- the ledger: finished runs, kept where they outlive the machine
 
 LEDGER_FILES = ("cpu.json", "compute.jsonl", "result.json", "test.hyp", "test.int8.hyp", "test.int8emb.hyp")
-LEDGER_LOG = re.compile(r"^# |valid on 'valid' subset \||Saved checkpoint |" + re.escape(EARLY_STOP))
+LEDGER_LOG = re.compile(r"^# |valid on 'valid' subset \||Saved checkpoint |" + re.escape(EARLY_STOP) + "|"
+                        + re.escape(DIVERGED))
 
 
 def fingerprint(a) -> dict:
@@ -903,15 +925,15 @@ def check_ledger(a) -> None:
 
 
 def final(a, run: Run, winners: dict) -> bool:
-    """Whether a run will not train again: scored; converged and left unscored (a follow-up variant not chosen);
-    or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known. A
+    """Whether a run will not train again: scored; converged and left unscored (a follow-up variant not chosen), or
+    diverged before its first validation (nothing to score); or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known. A
     candidate converged before its choice is not final: were it restored from the ledger without its checkpoint and
     then chosen, nothing could score it."""
     if not complete(run) or run.name.endswith(".regen") or run.pending:
         return False
     if run.max_update < a.cap:
         return None not in winners.values()
-    return result(run.name) is not None or not run.scored
+    return result(run.name) is not None or not run.scored or not validations(run)
 
 
 def record(a, run: Run, artifact: bool = False, kind: str = "") -> bool:
@@ -1228,7 +1250,8 @@ def status(a, runs: list[Run], active: dict) -> str:
         vals, done = validations(r), trained(r)
         b = best(vals)
         state = ("running" if r.name in active else "scored" if result(r.name) and r.max_update == a.cap
-                 else "done" if complete(r) else "waiting") + (" (restored: no checkpoint here)" if lost(r) else "")
+                 else "done" if complete(r) else "waiting") + (" (diverged)" if diverged(r) else "") + (
+                     " (restored: no checkpoint here)" if lost(r) else "")
         target = r.max_update if r.max_update < a.cap else f"conv. (cap {a.cap})"
         if state in ("running", "waiting"):
             guess = (r.max_update if r.max_update < a.cap
@@ -1479,7 +1502,7 @@ def candidate(run: Run, rate: float | None, budget: int | None = None) -> tuple[
     cells (best valid BLEU (update) | trained | CPU h)."""
     vals, done = validations(run), trained(run)
     top = best(vals, budget) if vals else None
-    state = ("training" if vals else "waiting") if not complete(run) else (
+    state = ("training" if vals else "waiting") if not complete(run) else "diverged" if diverged(run) else (
         "converged" if budget is None or run.max_update > budget else f"reached {budget:,}")
     cells = (f"{f'{top[1]:.2f} ({top[0]:,})' if top else '-'} | {done:,} ({state}) | "
              f"{cpu_hours(run.dir, done, rate)[1]} |")
@@ -2060,10 +2083,11 @@ def restore_printed(a) -> None:
 
 
 def to_score(a, runs: list[Run], active: dict) -> list[Run]:
-    """The runs to score on test now: converged, not training, not scored before, and not a follow-up variant
-    left unchosen on validation."""
+    """The runs to score on test now: converged, not training, not scored before, not a follow-up variant left
+    unchosen on validation, and validated at least once (a run that diverged before that has no checkpoint to
+    score)."""
     return [r for r in runs if r.name not in active and r.max_update == a.cap and r.scored and converged(r, a)
-            and result(r.name) is None]
+            and result(r.name) is None and validations(r)]
 
 
 def ready(runs: list[Run], active: dict) -> list[Run]:
@@ -2096,7 +2120,10 @@ def reap(a, active: dict, failures: dict) -> None:
         job.meter(every=0)  # written now: the latest sample (the process may already be gone)
         account(a, job)
         del active[name]
-        if job.returncode != 0:
+        if job.returncode != 0 and diverged(job.run):
+            print(f"[study] {name}: diverged (fairseq: non-finite gradients; last saved at update {trained(job.run):,}); "
+                  f"it ends there, its validations standing", flush=True)
+        elif job.returncode != 0:
             failures[name] = failures.get(name, 0) + 1
             print(f"[study] {name}: fairseq-train exited {job.returncode} (see {job.run.dir}/train.log)", flush=True)
             if failures[name] >= 2:

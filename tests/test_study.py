@@ -85,6 +85,48 @@ def test_a_run_out_of_patience_is_stopped_once_its_last_validation_is_saved(tmp_
         proc.wait()
 
 
+def test_a_run_that_diverges_ends_there_its_validations_standing_and_is_no_failure(tmp_path, monkeypatch, capsys):
+    """fairseq's fp32 trainer raises on a non-finite gradient norm; a learning rate above the grid may do that. Such a
+    run is over (a choice reads its validations so far), the runner goes on, and a restored copy says so too."""
+    monkeypatch.setattr(study, "WORK", str(tmp_path))
+    a = study.parse_args(["raw", "--work", str(tmp_path), "--patience", "4", "--parts", "followup", "--grid",
+                          "lr1e-3-d0.1,lr4e-3-d0-c0"])
+    crash = ("Traceback (most recent call last):\n  File \"fairseq/trainer.py\", line 970, in train_step\n"
+             f"{study.DIVERGED}\n")
+    run = _run_with_log(tmp_path, "followup_dense_lr4e-3-s1", [(4, 1.0), (8, 2.5)], patience=4)
+    run.max_update = a.cap
+    assert not study.complete(run) and not study.diverged(run)  # improving, far from its cap: it would train on
+    with open(os.path.join(run.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write(_saved_line(8, 2.5) + crash)
+    assert study.diverged(run) and study.complete(run) and study.converged(run, a)
+    proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    proc.wait()
+    active, failures = {run.name: study.Job(run, proc.pid, time.time(), 0, proc)}, {}
+    study.reap(a, active, failures)
+    assert not active and failures == {}  # not counted: two failures stop the whole study
+    assert "diverged" in capsys.readouterr().out
+    # the choice reads what it validated; one that diverged before validating ranks below every other
+    winners = {"dense": "lr1e-3-d0.1", "mask": "lr4e-3-d0-c0"}
+    _run_with_log(tmp_path, "dense-lr1e-3-d0.1-s1", [(4, 1.0), (8, 2.0), (12, 1.5), (16, 1.5), (20, 1.5), (24, 1.5)])
+    assert study.followup_choice(a, winners, "dense") == "followup_dense_lr4e-3"
+    planned = {r.name: r for r in study.plan(a)[0]}
+    assert planned["followup_dense_lr4e-3-s1"] not in study.ready(list(planned.values()), {})
+    early = _run_with_log(tmp_path, "followup_dense_lr4e-3-s1", [])
+    with open(os.path.join(early.dir, "train.log"), "a", encoding="utf-8") as f:
+        f.write(crash)
+    assert study.valid_score(early) == -1.0 and study.followup_choice(a, winners, "dense") == "dense"
+    planned = {r.name: r for r in study.plan(a)[0]}
+    assert study.final(a, planned["followup_dense_lr4e-3-s1"], winners)
+    assert study.to_score(a, [dataclasses.replace(planned["followup_dense_lr4e-3-s1"], scored=True)], {}) == []
+    # the ledger keeps the line: restored elsewhere, the run is still over
+    a.ledger = str(tmp_path / "ledger")
+    with open(os.path.join(early.dir, "train.log"), "w", encoding="utf-8") as f:
+        f.write(_valid_line(4, 1.0) + "| INFO | train_inner | num_updates=6\n" + crash)
+    assert study.record(a, planned["followup_dense_lr4e-3-s1"])
+    assert (tmp_path / "ledger" / early.name / "train.log").read_text(encoding="utf-8").splitlines()[-1] == (
+        study.DIVERGED)
+
+
 def test_a_run_past_its_budget_is_stopped_once_that_validation_is_saved(tmp_path, monkeypatch):
     """A run adopted from an earlier runner may have been launched with a larger --max-update than its plan's now
     (a candidate chosen at a halving budget)."""
