@@ -9,7 +9,8 @@
 
 The protocol (one for every run): fairseq-train validates every --eval-every updates with fairseq's own BLEU
 validation (--eval-bleu, beam 5, sentencepiece removed, detokenized sacreBLEU on the `val` split), keeps the best
-checkpoint by validation BLEU and stops after --patience validations without a better one, or at --cap updates.
+checkpoint by validation BLEU and stops after --patience validations without a better one, or at --cap updates
+(or where fairseq stops it on a non-finite gradient: it diverged, its validations standing).
 The test split is scored once, with fairseq-generate and the same generation settings, on the checkpoint chosen on
 validation; its hypotheses are kept for the paired bootstrap.
 
