@@ -927,9 +927,9 @@ def check_ledger(a) -> None:
 
 def final(a, run: Run, winners: dict) -> bool:
     """Whether a run will not train again: scored; converged and left unscored (a follow-up variant not chosen), or
-    diverged before its first validation (nothing to score); or stopped at its budget (a tuning setting the halving dropped, a rewind run) once both winners are known. A
-    candidate converged before its choice is not final: were it restored from the ledger without its checkpoint and
-    then chosen, nothing could score it."""
+    diverged before its first validation (nothing to score); or stopped at its budget (a tuning setting the halving
+    dropped, a rewind run) once both winners are known. A candidate converged before its choice is not final: were
+    it restored from the ledger without its checkpoint and then chosen, nothing could score it."""
     if not complete(run) or run.name.endswith(".regen") or run.pending:
         return False
     if run.max_update < a.cap:
@@ -1061,12 +1061,14 @@ def carry(a, active: dict) -> list[str]:
 
 def keep(a, runs: list[Run], winners: dict, active: dict) -> list[str]:
     """Records every finished run not yet in the ledger (with its artifact where --publish may copy it: a
-    masks-only or coated seed, or a seed of masks-only's chosen follow-up), every complete run that later runs are built on (with the file they read,
-    read_later) and every candidate converged before its choice (with its weights, which score it if it is chosen
-    on a fresh machine, unless it is out of the running already); the names written."""
+    masks-only or coated seed, or a seed of masks-only's chosen follow-up), every complete run that later runs are
+    built on (with the file they read, read_later) and every candidate converged before its choice (with its
+    weights, which score it if it is chosen on a fresh machine, unless it is out of the running already); the names
+    written."""
     if not a.ledger:
         return []
-    artifact = ("coats-", f"mask-{winners['mask']}-s", f"{standing_row(a, winners, 'masks_only')}-s")
+    standing = standing_row(a, winners, "masks_only")
+    artifact = ("coats-", f"mask-{winners['mask']}-s") + ((f"{standing}-s",) if standing != "masks_only" else ())
     out = []
     for r in runs:
         if r.name in active:
@@ -2122,8 +2124,8 @@ def reap(a, active: dict, failures: dict) -> None:
         account(a, job)
         del active[name]
         if job.returncode != 0 and diverged(job.run):
-            print(f"[study] {name}: diverged (fairseq: non-finite gradients; last saved at update {trained(job.run):,}); "
-                  f"it ends there, its validations standing", flush=True)
+            print(f"[study] {name}: diverged (fairseq: non-finite gradients; last saved at update "
+                  f"{trained(job.run):,}); it ends there, its validations standing", flush=True)
         elif job.returncode != 0:
             failures[name] = failures.get(name, 0) + 1
             print(f"[study] {name}: fairseq-train exited {job.returncode} (see {job.run.dir}/train.log)", flush=True)
