@@ -1751,12 +1751,30 @@ def frontier_lines(points: list[tuple[str, float, float]], lines: list[str], row
     return verdicts
 
 
-def labels_above(points: list[tuple[str, float, float]], near: float = 1.15) -> dict[str, bool]:
-    """Whether each point's label goes above it: unless a point within a factor `near` of its bytes scores higher
-    (the highest of a cluster at about the same bytes is labelled above, the rest below, so their labels do not
-    print over each other)."""
-    return {label: all(y2 <= y for other, x2, y2 in points if other != label and abs(math.log(x2 / x)) < math.log(near))
-            for label, x, y in points}
+LABEL_OFFSETS = ((4, 4), (4, -11), (-4, 4), (-4, -11), (4, 12), (4, -19))  # points: right, then left of the point
+
+
+def place_labels(ax, points: list[tuple[str, float, float]]) -> dict[str, tuple[int, int]]:
+    """Label each point where its text overlaps no label placed before it, highest BLEU first: the first offset of
+    LABEL_OFFSETS (above right, below right, above left, ...) that is clear, measured on the drawn text, else the
+    first. Returns the offset each label took."""
+    renderer = ax.figure.canvas.get_renderer()
+    placed, taken = [], {}
+    for label, x, y in sorted(points, key=lambda p: -p[2]):
+        for dx, dy in LABEL_OFFSETS:
+            text = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points",
+                               ha="left" if dx > 0 else "right")
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                break
+            text.remove()
+        else:
+            dx, dy = LABEL_OFFSETS[0]
+            text = ax.annotate(label, (x, y), fontsize=7, xytext=(dx, dy), textcoords="offset points")
+            box = text.get_window_extent(renderer)
+        placed.append(box)
+        taken[label] = (dx, dy)
+    return taken
 
 
 def plots(a, rows: dict) -> list[str]:
@@ -1786,10 +1804,8 @@ def plots(a, rows: dict) -> list[str]:
         if pts:
             ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=marker, label=f"dense, {kind} (width x {widths})")
     others = [p for p in points if not p[0].endswith(DENSE_SUFFIXES)]
-    above = labels_above(others)
     for label, x, y in others:
         ax.scatter([x], [y], s=40, zorder=3)
-        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4 if above[label] else -11), textcoords="offset points")
     ax.set_xscale("log")
     ticks = [t for t in (1e5, 2e5, 5e5, 1e6, 2e6, 5e6, 1e7, 2e7) if points and min(p[1] for p in points) / 1.5 < t
              < max(p[1] for p in points) * 1.5]
@@ -1799,6 +1815,8 @@ def plots(a, rows: dict) -> list[str]:
     ax.set_ylabel("test BLEU (checkpoint chosen on validation)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
+    ax.autoscale_view()  # the limits the labels are measured in
+    place_labels(ax, others)
     save_plot(fig, os.path.join(a.work, "bytes.png"))
     return [os.path.join(a.work, "curves.png"), os.path.join(a.work, "bytes.png")]
 

@@ -927,13 +927,30 @@ def test_paired_comparisons_pair_each_rows_seeds_and_the_seeds_both_rows_have(mo
     assert study.seed_of("dense-lr2e-3-d0.3-s2.regen") == 2 and study.seed_of("masks_only_wide-lr2e-3-s12") == 12
 
 
-def test_bytes_plot_labels_at_about_the_same_bytes_go_above_only_for_the_highest():
-    # the study's points: the standard supermask, masks-only and masks-only at k = 0.1 store within 8 bytes of each
-    # other; the nearest neighbour of masks-only alone is k = 0.1, so a nearest-neighbour rule put both top labels up
+def test_bytes_plot_labels_print_over_no_other_label():
+    # the study's points of 2026-12-08: three within 8 bytes of each other, and magnitude pruning at k = 0.5, whose
+    # label, below its point for the ticket above it, printed over the masked pre-trained embeddings' one a step right
+    from one_layer_lottery.io import pyplot
+
     points = [("standard", 328_168, 33.61), ("masks_only", 328_176, 33.37), ("masks_only_k0.1", 328_176, 17.48),
-              ("coats", 492_592, 35.60), ("masks_only_wide", 888_832, 37.20), ("magnitude_k0.1", 840_240, 34.72)]
-    assert study.labels_above(points) == {"standard": True, "masks_only": False, "masks_only_k0.1": False,
-                                          "coats": True, "masks_only_wide": True, "magnitude_k0.1": False}
+              ("coats", 492_592, 35.60), ("masks_only_wide", 888_832, 37.20), ("magnitude_k0.1", 840_240, 34.72),
+              ("ticket_k0.1", 840_240, 28.91), ("ticket_k0.5", 2_855_424, 41.60),
+              ("magnitude_k0.5", 2_855_424, 39.13), ("pretrained_masked", 3_400_672, 37.20),
+              ("pretrained_frozen", 3_208_384, 36.53)]
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([230_000, 14_000_000], [22.0, 42.0])  # the dense lines' span sets the limits, as in the study's plot
+    ax.scatter([x for _, x, _ in points], [y for _, _, y in points])
+    ax.set_xscale("log")
+    taken = study.place_labels(ax, points)
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in ax.texts}
+    plt.close(fig)
+    assert sorted(boxes) == sorted(p[0] for p in points)
+    clashes = [(a, b) for a in boxes for b in boxes if a < b and boxes[a].overlaps(boxes[b])]
+    assert clashes == []
+    assert taken["ticket_k0.5"] == study.LABEL_OFFSETS[0]  # the highest takes the first place
+    assert taken["masks_only"] != taken["standard"]  # the same bytes: not the same place
 
 
 def test_sentence_statistics_are_sacrebleus_extracted_once_per_content():
